@@ -1,0 +1,83 @@
+"""Image preprocessing shared by training, evaluation, export calibration and the Android app.
+
+Conventions (the Android `core` module mirrors the evaluation path bit for bit; keep them in step):
+
+* Models built by this project take raw RGB pixels in [0, 255] (the rescaling to [-1, 1] is the model's first layer), so
+  the exported uint8 model's input tensor *is* the camera's RGB bytes (scale 1, zero point 0).
+* Evaluation: decode to RGB uint8 -> `tf.image.central_crop` keeping 87.5% -> bilinear resize with half-pixel centres
+  and no antialiasing (`tf.image.resize`) -> float32 pixels in [0, 255]. This is the classic ImageNet/TF-slim evaluation
+  crop, the one Google's published accuracy for its reference models is measured with.
+* Quantizing an input for an integer model: `q = clamp(round_half_away_from_zero(((p - mean) / std) / scale) + zp)`,
+  computed in float32 in that order, which is how TFLite itself rounds (`TfLiteRound`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from keras_models.backend import tf
+
+EVAL_CROP_FRACTION = 0.875
+# Random-resized-crop area range. ImageNet recipes use (0.08, 1); small images and small data sets lose too much with
+# crops that tight, so the default keeps at least a quarter of the picture.
+TRAIN_CROP_AREA = (0.25, 1.0)
+TRAIN_CROP_ASPECT = (3 / 4, 4 / 3)
+
+
+def decode_rgb(encoded: tf.Tensor) -> tf.Tensor:
+    """JPEG/PNG/BMP/GIF bytes -> uint8 [H, W, 3]; grayscale is broadcast to RGB and alpha dropped."""
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def eval_resize(image: tf.Tensor, size: int) -> tf.Tensor:
+    """uint8 [H, W, 3] -> float32 [size, size, 3] in [0, 255]: central 87.5% crop, bilinear resize."""
+    image = tf.image.central_crop(image, EVAL_CROP_FRACTION)
+    image = tf.image.resize(tf.cast(image, tf.float32), [size, size], method="bilinear", antialias=False)
+    return image
+
+
+def train_augment(image: tf.Tensor, size: int, seed: tf.Tensor | None = None) -> tf.Tensor:
+    """uint8 [H, W, 3] -> float32 [size, size, 3]: random resized crop and horizontal flip (Inception-style)."""
+    if seed is None:
+        seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
+    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image),
+        bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+        seed=seed,
+        min_object_covered=0.0,
+        aspect_ratio_range=TRAIN_CROP_ASPECT,
+        area_range=TRAIN_CROP_AREA,
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
+    )
+    image = tf.slice(image, begin, crop_size)
+    image = tf.image.resize(tf.cast(image, tf.float32), [size, size], method="bilinear", antialias=False)
+    image = tf.image.stateless_random_flip_left_right(image, seed=seed[::-1])
+    return image
+
+
+def round_half_away_from_zero(values: np.ndarray) -> np.ndarray:
+    """TFLite's rounding (std::round), unlike numpy's round-half-to-even."""
+    return np.sign(values) * np.floor(np.abs(values) + np.float32(0.5))
+
+
+def quantize_input(
+    pixels: np.ndarray, *, mean: float, std: float, scale: float, zero_point: int, dtype: np.dtype
+) -> np.ndarray:
+    """float pixels in [0, 255] -> the integer tensor a quantized model expects (see the module docstring)."""
+    pixels = np.asarray(pixels, dtype=np.float32)
+    normalized = (pixels - np.float32(mean)) / np.float32(std)
+    q = round_half_away_from_zero(normalized / np.float32(scale)) + np.float32(zero_point)
+    info = np.iinfo(dtype)
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def dequantize(values: np.ndarray, *, scale: float, zero_point: int) -> np.ndarray:
+    return (np.asarray(values, dtype=np.float32) - np.float32(zero_point)) * np.float32(scale)
+
+
+def load_eval_image(path: str, size: int) -> np.ndarray:
+    """One file -> float32 [size, size, 3] pixels, exactly as evaluation and the golden vectors see it."""
+    return eval_resize(decode_rgb(tf.io.read_file(path)), size).numpy()
