@@ -1,3 +1,86 @@
-"""Keras functional builders for MobileNetV1, V2 and V3."""
+"""Keras functional builders for MobileNetV1, V2 and V3 (Large, Small, minimalistic).
+
+One entry point, `build(variant, ...)`, plus the named builders. Models take raw RGB pixels in [0, 255] by default
+(`include_preprocessing=True` puts the rescaling to [-1, 1] inside the model, so an exported uint8 model is fed the
+camera's bytes as they are).
+"""
 
 from keras_models import backend as _backend  # noqa: F401  (must precede TensorFlow imports)
+from keras_models.mobilenet_v1 import mobilenet_v1
+from keras_models.mobilenet_v2 import mobilenet_v2
+from keras_models.mobilenet_v3 import mobilenet_v3, mobilenet_v3_large, mobilenet_v3_small
+from keras_models.weights import WeightsError, load_imagenet, load_weights_file
+
+VARIANTS = {"v1": "MobileNetV1", "v2": "MobileNetV2", "large": "MobileNetV3-Large", "small": "MobileNetV3-Small"}
+_ALIASES = {
+    "mobilenet_v1": "v1", "mobilenetv1": "v1", "mobilenet_v2": "v2", "mobilenetv2": "v2",
+    "v3-large": "large", "v3_large": "large", "mobilenet_v3_large": "large",
+    "v3-small": "small", "v3_small": "small", "mobilenet_v3_small": "small",
+}
+# keras.applications' default dropout for each family's classifier.
+_DEFAULT_DROPOUT = {"v1": 1e-3, "v2": 0.0, "large": 0.2, "small": 0.2}
+
+
+def canonical_variant(variant: str) -> str:
+    key = str(variant).lower()
+    key = _ALIASES.get(key, key)
+    if key not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(sorted(VARIANTS))}")
+    return key
+
+
+def build(
+    variant: str,
+    *,
+    input_shape=(224, 224, 3),
+    alpha: float = 1.0,
+    num_classes: int = 1000,
+    include_top: bool = True,
+    dropout: float | None = None,
+    pooling: str | None = None,
+    include_preprocessing: bool = True,
+    minimalistic: bool = False,
+    depth_multiplier: int = 1,
+    classifier_activation: str | None = "softmax",
+    weights: str | None = None,
+):
+    """Build a MobileNet. `variant`: v1, v2, large or small. `weights`: None, "imagenet" or a path to a weights file."""
+    variant = canonical_variant(variant)
+    if minimalistic and variant in ("v1", "v2"):
+        raise ValueError("minimalistic applies to MobileNetV3 only (variants large and small)")
+    if depth_multiplier != 1 and variant != "v1":
+        raise ValueError("depth_multiplier applies to MobileNetV1 only")
+    common = dict(
+        input_shape=input_shape,
+        alpha=alpha,
+        num_classes=num_classes,
+        include_top=include_top,
+        dropout=_DEFAULT_DROPOUT[variant] if dropout is None else dropout,
+        pooling=pooling,
+        include_preprocessing=include_preprocessing,
+        classifier_activation_name=classifier_activation,
+    )
+    if variant == "v1":
+        model = mobilenet_v1(depth_multiplier=depth_multiplier, **common)
+    elif variant == "v2":
+        model = mobilenet_v2(**common)
+    else:
+        model = mobilenet_v3(variant, minimalistic=minimalistic, **common)
+
+    if weights in (None, "none", ""):
+        return model
+    if weights == "imagenet":
+        config = dict(
+            input_shape=input_shape, alpha=alpha, include_top=include_top, num_classes=num_classes,
+            minimalistic=minimalistic, depth_multiplier=depth_multiplier,
+        )
+        load_imagenet(model, variant, config)
+    else:
+        load_weights_file(model, weights)
+    return model
+
+
+__all__ = [
+    "VARIANTS", "WeightsError", "build", "canonical_variant", "mobilenet_v1", "mobilenet_v2", "mobilenet_v3",
+    "mobilenet_v3_large", "mobilenet_v3_small",
+]

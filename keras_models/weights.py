@@ -1,0 +1,80 @@
+"""Loading pretrained weights: official Keras ImageNet weights, or a local file.
+
+Our builders use keras.applications' layer names and weight shapes, so weights move between the two by layer name.
+For `imagenet`, we let keras.applications itself download and verify its file (it knows the URLs and hashes) and copy
+the weights over by name, instead of keeping a second copy of Google's URL tables here.
+"""
+
+from __future__ import annotations
+
+import os
+
+from keras_models.backend import keras
+
+
+class WeightsError(ValueError):
+    """Weights could not be loaded; the message says why and what to do instead."""
+
+
+def copy_weights_by_name(source: keras.Model, target: keras.Model) -> int:
+    """Copy every layer's weights from `source` to the same-named layer of `target`; returns the number of layers copied.
+
+    Raises WeightsError when a same-named layer has weights of a different shape (a different architecture).
+    """
+    source_layers = {layer.name: layer for layer in source.layers if layer.weights}
+    copied = 0
+    for layer in target.layers:
+        if not layer.weights or layer.name not in source_layers:
+            continue
+        weights = source_layers[layer.name].get_weights()
+        expected = [w.shape for w in layer.get_weights()]
+        if [w.shape for w in weights] != expected:
+            raise WeightsError(f"layer {layer.name!r}: source weights {[w.shape for w in weights]} != {expected}")
+        layer.set_weights(weights)
+        copied += 1
+    return copied
+
+
+def _keras_twin(variant: str, config: dict, weights) -> keras.Model:
+    """The keras.applications model with our model's configuration."""
+    apps = keras.applications
+    common = dict(
+        input_shape=config["input_shape"],
+        include_top=config["include_top"],
+        weights=weights,
+        classes=config.get("num_classes", 1000),
+    )
+    if variant == "v1":
+        return apps.MobileNet(alpha=config["alpha"], depth_multiplier=config.get("depth_multiplier", 1), **common)
+    if variant == "v2":
+        return apps.MobileNetV2(alpha=config["alpha"], **common)
+    builder = apps.MobileNetV3Large if variant == "large" else apps.MobileNetV3Small
+    return builder(alpha=config["alpha"], minimalistic=config.get("minimalistic", False), **common)
+
+
+def load_imagenet(model: keras.Model, variant: str, config: dict) -> None:
+    """Download (once; Keras caches it) the official ImageNet weights for this configuration and load them."""
+    try:
+        twin = _keras_twin(variant, config, "imagenet")
+    except ValueError as err:  # keras.applications says which alpha/size combinations have weights
+        raise WeightsError(f"no official ImageNet weights for this configuration: {err}") from None
+    except Exception as err:  # noqa: BLE001 - any download failure (offline, proxy, HTTP error) means the same to users
+        raise WeightsError(
+            f"could not download the official Keras ImageNet weights ({type(err).__name__}: {str(err).splitlines()[0]}); "
+            "this machine may be offline: pass a local weights file instead (--weights /path/to/weights.h5) "
+            "or train from scratch (--weights none)"
+        ) from None
+    copy_weights_by_name(twin, model)
+
+
+def load_weights_file(model: keras.Model, path: str) -> None:
+    """Load a Keras .h5 weights file by layer name, or a TF checkpoint / .weights.h5 saved from our own models."""
+    if not os.path.exists(path) and not os.path.exists(path + ".index"):
+        raise WeightsError(f"weights file not found: {path}")
+    try:
+        if path.endswith((".h5", ".hdf5")):
+            model.load_weights(path, by_name=True)
+        else:
+            model.load_weights(path).expect_partial()
+    except Exception as err:  # noqa: BLE001 - corrupt/incompatible files raise many types; report one line
+        raise WeightsError(f"could not load weights from {path}: {type(err).__name__}: {str(err).splitlines()[0]}") from None
