@@ -67,6 +67,8 @@ def hard_swish(x, name: str | None = None):
 
 
 ACTIVATIONS = {"RE": relu, "HS": hard_swish, "RE6": relu6}
+# Name suffix of h-swish's multiply layer (tflite_export uses it to offer the fusable HARD_SWISH form on request).
+HARD_SWISH_MUL_SUFFIX = "/mul"
 
 
 def squeeze_excite(inputs, filters: int, ratio: float, prefix: str):

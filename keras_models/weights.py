@@ -38,12 +38,9 @@ def copy_weights_by_name(source: keras.Model, target: keras.Model) -> int:
 def _keras_twin(variant: str, config: dict, weights) -> keras.Model:
     """The keras.applications model with our model's configuration."""
     apps = keras.applications
-    common = dict(
-        input_shape=config["input_shape"],
-        include_top=config["include_top"],
-        weights=weights,
-        classes=config.get("num_classes", 1000),
-    )
+    # ImageNet weights for another number of classes: take the backbone, leave our new classifier initialized.
+    include_top = config["include_top"] and config.get("num_classes", 1000) == 1000
+    common = dict(input_shape=config["input_shape"], include_top=include_top, weights=weights)
     if variant == "v1":
         return apps.MobileNet(alpha=config["alpha"], depth_multiplier=config.get("depth_multiplier", 1), **common)
     if variant == "v2":

@@ -38,8 +38,13 @@ def eval_resize(image: tf.Tensor, size: int) -> tf.Tensor:
     return image
 
 
-def train_augment(image: tf.Tensor, size: int, seed: tf.Tensor | None = None) -> tf.Tensor:
-    """uint8 [H, W, 3] -> float32 [size, size, 3]: random resized crop and horizontal flip (Inception-style)."""
+def train_augment(
+    image: tf.Tensor, size: int, seed: tf.Tensor | None = None, area_range: tuple[float, float] = TRAIN_CROP_AREA
+) -> tf.Tensor:
+    """uint8 [H, W, 3] -> float32 [size, size, 3]: random resized crop and horizontal flip (Inception-style).
+
+    `area_range` bounds the crop's share of the picture; data sets whose object must stay whole use a milder one.
+    """
     if seed is None:
         seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
     begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
@@ -48,19 +53,24 @@ def train_augment(image: tf.Tensor, size: int, seed: tf.Tensor | None = None) ->
         seed=seed,
         min_object_covered=0.0,
         aspect_ratio_range=TRAIN_CROP_ASPECT,
-        area_range=TRAIN_CROP_AREA,
+        area_range=tuple(area_range),
         max_attempts=10,
         use_image_if_no_bounding_boxes=True,
     )
     image = tf.slice(image, begin, crop_size)
     image = tf.image.resize(tf.cast(image, tf.float32), [size, size], method="bilinear", antialias=False)
     image = tf.image.stateless_random_flip_left_right(image, seed=seed[::-1])
-    return image
+    return tf.ensure_shape(image, [size, size, 3])
 
 
 def round_half_away_from_zero(values: np.ndarray) -> np.ndarray:
-    """TFLite's rounding (std::round), unlike numpy's round-half-to-even."""
-    return np.sign(values) * np.floor(np.abs(values) + np.float32(0.5))
+    """TFLite's rounding (std::round), unlike numpy's round-half-to-even.
+
+    Decided on the fractional part rather than as floor(|x| + 0.5): the addition rounds 0.49999997f up to 1.0 in float32.
+    """
+    magnitude = np.abs(values)
+    whole = np.floor(magnitude)
+    return np.sign(values) * np.where(magnitude - whole >= 0.5, whole + 1, whole)
 
 
 def quantize_input(

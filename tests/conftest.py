@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import pathlib
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 
-from keras_models import backend  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+from keras_models.backend import keras, tf  # sets TF_USE_LEGACY_KERAS before TensorFlow is imported
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("MOBILENET_SHARED_DIR", REPO.parent / "shared")).resolve()
@@ -24,3 +27,48 @@ def shared_path(*parts: str) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def shared():
     return shared_path
+
+
+TINY = [
+    "--variant", "small", "--alpha", "0.35", "--image_size", "32", "--synthetic_size", "320,160", "--batch_size", "32",
+    "--calibration_images", "32", "--benchmark_runs", "5", "--verbose", "0",
+]
+
+
+def run_pipeline(args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.train_and_export", *args], cwd=REPO, capture_output=True, text=True,
+        timeout=900, **kwargs,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One small but complete pipeline run (float, QAT, frozen-BN QAT, export), shared by the tests that inspect it."""
+    out = tmp_path_factory.mktemp("tiny_run")
+    result = run_pipeline([*TINY, "--float_epochs", "2", "--qat_epochs", "2", "--freeze_bn_epochs", "1", "--output_dir", str(out)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def tiny_classifier_tflite(*, integer_io: bool = True, io_type: str = "uint8", softmax: bool = True, classes: int = 4) -> bytes:
+    """A 2-conv Keras CNN on raw [0, 255] pixels, post-training full-integer quantized (a few seconds)."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 3), batch_size=1)
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(x)
+    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dense(classes)(x)
+    if softmax:
+        x = keras.layers.Softmax()(x)
+    converter = tf.lite.TFLiteConverter.from_keras_model(keras.Model(inputs, x))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    rng = np.random.default_rng(0)
+    converter.representative_dataset = lambda: (
+        [rng.uniform(0, 255, (1, 32, 32, 3)).astype(np.float32)] for _ in range(8))
+    if integer_io:
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = getattr(tf, io_type)
+        converter.inference_output_type = getattr(tf, io_type)
+    return converter.convert()

@@ -1,0 +1,106 @@
+package com.mobilenetpipeline.core
+
+import org.junit.Assert.assertArrayEquals
+import org.junit.Assert.assertEquals
+import org.junit.Assert.assertNull
+import org.junit.Assert.assertTrue
+import org.junit.Test
+import java.io.ByteArrayOutputStream
+import java.nio.ByteBuffer
+import java.util.zip.ZipEntry
+import java.util.zip.ZipOutputStream
+
+class ModelFilesTest {
+    @Test
+    fun labelsWithBackgroundFirst() {
+        val text = "background\ntench\ngoldfish\n\n"
+        val labels = Labels.parse(text)
+        assertEquals(listOf("background", "tench", "goldfish"), labels)
+        assertEquals(labels, Labels.forClasses(labels, 3))
+        assertEquals(listOf("tench", "goldfish"), Labels.forClasses(labels, 2))
+        assertEquals(listOf("background", "tench", "goldfish"), Labels.forClasses(listOf("tench", "goldfish"), 3))
+    }
+
+    @Test
+    fun labelsWithCrlfNoFinalNewlineAndIndexPrefixes() {
+        assertEquals(listOf("a b", "c"), Labels.parse("a b\r\nc"))
+        assertEquals(listOf("background", "tench, Tinca tinca"), Labels.parse("0  background\n1: tench, Tinca tinca\n"))
+        // Numbers that are not 0, 1, 2, ... in order are part of the names.
+        assertEquals(listOf("7 up", "3 musketeers"), Labels.parse("7 up\n3 musketeers\n"))
+    }
+
+    @Test(expected = IllegalArgumentException::class)
+    fun labelCountMismatchIsAnError() {
+        Labels.forClasses(listOf("a", "b"), 5)
+    }
+
+    @Test
+    fun jsonValues() {
+        val v = Json.parse("""{"a": [1, -2.5e1, true, null], "s": "x\"\u00e9\n", "o": {}}""") as Map<*, *>
+        assertEquals(listOf(1.0, -25.0, true, null), v["a"])
+        assertEquals("x\"\u00e9\n", v["s"])
+        assertEquals(emptyMap<String, Any?>(), v["o"])
+    }
+
+    @Test(expected = Json.ParseException::class)
+    fun jsonRejectsTrailingGarbage() {
+        Json.parse("{} x")
+    }
+
+    @Test
+    fun modelCardAsTheExporterWritesIt() {
+        val card =
+            ModelCard.parse(
+                """
+                {"name": "mobilenet_v3_small", "input": {"height": 224, "width": 192, "channels": 3, "dtype": "uint8",
+                 "scale": 1.0, "zero_point": 0, "mean": [0, 0, 0], "std": [1, 1, 1]},
+                 "output": {"dtype": "uint8", "scale": 0.00390625, "zero_point": 0, "num_classes": 10},
+                 "labels_file": "labels.txt"}
+                """.trimIndent(),
+            )
+        assertEquals("mobilenet_v3_small", card.name)
+        assertEquals(192, card.input.width)
+        assertEquals(224, card.input.height)
+        assertEquals(TensorDType.UINT8, card.input.dtype)
+        assertEquals(QuantParams(1f, 0), card.input.quant)
+        assertArrayEquals(floatArrayOf(0f, 0f, 0f), card.input.mean, 0f)
+        assertEquals(QuantParams(0.00390625f, 0), card.outputQuant)
+        assertEquals(10, card.numClasses)
+        assertEquals("labels.txt", card.labelsFile)
+        // A float32 scale written as a Python float comes back as the same float32.
+        val scale = 1f / 127f
+        val c2 =
+            ModelCard.parse(
+                """{"input": {"height": 1, "width": 1, "dtype": "int8", "scale": ${scale.toDouble()}, "zero_point": -1,
+                "mean": 127.5, "std": [127.5]}, "output": {"dtype": "float32", "num_classes": 2}}""",
+            )
+        assertEquals(
+            scale.toRawBits(),
+            c2.input.quant.scale
+                .toRawBits(),
+        )
+        assertArrayEquals(FloatArray(3) { 127.5f }, c2.input.std, 0f)
+        assertNull(c2.labelsFile)
+    }
+
+    @Test
+    fun zipAppendedToAModelIsRead() {
+        val prefix = ByteArray(1000) { (it * 31).toByte() }
+        val zipBytes = ByteArrayOutputStream()
+        ZipOutputStream(zipBytes).use { z ->
+            z.setMethod(ZipOutputStream.DEFLATED)
+            z.putNextEntry(ZipEntry("labels.txt"))
+            z.write("background\ncat\ndog\n".repeat(50).toByteArray())
+            z.closeEntry()
+            z.putNextEntry(ZipEntry("readme.md"))
+            z.write("hello".toByteArray())
+            z.closeEntry()
+        }
+        // Offsets relative to the archive (ZipOutputStream after a prefix), the layout a metadata writer appends.
+        val files = ZipReader.read(ByteBuffer.wrap(prefix + zipBytes.toByteArray()))
+        assertEquals(setOf("labels.txt", "readme.md"), files.keys)
+        assertEquals("background\ncat\ndog\n".repeat(50), String(files.getValue("labels.txt")))
+        assertEquals("hello", String(files.getValue("readme.md")))
+        assertTrue(ZipReader.read(ByteBuffer.wrap(prefix)).isEmpty())
+    }
+}

@@ -1,0 +1,89 @@
+"""Shared helpers for the bench scripts: machine description, shared-data lookup, JSON output, tables."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tarfile
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.environ.get("MOBILENET_SHARED", os.path.join(os.path.dirname(REPO), "shared"))
+CACHE = os.environ.get("MOBILENET_BENCH_CACHE", os.path.expanduser("~/.cache/mobilenet-bench"))
+REFERENCE_V3_SMALL = os.path.join(SHARED, "reference_models", "mobilenet_v3", "v3-small_224_1.0_uint8.tflite")
+
+
+def shared_path(*parts: str) -> str:
+    """A path under the shared data folder; exits with a clear message when it is missing."""
+    path = os.path.join(SHARED, *parts)
+    if not os.path.exists(path):
+        sys.exit(f"error: {path} not found. The benchmarks read shared data from {SHARED} "
+                 "(set MOBILENET_SHARED to point elsewhere); it is not part of the repository.")
+    return path
+
+
+def unpack_once(archive: str, top_dir: str) -> str:
+    """Unpack `archive` into CACHE once (outside the repository); returns CACHE/top_dir."""
+    target = os.path.join(CACHE, top_dir)
+    marker = os.path.join(target, ".unpacked")
+    if not os.path.exists(marker):
+        os.makedirs(CACHE, exist_ok=True)
+        print(f"unpacking {archive} into {CACHE} ...", flush=True)
+        with tarfile.open(archive) as tar:
+            tar.extractall(CACHE, filter="data")
+        open(marker, "w").close()
+    return target
+
+
+def machine() -> dict:
+    cpu = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info = {"cpu": cpu, "nproc": os.cpu_count(), "python": platform.python_version(),
+            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+    try:
+        info["loadavg_at_start"] = os.getloadavg()
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        info["mem_gib"] = round(psutil.virtual_memory().total / 1024**3, 1)
+    except ImportError:
+        pass
+    return info
+
+
+def git_revision() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except OSError:
+        return "?"
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    """A Markdown table (also readable on a terminal)."""
+    cells = [[str(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    fmt = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
+    return "\n".join([fmt(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt(r) for r in cells])
+
+
+def write_json(path: str | None, payload: dict) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(payload, f, indent=2, default=str)
+        print(f"json: {path}")
+
+
+def command_line() -> str:
+    return " ".join([os.path.basename(sys.executable), "-m", __package__ + "." + os.path.basename(sys.argv[0])[:-3]]
+                    + sys.argv[1:])

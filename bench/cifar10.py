@@ -1,0 +1,146 @@
+"""CIFAR-10 from scratch with our pipeline: float vs int8 top-1 on the 10,000 test images (issue #6).
+
+    nice -n 10 python -m bench.cifar10                      # full run (about 75-90 min on 2 cores), then the table
+    python -m bench.cifar10 --report_only                   # table from a finished (or partial) run's files
+
+Unpacks ../shared/datasets/cifar10-jpeg.tar.gz once into ~/.cache/mobilenet-bench/ (never into the repository) and
+runs `python -m pipeline.train_and_export --dataset .../cifar10-jpeg` in a subprocess: train/ is the training split,
+test/ the evaluation split (the pipeline never trains on it). A rerun of the same command resumes from checkpoints;
+use a fresh --output_dir for a fresh measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import time
+
+from bench import _common
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--image_size", type=int, default=64)
+    p.add_argument("--batch_size", type=int, default=128)
+    p.add_argument("--float_epochs", type=int, default=20)
+    p.add_argument("--qat_epochs", type=int, default=2)
+    p.add_argument("--freeze_bn_epochs", type=int, default=1)
+    p.add_argument("--learning_rate", type=float, default=0.2, help="0.1 at batch 64 (pipeline default), scaled linearly")
+    p.add_argument("--output_dir", default=None, help="default ~/.cache/mobilenet-bench/runs/cifar10-small-<size>")
+    p.add_argument("--report_only", action="store_true", help="only print the table from an existing output_dir")
+    p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("extra", nargs="*", help="more pipeline flags after --, e.g. -- --seed 1")
+    return p.parse_args(argv)
+
+
+def stage_curves(log_path: str) -> dict[str, list[float]]:
+    """val_accuracy per epoch, grouped by stage (Keras prints its epoch line just before our 'epoch N done' line)."""
+    curves: dict[str, list[float]] = {}
+    pending = None
+    if not os.path.exists(log_path):
+        return curves
+    with open(log_path, errors="replace") as f:
+        for line in f:
+            m = re.search(r"val_accuracy: ([0-9.]+)", line)
+            if m:
+                pending = float(m.group(1))
+            m = re.search(r"\b(float|qat|qat_bn_frozen): epoch (\d+) done", line)
+            if m and pending is not None:
+                curves.setdefault(m.group(1), []).append(pending)
+                pending = None
+    return curves
+
+
+def summarize(output_dir: str, extra: dict | None = None) -> dict:
+    report_path = os.path.join(output_dir, "report.json")
+    curves = stage_curves(os.path.join(output_dir, "run.log"))
+    result = {"output_dir": output_dir, "val_accuracy_per_epoch": curves, **(extra or {})}
+    if os.path.exists(report_path):
+        with open(report_path) as f:
+            report = json.load(f)
+        acc = report["export"].get("accuracy", {})
+        result.update({
+            "complete": True,
+            "config": report["config"],
+            "num_train": report["data"]["num_train"], "num_eval": report["data"]["num_eval"],
+            "eval_split": report["data"]["eval_split"],
+            "float_top1": report["accuracy"]["float_keras"],
+            "qat_keras_top1": report["accuracy"].get("qat_keras"),
+            "int8_top1": acc.get("int8_top1"), "int8_images": acc.get("images"), "agreement": acc.get("agreement"),
+            "gap_points": 100 * (report["accuracy"]["float_keras"] - acc.get("int8_top1", float("nan"))),
+            "stages_s": report["stages"], "pipeline_seconds": report["seconds_total"],
+            "float_train_img_s": report["throughput"]["float_train_images_per_s"],
+            "qat_train_img_s": report["throughput"]["qat_train_images_per_s"],
+            "latency": report.get("latency"), "model_file": report["export"]["model_file"],
+            "size_kib": report["export"]["size_bytes"] / 1024,
+        })
+    else:
+        result["complete"] = False
+    return result
+
+
+def print_table(r: dict) -> None:
+    if not r.get("complete"):
+        print(f"run not finished (no report.json in {r['output_dir']}); val_accuracy so far:")
+        for stage, c in r["val_accuracy_per_epoch"].items():
+            print(f"  {stage}: " + " ".join(f"{v:.3f}" for v in c))
+        return
+    c = r["config"]
+    print(f"\nCIFAR-10, MobileNetV3-Small alpha {c['alpha']:g} from scratch at {c['image_size']} px, batch {c['batch_size']}, "
+          f"{c['float_epochs']} float + {c['qat_epochs']} QAT epochs ({c['freeze_bn_epochs']} BN-frozen), lr {c['learning_rate']:g}")
+    rows = [
+        ["float (Keras)", f"{100 * r['float_top1']:.2f}", ""],
+        ["QAT (Keras, fake-quant)", f"{100 * r['qat_keras_top1']:.2f}" if r.get("qat_keras_top1") is not None else "-", ""],
+        ["int8 (LiteRT, uint8 I/O)", f"{100 * r['int8_top1']:.2f}", f"agreement with float {100 * r['agreement']:.2f}%"],
+        ["gap float - int8", f"{r['gap_points']:+.2f} points", "target <= 0.5"],
+    ]
+    print(_common.table(["model", f"top-1 % on {r['int8_images']} {r['eval_split']} images", "note"], rows))
+    stages = r["stages_s"]
+    print(f"time: pipeline {r['pipeline_seconds'] / 60:.1f} min (float {stages.get('float', 0) / 60:.1f}, "
+          f"QAT {stages.get('qat', 0) / 60:.1f})" + (f", wall {r['wall_seconds'] / 60:.1f} min" if r.get("wall_seconds") else "")
+          + (f", peak RSS {r['peak_rss_gib']:.2f} GiB" if r.get("peak_rss_gib") else ""))
+    print(f"training img/s: float {r['float_train_img_s'] or float('nan'):.0f}, QAT {r['qat_train_img_s'] or float('nan'):.0f}")
+    for stage, curve in r["val_accuracy_per_epoch"].items():
+        print(f"val_accuracy {stage}: " + " ".join(f"{v:.3f}" for v in curve))
+    for row in r.get("latency") or []:
+        print(f"int8 latency {row['threads']} thread(s): {row['median_ms']:.2f} ms median")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    size = args.image_size
+    output_dir = args.output_dir or os.path.join(_common.CACHE, "runs", f"cifar10-small-{size}")
+    extra = {}
+    if not args.report_only:
+        archive = _common.shared_path("datasets", "cifar10-jpeg.tar.gz")
+        root = os.path.join(_common.unpack_once(archive, "cifar10-jpeg"))
+        if not os.path.isdir(os.path.join(root, "train")):
+            sys.exit(f"error: {root}/train missing after unpacking {archive}")
+        os.makedirs(output_dir, exist_ok=True)
+        cmd = [sys.executable, "-m", "pipeline.train_and_export", "--variant", "small", "--alpha", "1.0",
+               "--dataset", root, "--image_size", str(size), "--batch_size", str(args.batch_size),
+               "--float_epochs", str(args.float_epochs), "--qat_epochs", str(args.qat_epochs),
+               "--freeze_bn_epochs", str(args.freeze_bn_epochs), "--learning_rate", str(args.learning_rate),
+               "--output_dir", output_dir, *args.extra]
+        print("command:", " ".join(cmd), flush=True)
+        print("log:", os.path.join(output_dir, "run.log"), flush=True)
+        started = time.perf_counter()
+        with open(os.path.join(output_dir, "run.log"), "a") as log:
+            code = subprocess.call(cmd, cwd=_common.REPO, stdout=log, stderr=subprocess.STDOUT)
+        extra = {"wall_seconds": time.perf_counter() - started, "exit_code": code,
+                 "peak_rss_gib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2,
+                 "command": " ".join(cmd), "machine": _common.machine(), "revision": _common.git_revision()}
+        if code:
+            print(f"pipeline exited with code {code}; see {output_dir}/run.log", file=sys.stderr)
+    result = summarize(output_dir, extra)
+    print_table(result)
+    _common.write_json(args.json or (os.path.join(output_dir, "bench_cifar10.json") if not args.report_only else None), result)
+
+
+if __name__ == "__main__":
+    main()

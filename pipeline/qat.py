@@ -1,0 +1,93 @@
+"""Quantization-aware training with tensorflow-model-optimization.
+
+tfmot's default 8-bit scheme already gives what int8 TFLite needs for convolutions: per-channel symmetric weights,
+8-bit asymmetric activations, BatchNorm folded into the preceding conv's quantization. Two layer types of our models
+are missing from its registry: `Rescaling` (the +3 and x1/6 of h-swish / hard-sigmoid, and the input rescale) and
+`Multiply` (h-swish's product and the squeeze-and-excite gate). Without a fake-quant node after them the converter
+would have to guess their int8 ranges, so we give them an output quantizer of their own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import tensorflow_model_optimization as tfmot
+
+from keras_models.backend import keras
+
+qk = tfmot.quantization.keras
+
+
+class OutputQuantizeConfig(qk.QuantizeConfig):
+    """No weights to quantize; the output gets an 8-bit asymmetric moving-average fake-quant, like tfmot's ReLU/Add."""
+
+    def get_weights_and_quantizers(self, layer):
+        return []
+
+    def get_activations_and_quantizers(self, layer):
+        return []
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        pass
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        pass
+
+    def get_output_quantizers(self, layer):
+        return [qk.quantizers.MovingAverageQuantizer(num_bits=8, per_axis=False, symmetric=False, narrow_range=False)]
+
+    def get_config(self):
+        return {}
+
+
+# Layer types our builders use that the default 8-bit registry does not cover.
+_OUTPUT_QUANTIZED = (keras.layers.Rescaling, keras.layers.Multiply)
+
+
+def quantize_scope():
+    """Context in which QAT models can be saved, loaded and cloned."""
+    return qk.quantize_scope({"OutputQuantizeConfig": OutputQuantizeConfig})
+
+
+def quantize_model(model: keras.Model) -> keras.Model:
+    """Float Keras model -> QAT model with fake-quant nodes, carrying the float model's weights."""
+
+    def annotate(layer):
+        if isinstance(layer, _OUTPUT_QUANTIZED):
+            return qk.quantize_annotate_layer(layer, OutputQuantizeConfig())
+        return layer
+
+    annotated = keras.models.clone_model(model, clone_function=annotate)
+    annotated.set_weights(model.get_weights())
+    annotated = qk.quantize_annotate_model(annotated)
+    with quantize_scope():
+        return qk.quantize_apply(annotated)
+
+
+def is_qat_model(model: keras.Model) -> bool:
+    return any(isinstance(layer, qk.QuantizeWrapper) or type(layer).__name__ == "QuantizeLayer" for layer in model.layers)
+
+
+def freeze_batch_norm(model: keras.Model) -> int:
+    """Switch every BatchNormalization (wrapped or not) to its moving statistics; returns how many were frozen.
+
+    Late in QAT the batch statistics are noisy compared with the quantization steps the network is adapting to, and
+    the deployed model uses the moving averages; freezing them lets the last epochs train against what will ship
+    (the practice of the QAT paper, Jacob et al. 2018, and of TF's MobileNet QAT recipes). Recompile afterwards.
+    """
+    frozen = 0
+    for layer in model.layers:
+        inner = getattr(layer, "layer", layer)
+        if isinstance(inner, keras.layers.BatchNormalization):
+            inner.trainable = False
+            frozen += 1
+    return frozen
+
+
+@contextlib.contextmanager
+def maybe_quantize_scope(enabled: bool):
+    if enabled:
+        with quantize_scope():
+            yield
+    else:
+        yield

@@ -1,0 +1,275 @@
+"""From images to a fully-integer MobileNet: data -> float training -> QAT -> int8 TFLite export -> report.
+
+    python -m pipeline.train_and_export --variant small                    # offline default: synthetic shapes
+    python -m pipeline.train_and_export --dataset ~/photos --image_size 160 --output_dir runs/photos
+    python -m pipeline.train_and_export --helpfull                         # every flag
+
+Rerunning the same command after an interruption resumes from the last finished epoch of the stage it was in.
+Artifacts (model.tflite with metadata, labels.txt, model_card.json, report.json) land in --output_dir.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+
+from absl import app, flags, logging
+
+from keras_models import backend  # noqa: F401  (must precede TensorFlow imports)
+from keras_models.backend import keras, tf
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("variant", "small", "Model: small or large (MobileNetV3), v2, v1.")
+flags.DEFINE_float("alpha", 1.0, "Width multiplier.")
+flags.DEFINE_boolean("minimalistic", False, "MobileNetV3 minimalistic variant (no SE, h-swish or 5x5).")
+flags.DEFINE_string(
+    "dataset", "synthetic",
+    "'synthetic' (built-in, offline), a folder of class sub-folders (optionally split into train/ and val/ or test/), "
+    "or a TFDS name such as tfds:cifar10 (needs network).",
+)
+flags.DEFINE_list("synthetic_size", ["4000", "800"], "Train,test image counts of the synthetic dataset.")
+flags.DEFINE_integer("image_size", 64, "Square input resolution of the model.")
+flags.DEFINE_integer("batch_size", 64, "Training batch size.")
+flags.DEFINE_integer("float_epochs", 12, "Epochs of float training.")
+flags.DEFINE_integer("qat_epochs", 3, "Epochs of quantization-aware fine-tuning (0 with --noqat).")
+flags.DEFINE_integer("freeze_bn_epochs", 1, "Last QAT epochs run with BatchNorm statistics frozen.")
+flags.DEFINE_float("learning_rate", 0.1, "Peak learning rate of float training (SGD, warm-up + cosine).")
+flags.DEFINE_float("qat_learning_rate", 0.005, "Peak learning rate of QAT fine-tuning.")
+flags.DEFINE_float("weight_decay", 4e-5, "Decoupled weight decay (not applied to BN or biases).")
+flags.DEFINE_float("label_smoothing", 0.1, "Label smoothing.")
+flags.DEFINE_float("bn_momentum", 0.99, "BatchNorm moving-average momentum during training (0.999 suits ImageNet-length runs).")
+flags.DEFINE_float("dropout", 0.2, "Dropout before the classifier.")
+flags.DEFINE_string("weights", "none", "Initial weights: none, imagenet (downloads the Keras file), or a file path.")
+flags.DEFINE_boolean("qat", True, "Quantization-aware training; --noqat exports with post-training quantization.")
+flags.DEFINE_enum("io", "uint8", ["uint8", "int8"], "Input/output dtype of the TFLite model.")
+flags.DEFINE_enum("hswish", "lowered", ["lowered", "builtin"], "h-swish as ADD/RELU6/MUL ops, or HARD_SWISH.")
+flags.DEFINE_enum("on_bad_image", "skip", ["skip", "error"], "Unreadable image files: report and skip, or stop.")
+flags.DEFINE_string("output_dir", None, "Where checkpoints, logs and artifacts go (default runs/<variant>-<dataset>).")
+flags.DEFINE_integer("seed", 0, "Random seed (data split, shuffling, initialization).")
+flags.DEFINE_integer("calibration_images", 200, "Images for int8 calibration.")
+flags.DEFINE_integer("benchmark_runs", 100, "LiteRT latency runs for the report (0 to skip).")
+flags.DEFINE_boolean("android", False, "Copy the exported model into android_demo/app/src/main/assets.")
+flags.DEFINE_integer("verbose", 2, "Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch.")
+
+
+def _default_output_dir() -> str:
+    dataset = os.path.basename(os.path.normpath(FLAGS.dataset)).replace(":", "_") or "data"
+    return os.path.join("runs", f"{FLAGS.variant}-{dataset}")
+
+
+def _eval_keras(model: keras.Model, eval_ds: tf.data.Dataset) -> float:
+    correct = total = 0
+    for images, labels in eval_ds:
+        predictions = tf.argmax(model(images, training=False), axis=-1, output_type=tf.int32)
+        correct += int(tf.reduce_sum(tf.cast(predictions == tf.cast(labels, tf.int32), tf.int32)))
+        total += int(labels.shape[0])
+    return correct / max(total, 1)
+
+
+def _summary(report: dict) -> str:
+    acc = report["export"].get("accuracy", {})
+    lines = [
+        f"model        {report['model']['name']}  ({report['model']['params']:,} params, {report['model']['madds'] / 1e6:.1f}M MAdds at {report['config']['image_size']}px)",
+        f"data         {report['data']['spec']}: {report['data']['num_train']} train / {report['data']['num_eval']} eval ({report['data']['eval_split']}), {len(report['data']['classes'])} classes",
+        f"float top-1  {report['accuracy']['float_keras']:.4f}   (Keras, held-out split)",
+    ]
+    if report["accuracy"].get("qat_keras") is not None:
+        lines.append(f"QAT top-1    {report['accuracy']['qat_keras']:.4f}   (Keras with fake-quant)")
+    lines += [
+        f"int8 top-1   {acc.get('int8_top1', float('nan')):.4f}   (LiteRT, {acc.get('images', 0)} images; agrees with float on {acc.get('agreement', float('nan')):.1%})",
+        f"file         {report['export']['model_file']}  {report['export']['size_bytes'] / 1024:.0f} KiB, {report['export']['io_dtype']} I/O, "
+        f"{sum(report['export']['ops'].values())} ops, HARD_SWISH {report['export']['ops'].get('HARD_SWISH', 0)}, float tensors {report['export']['float_tensors']}",
+        "ops          " + ", ".join(f"{k} {v}" for k, v in sorted(report["export"]["ops"].items(), key=lambda kv: -kv[1])),
+    ]
+    for row in report.get("latency", []):
+        lines.append(f"latency      {row['threads']} thread(s): median {row['median_ms']:.2f} ms (LiteRT, XNNPACK)")
+    t = report["throughput"]
+    lines.append(
+        f"throughput   input pipeline {t['input_pipeline_images_per_s']:.0f} img/s vs float training {t['float_train_images_per_s'] or float('nan'):.0f} img/s"
+        + (f", QAT {t['qat_train_images_per_s']:.0f} img/s" if t.get("qat_train_images_per_s") else "")
+    )
+    lines.append(f"time         {report['seconds_total']:.0f} s total (float {report['stages'].get('float', 0):.0f} s, QAT {report['stages'].get('qat', 0):.0f} s)")
+    return "\n".join(lines)
+
+
+def _save_atomically(model: keras.Model, path: str, **kwargs) -> None:
+    """Save next to `path` and rename, so an interrupted save never leaves a half-written model."""
+    import shutil
+
+    tmp = path + ".tmp" + (os.path.splitext(path)[1] or "")
+    model.save(tmp, include_optimizer=False, **kwargs)
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
+def _install_into_android_app(output_dir: str):
+    """Copy model.tflite, labels.txt and model_card.json into the demo app's assets (android_demo/scripts)."""
+    import importlib.util
+
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "android_demo", "scripts",
+                          "install_model.py")
+    spec = importlib.util.spec_from_file_location("install_model", script)
+    installer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(installer)
+    return installer.install(output_dir)
+
+
+def _synthetic_size() -> tuple[int, int]:
+    try:
+        train, test = (int(v) for v in FLAGS.synthetic_size)
+    except ValueError:
+        raise ValueError(f"--synthetic_size takes two integers 'train,test', got {','.join(FLAGS.synthetic_size)}") from None
+    if train < 1 or test < 1:
+        raise ValueError("--synthetic_size counts must be positive")
+    return train, test
+
+
+def run() -> dict:
+    """The whole job; returns the report. User errors raise exceptions with one-line messages."""
+    import keras_models
+    from keras_models.profile import totals
+    from pipeline.data import input_pipeline_throughput, load_dataset
+    from pipeline.qat import freeze_batch_norm, quantize_model, quantize_scope
+    from pipeline.train import Recipe, one_hot, run_stage, set_batch_norm_momentum
+    from tflite_export.export import ModelInfo, export_model
+    from tflite_export._cli import atomic_write_json
+
+    started = time.perf_counter()
+    variant = keras_models.canonical_variant(FLAGS.variant)
+    if FLAGS.image_size < 32:
+        raise ValueError(f"--image_size must be at least 32, got {FLAGS.image_size}")
+    if FLAGS.batch_size < 1 or FLAGS.float_epochs < 0 or FLAGS.qat_epochs < 0:
+        raise ValueError("--batch_size must be >= 1 and epoch counts >= 0")
+    if FLAGS.qat and FLAGS.hswish == "builtin":
+        raise ValueError("--hswish builtin goes with post-training quantization: add --noqat")
+    if FLAGS.freeze_bn_epochs < 0:
+        raise ValueError("--freeze_bn_epochs must be >= 0")
+    # The frozen-BN epochs are the last ones of QAT, never more than all of it.
+    freeze_bn_epochs = min(FLAGS.freeze_bn_epochs, FLAGS.qat_epochs)
+    output_dir = FLAGS.output_dir or _default_output_dir()
+    os.makedirs(output_dir, exist_ok=True)
+    keras.utils.set_random_seed(FLAGS.seed)
+
+    data = load_dataset(
+        FLAGS.dataset, image_size=FLAGS.image_size, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
+        on_bad_image=FLAGS.on_bad_image, cache_dir=os.path.join(output_dir, "cache"),
+        synthetic_size=_synthetic_size(),
+    )
+    classes = data.class_names
+    logging.info("data: %d train, %d eval (%s), classes: %s", data.num_train, data.num_eval, data.eval_split_name,
+                 ", ".join(classes))
+    input_rate = input_pipeline_throughput(data.train)
+    logging.info("input pipeline alone: %.0f images/s", input_rate)
+    train = one_hot(data.train, len(classes))
+    eval_ds = one_hot(data.eval, len(classes))
+
+    model = keras_models.build(
+        variant, input_shape=(FLAGS.image_size, FLAGS.image_size, 3), alpha=FLAGS.alpha, num_classes=len(classes),
+        minimalistic=FLAGS.minimalistic, dropout=FLAGS.dropout, weights=FLAGS.weights,
+    )
+    params, madds = totals(model)
+    set_batch_norm_momentum(model, FLAGS.bn_momentum)
+    stage_args = dict(num_train=data.num_train, workdir=output_dir, batch_size=FLAGS.batch_size, verbose=FLAGS.verbose)
+    float_recipe = Recipe(learning_rate=FLAGS.learning_rate, weight_decay=FLAGS.weight_decay,
+                          label_smoothing=FLAGS.label_smoothing)
+    float_stage = run_stage("float", model, train, eval_ds, epochs=FLAGS.float_epochs, recipe=float_recipe, **stage_args)
+    float_acc = _eval_keras(model, data.eval)
+    logging.info("float model: held-out top-1 %.4f", float_acc)
+    _save_atomically(model, os.path.join(output_dir, "float_model.h5"))
+
+    stages = [float_stage]
+    export_source, qat_acc = model, None
+    if FLAGS.qat and FLAGS.qat_epochs:
+        qat_model = quantize_model(model)
+        qat_recipe = Recipe(learning_rate=FLAGS.qat_learning_rate, warmup_epochs=0, weight_decay=FLAGS.weight_decay,
+                            label_smoothing=FLAGS.label_smoothing)
+        with quantize_scope():
+            qat_train_epochs = FLAGS.qat_epochs - freeze_bn_epochs
+            stages.append(run_stage("qat", qat_model, train, eval_ds, epochs=qat_train_epochs, recipe=qat_recipe,
+                                    **stage_args))
+            if freeze_bn_epochs:
+                frozen = freeze_batch_norm(qat_model)
+                logging.info("QAT: froze %d BatchNorm layers for the last %d epoch(s)", frozen, freeze_bn_epochs)
+                frozen_recipe = dataclasses.replace(qat_recipe, learning_rate=FLAGS.qat_learning_rate * 0.1)
+                stages.append(run_stage("qat_bn_frozen", qat_model, train, eval_ds, epochs=freeze_bn_epochs,
+                                        recipe=frozen_recipe, **stage_args))
+            qat_acc = _eval_keras(qat_model, data.eval)
+            # HDF5 cannot hold tfmot's shared quantizer variables; the SavedModel format round-trips them.
+            _save_atomically(qat_model, os.path.join(output_dir, "qat_model"), save_format="tf")
+        logging.info("QAT model: held-out top-1 %.4f", qat_acc)
+        export_source = qat_model
+
+    info = ModelInfo(
+        name=f"{keras_models.VARIANTS[variant]} {FLAGS.alpha:g} {FLAGS.image_size}px int8",
+        description=f"{keras_models.VARIANTS[variant]} (alpha {FLAGS.alpha:g}) trained on {FLAGS.dataset}; "
+                    f"{'quantization-aware trained' if export_source is not model else 'post-training quantized'}, "
+                    f"fully integer, {FLAGS.io} I/O",
+    )
+    export_report = export_model(
+        export_source,
+        lambda: data.representative(FLAGS.calibration_images),
+        output_dir=output_dir,
+        labels=classes,
+        info=info,
+        io_dtype=FLAGS.io,
+        hswish=FLAGS.hswish,
+        eval_batches=lambda: data.eval.as_numpy_iterator(),
+        reference_model=model,
+    )
+    latency = []
+    if FLAGS.benchmark_runs:
+        from tflite_export.benchmark import benchmark_models
+
+        for row in benchmark_models([export_report["model_file"]], threads=[1, 2], runs=FLAGS.benchmark_runs,
+                                    warmup=10):
+            latency.append({"threads": row["threads"], "median_ms": row["median_ms"]})
+
+    report = {
+        "config": {name: FLAGS[name].value for name in (
+            "variant", "alpha", "minimalistic", "dataset", "image_size", "batch_size", "float_epochs", "qat_epochs",
+            "freeze_bn_epochs", "bn_momentum", "learning_rate", "qat_learning_rate", "weight_decay", "label_smoothing", "weights",
+            "qat", "io", "hswish", "seed")},
+        "model": {"name": model.name, "params": params, "madds": madds},
+        "data": {"spec": FLAGS.dataset, "num_train": data.num_train, "num_eval": data.num_eval,
+                 "eval_split": data.eval_split_name, "classes": classes, "skipped_files": data.skipped_files},
+        "accuracy": {"float_keras": float_acc, "qat_keras": qat_acc},
+        "export": export_report,
+        "latency": latency,
+        "throughput": {
+            "input_pipeline_images_per_s": input_rate,
+            "float_train_images_per_s": float_stage.images_per_second,
+            "qat_train_images_per_s": next((s.images_per_second for s in stages if s.name == "qat"), None),
+        },
+        "stages": {s.name: s.seconds for s in stages},
+        "resumed": {s.name: s.first_epoch for s in stages if s.first_epoch and not s.skipped},
+        "seconds_total": time.perf_counter() - started,
+    }
+    report["stages"]["qat"] = sum(s.seconds for s in stages if s.name.startswith("qat"))
+    atomic_write_json(os.path.join(output_dir, "report.json"), report)
+    if FLAGS.android:
+        report["android_assets"] = _install_into_android_app(output_dir)
+    return report
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from keras_models import WeightsError
+    from pipeline.data import DataError
+    from tflite_export.convert import ConversionError
+    from tflite_export.verify import VerificationError
+
+    try:
+        report = run()
+    except (DataError, WeightsError, ConversionError, VerificationError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print("\n" + _summary(report))
+    print(f"\nreport: {os.path.join(FLAGS.output_dir or _default_output_dir(), 'report.json')}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,336 @@
+"""android_demo/core: Kotlin unit tests, ktlint, and golden cross-checks against the Python pipeline.
+
+The Kotlin toolchain (kotlinc + ktlint from npm, JUnit 4 from Debian) is installed by android_demo/scripts/setup_kotlin.sh
+(called by scripts/setup.sh). Without it these tests skip locally, and fail in CI (CI=true), where it must be present.
+
+Golden checks: for every photo in ../shared/datasets/test-photos, Python decodes it (pipeline.preprocessing.decode_rgb) and
+hands the *decoded* RGB bytes to Kotlin, so JPEG decoder differences cannot hide or cause a mismatch. Both sides then build
+the 224x224 input tensor (central crop 87.5%, bilinear resize, quantization) and must agree byte for byte; Kotlin's
+dequantize + top-5 over the LiteRT output of Google's MobileNetV3-Small must name the classes Python's top-5 names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import struct
+import subprocess
+import zipfile
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, shared_path
+
+DEMO = REPO / "android_demo"
+TEST_SCRIPT = DEMO / "scripts" / "test_core.sh"
+TOOLS = pathlib.Path(os.environ.get("KOTLIN_TOOLS_DIR", REPO / ".cache" / "kotlin"))
+KOTLINC = TOOLS / "node_modules" / "kotlin-compiler" / "bin" / "kotlinc"
+KTLINT = TOOLS / "node_modules" / "@naturalcycles" / "ktlint" / "resources" / "ktlint"
+JUNIT = pathlib.Path("/usr/share/java/junit4.jar")
+CLI_MAIN = "com.mobilenetpipeline.core.GoldenCliKt"
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif"}
+TOP_K = 5
+
+
+def _require(*paths: pathlib.Path) -> None:
+    """Skip (locally) or fail (CI) when part of the Kotlin toolchain is missing."""
+    missing = [str(p) for p in paths if not p.exists()]
+    if shutil.which("java") is None:
+        missing.append("java")
+    if not missing:
+        return
+    message = f"Kotlin toolchain missing ({', '.join(missing)}); install it with: bash android_demo/scripts/setup_kotlin.sh"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def _run(cmd: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def kotlin_classpath() -> str:
+    """Compiles core's main and test sources once per session; returns the classpath of the golden CLI."""
+    _require(KOTLINC, JUNIT)
+    result = _run(["bash", str(TEST_SCRIPT), "compile"])
+    if result.returncode != 0:
+        pytest.fail(f"compiling android_demo/core failed:\n{result.stdout}\n{result.stderr}")
+    return _run(["bash", str(TEST_SCRIPT), "classpath"]).stdout.strip()
+
+
+def _cli(classpath: str, *args: str) -> str:
+    result = _run(["java", "-Xmx512m", "-XX:+UseSerialGC", "-cp", classpath, CLI_MAIN, *map(str, args)], timeout=300)
+    assert result.returncode == 0, f"Kotlin CLI {args[0]} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def test_kotlin_unit_tests(kotlin_classpath):
+    result = _run(["bash", str(TEST_SCRIPT), "test"])
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"Kotlin unit tests failed:\n{output}"
+    assert "OK (" in output, output
+
+
+def test_ktlint_clean():
+    _require(KTLINT)
+    result = _run(["bash", str(TEST_SCRIPT), "lint"])
+    assert result.returncode == 0, f"ktlint found problems in android_demo:\n{result.stdout}\n{result.stderr}"
+
+
+def _write_rgb(path: pathlib.Path, rgb: np.ndarray) -> None:
+    height, width, channels = rgb.shape
+    assert channels == 3 and rgb.dtype == np.uint8
+    path.write_bytes(b"RGB8" + struct.pack(">II", width, height) + np.ascontiguousarray(rgb).tobytes())
+
+
+def _stable_top_k(scores: np.ndarray, k: int) -> list[int]:
+    """Best first; equal scores keep the lower index first (the order core's TopK uses)."""
+    return [int(i) for i in np.argsort(-scores, kind="stable")[:k]]
+
+
+@pytest.fixture(scope="session")
+def golden(kotlin_classpath, tmp_path_factory):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from keras_models.backend import tf
+    from pipeline.preprocessing import decode_rgb, dequantize, eval_resize, quantize_input
+
+    photos_dir = shared_path("datasets", "test-photos")
+    model_path = shared_path("reference_models", "mobilenet_v3", "v3-small_224_1.0_uint8.tflite")
+    labels_path = shared_path("labels", "tflite_support_labels_1001_with_background.txt")
+    photos = sorted(p for p in photos_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    assert photos, f"no photos in {photos_dir}"
+
+    work = tmp_path_factory.mktemp("android_golden")
+    rgb_dir, out_dir = work / "rgb", work / "outputs"
+    rgb_dir.mkdir()
+    out_dir.mkdir()
+
+    interpreter = Interpreter(model_path=str(model_path), num_threads=1)
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    size = int(inp["shape"][1])
+    in_scale, in_zp = inp["quantization"]
+    out_scale, out_zp = out["quantization"]
+    num_classes = int(out["shape"][-1])
+
+    # Two input contracts: Google's reference models (mean = std = 127.5 with the model's own quantization) and the
+    # project's exports (raw RGB: scale 1, zero point 0, mean 0, std 1).
+    contracts = {
+        "google": dict(mean=127.5, std=127.5, scale=float(in_scale), zero_point=int(in_zp)),
+        "project": dict(mean=0.0, std=1.0, scale=1.0, zero_point=0),
+    }
+    cards = {}
+    for name, c in contracts.items():
+        card = {
+            "name": f"golden_{name}",
+            "input": {
+                "height": size,
+                "width": size,
+                "channels": 3,
+                "dtype": "uint8",
+                "scale": c["scale"],
+                "zero_point": c["zero_point"],
+                "mean": [c["mean"]] * 3,
+                "std": [c["std"]] * 3,
+            },
+            "output": {"dtype": "uint8", "scale": float(out_scale), "zero_point": int(out_zp), "num_classes": num_classes},
+            "labels_file": "labels.txt",
+        }
+        cards[name] = work / f"model_card_{name}.json"
+        cards[name].write_text(json.dumps(card))
+
+    python_inputs: dict[str, dict[str, bytes]] = {name: {} for name in contracts}
+    python_pixels: dict[str, bytes] = {}
+    python_top: dict[str, list[int]] = {}
+    for photo in photos:
+        key = photo.name.replace(".", "_")
+        decoded = decode_rgb(tf.io.read_file(str(photo))).numpy()
+        _write_rgb(rgb_dir / f"{key}.rgb", decoded)
+        pixels = eval_resize(tf.constant(decoded), size).numpy()
+        python_pixels[key] = pixels.astype("<f4").tobytes()
+        for name, c in contracts.items():
+            q = quantize_input(
+                pixels, mean=c["mean"], std=c["std"], scale=c["scale"], zero_point=c["zero_point"], dtype=np.uint8
+            )
+            python_inputs[name][key] = q.tobytes()
+        interpreter.set_tensor(inp["index"], np.frombuffer(python_inputs["google"][key], np.uint8).reshape(inp["shape"]))
+        interpreter.invoke()
+        raw = interpreter.get_tensor(out["index"]).reshape(-1).astype(np.uint8)
+        (out_dir / f"{key}.output").write_bytes(raw.tobytes())
+        python_top[key] = _stable_top_k(dequantize(raw, scale=out_scale, zero_point=out_zp), TOP_K)
+
+    kotlin_inputs: dict[str, dict[str, bytes]] = {}
+    kotlin_pixels: dict[str, bytes] = {}
+    for name, card in cards.items():
+        dest = work / f"kotlin_inputs_{name}"
+        _cli(kotlin_classpath, "preprocess", card, rgb_dir, dest)
+        kotlin_inputs[name] = {p.stem: p.read_bytes() for p in dest.glob("*.input")}
+        kotlin_pixels = {p.stem: p.read_bytes() for p in dest.glob("*.pixels")}
+    top_dir = work / "kotlin_top"
+    _cli(kotlin_classpath, "classify", cards["google"], labels_path, out_dir, top_dir, TOP_K)
+    kotlin_top = {}
+    for path in top_dir.glob("*.top.tsv"):
+        rows = [line.split("\t") for line in path.read_text().splitlines()]
+        kotlin_top[path.name[: -len(".top.tsv")]] = rows
+    labels = labels_path.read_text().splitlines()
+    return dict(
+        photos=photos,
+        python_inputs=python_inputs,
+        kotlin_inputs=kotlin_inputs,
+        python_pixels=python_pixels,
+        kotlin_pixels=kotlin_pixels,
+        python_top=python_top,
+        kotlin_top=kotlin_top,
+        labels=labels,
+    )
+
+
+@pytest.mark.parametrize("contract", ["google", "project"])
+def test_golden_input_tensors_are_byte_equal(golden, contract):
+    python_inputs, kotlin_inputs = golden["python_inputs"][contract], golden["kotlin_inputs"][contract]
+    assert set(kotlin_inputs) == set(python_inputs), "Kotlin did not produce a tensor for every photo"
+    mismatches = []
+    for key, expected in python_inputs.items():
+        got = kotlin_inputs[key]
+        if got != expected:
+            a, b = np.frombuffer(expected, np.uint8).astype(int), np.frombuffer(got, np.uint8).astype(int)
+            diff = np.abs(a - b) if a.shape == b.shape else None
+            detail = f"{int((diff > 0).sum())} bytes differ, max {int(diff.max())}" if diff is not None else "size differs"
+            mismatches.append(f"{key}: {detail}")
+    assert not mismatches, f"{len(mismatches)}/{len(python_inputs)} photos differ: " + "; ".join(mismatches)
+    assert len(python_inputs) == len(golden["photos"]) >= 1
+
+
+def test_golden_resized_float32_pixels_are_bit_identical(golden):
+    """Stronger than the tensor check: crop + bilinear resize agree with TensorFlow to the last float32 bit."""
+    python_pixels, kotlin_pixels = golden["python_pixels"], golden["kotlin_pixels"]
+    assert set(kotlin_pixels) == set(python_pixels)
+    differing = []
+    for key, expected in python_pixels.items():
+        a = np.frombuffer(expected, "<f4")
+        b = np.frombuffer(kotlin_pixels[key], "<f4")
+        if a.shape != b.shape or not np.array_equal(a.view("<u4"), b.view("<u4")):
+            n = int((a.view("<u4") != b.view("<u4")).sum()) if a.shape == b.shape else -1
+            differing.append(f"{key}: {n} floats differ")
+    assert not differing, "; ".join(differing)
+
+
+def test_golden_top5_names_the_same_classes(golden):
+    labels = golden["labels"]
+    assert set(golden["kotlin_top"]) == set(golden["python_top"])
+    for key, expected in golden["python_top"].items():
+        rows = golden["kotlin_top"][key]
+        assert [int(r[0]) for r in rows] == expected, f"{key}: top-{TOP_K} differs"
+        assert [r[2] for r in rows] == [labels[i] for i in expected]
+    # The chain means something: the reference model recognises the photos' subjects.
+    top5_names = {key: [labels[i] for i in idx] for key, idx in golden["python_top"].items()}
+    if "hot_dog_jpg" in top5_names:
+        assert top5_names["hot_dog_jpg"][0] == "hotdog", top5_names["hot_dog_jpg"]
+    if "grace_hopper_jpg" in top5_names:
+        assert "military uniform" in top5_names["grace_hopper_jpg"], top5_names["grace_hopper_jpg"]
+
+
+def _model_info(classpath: str, model: pathlib.Path, tmp_path: pathlib.Path) -> dict[str, str]:
+    out = tmp_path / f"{model.stem}.txt"
+    _cli(classpath, "modelinfo", model, out)
+    return dict(line.split("=", 1) for line in out.read_text().splitlines())
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        ("reference_models", "mobilenet_v3", "v3-small_224_1.0_uint8.tflite"),
+        ("reference_models", "coral", "mobilenet_v1_0.25_128_quant.tflite"),
+        ("reference_models", "tflite-support", "mobilenet_v1_0.25_224_quant.tflite"),
+        ("reference_models", "tflite-support", "mobilenet_v1_0.25_224_1_default_1.tflite"),
+    ],
+    ids=lambda p: p[-1],
+)
+def test_core_reads_tensors_metadata_and_labels_from_tflite(kotlin_classpath, tmp_path, parts):
+    """core's own .tflite reader (used by the app to configure itself) agrees with the LiteRT interpreter."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    model = shared_path(*parts)
+    info = _model_info(kotlin_classpath, model, tmp_path)
+    interpreter = Interpreter(model_path=str(model))
+    for prefix, details in (("input0", interpreter.get_input_details()[0]), ("output0", interpreter.get_output_details()[0])):
+        assert info[f"{prefix}.shape"] == ",".join(str(int(d)) for d in details["shape"])
+        scale, zero_point = details["quantization"]
+        assert np.float32(info[f"{prefix}.scale"]) == np.float32(scale)
+        assert int(info[f"{prefix}.zero_point"]) == zero_point
+        expected_type = {np.float32: 0, np.uint8: 3, np.int8: 9}[details["dtype"]]
+        assert int(info[f"{prefix}.type"]) == expected_type
+    data = model.read_bytes()
+    if b"PK\x05\x06" in data:
+        with zipfile.ZipFile(model) as archive:
+            names = archive.namelist()
+            assert info["associated_files"].split(",") == names
+            labels = archive.read(names[0]).decode().splitlines()
+        assert int(info["labels.count"]) == len(labels)
+        assert info["labels.first"] == labels[0]
+        assert info["label_files"] == names[0]
+    else:
+        assert info["associated_files"] == "" and info["labels.count"] == "0"
+    if "tflite-support" in parts and b"TFLITE_METADATA" in data:
+        # tflite-support's image classifiers declare NormalizationOptions mean = std = 127.5.
+        assert info["mean"] == "127.5" and info["std"] == "127.5"
+
+
+def _load_install_model():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("install_model", DEMO / "scripts" / "install_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _export_dir(root: pathlib.Path, num_labels: int = 3, num_classes: int = 3) -> pathlib.Path:
+    root.mkdir(parents=True)
+    (root / "model.tflite").write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(64))
+    (root / "labels.txt").write_text("".join(f"class{i}\n" for i in range(num_labels)))
+    card = {
+        "name": "tiny",
+        "input": {"height": 8, "width": 8, "channels": 3, "dtype": "uint8", "scale": 1.0, "zero_point": 0},
+        "output": {"dtype": "uint8", "scale": 0.00390625, "zero_point": 0, "num_classes": num_classes},
+        "labels_file": "labels.txt",
+    }
+    (root / "model_card.json").write_text(json.dumps(card))
+    return root
+
+
+def test_install_model_copies_the_export_into_assets(tmp_path):
+    install_model = _load_install_model()
+    source = _export_dir(tmp_path / "export")
+    assets = tmp_path / "assets"
+    installed = install_model.install(source, assets)
+    assert sorted(p.name for p in installed) == ["labels.txt", "model.tflite", "model_card.json"]
+    for name in ("model.tflite", "labels.txt", "model_card.json"):
+        assert (assets / name).read_bytes() == (source / name).read_bytes()
+    assert sorted(p.name for p in assets.iterdir()) == ["labels.txt", "model.tflite", "model_card.json"], "staging left behind"
+    # A second export replaces the first.
+    (source / "labels.txt").write_text("a\nb\nc\n")
+    install_model.install(source, assets)
+    assert (assets / "labels.txt").read_text() == "a\nb\nc\n"
+
+
+@pytest.mark.parametrize("problem", ["missing_model", "not_tflite", "bad_card", "label_count"])
+def test_install_model_rejects_bad_exports_and_leaves_assets_alone(tmp_path, problem):
+    install_model = _load_install_model()
+    assets = tmp_path / "assets"
+    install_model.install(_export_dir(tmp_path / "good"), assets)
+    before = {p.name: p.read_bytes() for p in assets.iterdir()}
+    bad = _export_dir(tmp_path / "bad", num_labels=7 if problem == "label_count" else 3)
+    if problem == "missing_model":
+        (bad / "model.tflite").unlink()
+    elif problem == "not_tflite":
+        (bad / "model.tflite").write_bytes(b"<html>not a model</html>")
+    elif problem == "bad_card":
+        (bad / "model_card.json").write_text("{not json")
+    assert install_model.main([str(bad), "--assets", str(assets)]) == 1
+    assert {p.name: p.read_bytes() for p in assets.iterdir()} == before

@@ -1,0 +1,123 @@
+"""tflite_export: both conversion paths give fully-integer files without HARD_SWISH; QAT covers every h-swish, SE and
+residual op with a fake-quant node; the export CLI fails cleanly on bad models."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import keras_models
+from keras_models.backend import keras
+from pipeline.qat import OutputQuantizeConfig, quantize_model
+from tests.conftest import REPO
+from tflite_export.convert import ConversionError, convert
+from tflite_export.verify import analyze, verify
+
+SIZE = 32
+RNG = np.random.default_rng(0)
+CALIBRATION = [RNG.uniform(0, 255, (1, SIZE, SIZE, 3)).astype(np.float32) for _ in range(8)]
+
+
+def representative():
+    return iter(CALIBRATION)
+
+
+@pytest.fixture(scope="module")
+def float_small():
+    """An untrained model: enough for graph-level properties (annotation, op types)."""
+    keras.utils.set_random_seed(0)
+    return keras_models.build("small", input_shape=(SIZE, SIZE, 3), alpha=0.35, num_classes=5)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_run):
+    """The float and QAT models of the session's tiny pipeline run. Trained weights matter for delegation: with random
+    weights activations are so small that XNNPACK refuses some int8 ADDs (input/output scale ratio below 2**-8)."""
+    from pipeline.qat import quantize_scope
+
+    run_dir, _ = tiny_run
+    with quantize_scope():
+        return (keras.models.load_model(run_dir / "float_model.h5", compile=False),
+                keras.models.load_model(run_dir / "qat_model", compile=False))
+
+
+# Google's V3-Small has 19 HARD_SWISH ops: stem, 2 per h-swish bneck (8 of them), Conv_1 and Conv_2.
+HSWISH_COUNT = 19
+
+
+@pytest.mark.parametrize("io_dtype", ["uint8", "int8"])
+def test_post_training_path_is_integer_only_without_hard_swish(trained, io_dtype):
+    content = convert(trained[0], representative, io_dtype=io_dtype)
+    analysis = verify(content, io_dtype=io_dtype)  # raises with every problem listed if anything is off
+    assert analysis.op_histogram.get("HARD_SWISH", 0) == 0 and analysis.float_tensors == []
+    assert analysis.inputs[0].dtype == io_dtype and analysis.outputs[0].dtype == io_dtype
+    assert analysis.xnnpack_partitions == 1
+
+
+def test_qat_path_is_integer_only_without_hard_swish(trained):
+    analysis = verify(convert(trained[1], representative))
+    assert analysis.op_histogram.get("HARD_SWISH", 0) == 0 and analysis.float_tensors == []
+    assert analysis.xnnpack_partitions == 1
+    # A fixed batch of 1: the classifier head is a plain RESHAPE, not SHAPE/STRIDED_SLICE/PACK.
+    assert not {"SHAPE", "STRIDED_SLICE", "PACK"} & set(analysis.op_histogram)
+
+
+def test_builtin_hswish_keeps_one_hard_swish_per_h_swish(float_small):
+    analysis = analyze(convert(float_small, representative, hswish="builtin"))
+    assert analysis.op_histogram["HARD_SWISH"] == HSWISH_COUNT
+    assert analysis.float_tensors == []
+
+
+def test_builtin_hswish_is_refused_for_qat_models(float_small):
+    with pytest.raises(ConversionError, match="--no-qat"):
+        convert(quantize_model(float_small), representative, hswish="builtin")
+
+
+def test_qat_puts_a_fake_quant_after_every_h_swish_se_and_residual_op(float_small):
+    qat = quantize_model(float_small)
+    checked = 0
+    for layer in qat.layers:
+        inner = getattr(layer, "layer", None)
+        if isinstance(inner, (keras.layers.Multiply, keras.layers.Rescaling, keras.layers.Add)):
+            config = layer.quantize_config
+            assert config.get_output_quantizers(inner), f"{layer.name} has no output fake-quant"
+            checked += 1
+        elif isinstance(layer, (keras.layers.Multiply, keras.layers.Rescaling, keras.layers.Add)):
+            pytest.fail(f"{layer.name} was left unwrapped by QAT")
+    # 19 h-swish (add3, mul, div6 each) + 9 SE (add3, div6, gate) + input rescale + residual adds.
+    assert checked >= 3 * HSWISH_COUNT + 3 * 9 + 1
+    assert any(isinstance(getattr(l, "quantize_config", None), OutputQuantizeConfig) for l in qat.layers)
+    # Conv weights: per-channel symmetric, as int8 TFLite kernels expect.
+    conv = qat.get_layer("quant_Conv_1")
+    weight_quantizer = conv.quantize_config.get_weights_and_quantizers(conv.layer)[0][1]
+    assert weight_quantizer.per_axis and weight_quantizer.symmetric
+
+
+def _export_cli(*args):
+    return subprocess.run([sys.executable, "-m", "tflite_export.export", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_export_cli_converts_saved_float_and_qat_models(tiny_run, tmp_path):
+    run_dir, _ = tiny_run
+    for source, name in ((run_dir / "float_model.h5", "ptq"), (run_dir / "qat_model", "qat")):
+        out = tmp_path / name
+        result = _export_cli(source, "--dataset", "synthetic", "--out", out, "--calibration-images", "16")
+        assert result.returncode == 0, result.stderr[-2000:]
+        analysis = verify(str(out / "model.tflite"))
+        assert analysis.has_metadata and (out / "labels.txt").read_text().split()[0] == "circle"
+
+
+@pytest.mark.parametrize("kind", ["missing", "garbage"])
+def test_export_cli_bad_model_is_a_one_line_error_without_output(kind, tmp_path):
+    model = tmp_path / "model.h5"
+    if kind == "garbage":
+        model.write_bytes(b"this is not a keras model")
+    out = tmp_path / "out"
+    result = _export_cli(model, "--out", out)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("tflite_export.export: error:")
+    assert not out.exists() or not any(out.iterdir())

@@ -1,0 +1,124 @@
+"""pipeline.train_and_export end to end: a tiny run, resume after a kill, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import REPO, TINY, run_pipeline as _run
+from tflite_export.verify import analyze
+
+
+def test_tiny_run_exports_a_fully_integer_model_without_hard_swish(tiny_run):
+    out, _ = tiny_run
+    analysis = analyze(str(out / "model.tflite"))
+    assert analysis.op_histogram.get("HARD_SWISH", 0) == 0
+    assert analysis.float_tensors == []
+    assert analysis.inputs[0].dtype == "uint8" and analysis.outputs[0].dtype == "uint8"
+    # h-swish lowered: the model still computes it, as ADD (+RELU6 fused) and MUL ops.
+    assert analysis.op_histogram["MUL"] >= 19 and analysis.op_histogram["ADD"] >= 1
+    assert analysis.has_metadata and analysis.has_associated_files
+
+
+def test_tiny_run_writes_labels_card_and_report(tiny_run):
+    out, result = tiny_run
+    labels = (out / "labels.txt").read_text().split()
+    card = json.loads((out / "model_card.json").read_text())
+    report = json.loads((out / "report.json").read_text())
+    assert labels == card["classes"] == report["data"]["classes"] and len(labels) == 8
+    assert card["input"] == {**card["input"], "height": 32, "width": 32, "dtype": "uint8", "scale": 1.0, "zero_point": 0}
+    acc = report["export"]["accuracy"]
+    assert acc["images"] == 160 and 0.0 <= acc["int8_top1"] <= 1.0
+    assert report["throughput"]["input_pipeline_images_per_s"] > 0
+    assert report["latency"] and all(row["median_ms"] > 0 for row in report["latency"])
+    assert "int8 top-1" in result.stdout and "HARD_SWISH 0" in result.stdout
+    # The QAT model and the float model are kept for re-export with tflite_export.export.
+    assert (out / "float_model.h5").is_file() and (out / "qat_model").is_dir()
+    assert not list(out.glob("**/*.tmp*"))
+
+
+def test_rerun_of_a_finished_run_skips_training(tiny_run, tmp_path):
+    out, _ = tiny_run
+    result = _run([*TINY, "--float_epochs", "2", "--qat_epochs", "2", "--freeze_bn_epochs", "1", "--output_dir", str(out)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "float: already finished in an earlier run" in result.stderr
+    assert "qat_bn_frozen: already finished in an earlier run" in result.stderr
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    args = [*TINY, "--float_epochs", "3", "--qat_epochs", "0", "--noqat", "--output_dir", str(out)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.train_and_export", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    seen = []
+    deadline = time.monotonic() + 600
+    for line in proc.stderr:  # absl logs to stderr
+        seen.append(line)
+        if "float: epoch 1 done, checkpoint saved" in line:
+            os.killpg(proc.pid, signal.SIGKILL)  # as abrupt as a power cut: no clean-up code runs
+            break
+        assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "".join(seen[-20:])
+    assert not (out / "model.tflite").exists()
+
+    result = _run(args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "float: resumed from checkpoint, starting at epoch 2" in result.stderr
+    assert "float: epoch 1 done" not in result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["resumed"] == {"float": 1}
+    assert (out / "model.tflite").is_file()
+
+
+@pytest.fixture()
+def folder_with(tmp_path):
+    """A class-folder dataset made of real PNGs, shaped by the test."""
+    from PIL import Image
+
+    def make(classes: dict[str, int]):
+        root = tmp_path / "photos"
+        for name, count in classes.items():
+            (root / name).mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (40, 40), (i * 20 % 255, 80, 160)).save(root / name / f"{i}.png")
+        return root
+
+    return make
+
+
+@pytest.mark.parametrize(
+    "case,args,message",
+    [
+        ("missing folder", ["--dataset", "/nonexistent/photos"], "/nonexistent/photos"),
+        ("unknown variant", ["--variant", "v9"], "unknown variant"),
+        ("tiny image size", ["--image_size", "16"], "at least 32"),
+        ("builtin hswish with QAT", ["--hswish", "builtin"], "--noqat"),
+        ("offline TFDS name", ["--dataset", "tfds:cifar10"], "synthetic"),
+        ("single class", ["--dataset", "{one_class}"], "class"),
+        ("empty class folder", ["--dataset", "{empty_class}"], "empty"),
+        ("missing weights file", ["--weights", "/nonexistent/w.h5"], "not found"),
+    ],
+)
+def test_bad_input_gives_one_line_error_and_no_artifact(case, args, message, tmp_path, folder_with):
+    if "{one_class}" in args:
+        args = ["--dataset", str(folder_with({"cats": 4}))]
+    if "{empty_class}" in args:
+        root = folder_with({"cats": 4, "dogs": 4})
+        (root / "birds").mkdir()
+        args = ["--dataset", str(root)]
+    out = tmp_path / "out"
+    result = _run([*TINY, "--float_epochs", "1", "--qat_epochs", "0", *args, "--output_dir", str(out)])
+    assert result.returncode == 2, f"{case}: {result.returncode}\n{result.stderr[-1500:]}"
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, last
+    assert not list(out.glob("**/*.tflite"))

@@ -1,0 +1,237 @@
+"""Export a trained Keras model as the file users ship: int8 TFLite + metadata + labels + model card, verified.
+
+Library: `export_model(...)`, called at the end of `python -m pipeline.train_and_export`.
+CLI:     `python -m tflite_export.export MODEL.h5 --dataset DIR_OR_synthetic --out DIR [--io uint8] [--hswish lowered]`
+         converts a saved Keras model (float: post-training quantization; QAT: its learned ranges).
+
+Nothing is written unless conversion and every check pass; each file is written atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from typing import Callable, Iterable
+
+import numpy as np
+
+from keras_models.backend import keras
+from pipeline.preprocessing import quantize_input
+from tflite_export import metadata as tflite_metadata
+from tflite_export import verify as tflite_verify
+from tflite_export.convert import ConversionError, RepresentativeData, convert
+from tflite_export._cli import atomic_write_bytes, atomic_write_json, run_main
+
+MODEL_FILE = "model.tflite"
+LABELS_FILE = "labels.txt"
+CARD_FILE = "model_card.json"
+# Our models take raw pixels: the metadata tells apps to feed RGB values as they are.
+PIXEL_MEAN = [0.0, 0.0, 0.0]
+PIXEL_STD = [1.0, 1.0, 1.0]
+
+
+@dataclasses.dataclass
+class ModelInfo:
+    name: str
+    description: str
+    version: str = "1.0"
+    author: str = "MobileNet mobile deployment pipeline"
+    license: str = "Apache-2.0"
+
+
+def run_tflite(content: bytes, images: np.ndarray, num_threads: int = 2) -> np.ndarray:
+    """Float pixels [N, H, W, 3] -> dequantized outputs [N, classes], one image at a time as on a phone."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=content, num_threads=num_threads)
+    interpreter.allocate_tensors()
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+    in_scale, in_zp = inp["quantization"]
+    out_scale, out_zp = out["quantization"]
+    results = []
+    for image in images:
+        if in_scale:
+            tensor = quantize_input(image, mean=0.0, std=1.0, scale=in_scale, zero_point=in_zp, dtype=inp["dtype"])
+        else:
+            tensor = image.astype(np.float32)
+        interpreter.set_tensor(inp["index"], tensor[None])
+        interpreter.invoke()
+        raw = interpreter.get_tensor(out["index"])[0]
+        results.append((raw.astype(np.float32) - out_zp) * out_scale if out_scale else raw.astype(np.float32))
+    return np.stack(results)
+
+
+def compare_with_keras(
+    content: bytes, keras_model: keras.Model, batches: Iterable[tuple[np.ndarray, np.ndarray]]
+) -> dict:
+    """Top-1 of the int8 file and of the Keras model on the same held-out images, and how often they agree."""
+    correct_int8 = correct_keras = agree = total = 0
+    for images, labels in batches:
+        images = np.asarray(images, np.float32)
+        labels = np.asarray(labels)
+        int8_pred = run_tflite(content, images).argmax(-1)
+        keras_pred = keras_model.predict_on_batch(images).argmax(-1)
+        correct_int8 += int((int8_pred == labels).sum())
+        correct_keras += int((keras_pred == labels).sum())
+        agree += int((int8_pred == keras_pred).sum())
+        total += len(labels)
+    if not total:
+        raise ValueError("no evaluation images")
+    return {
+        "images": total,
+        "keras_top1": correct_keras / total,
+        "int8_top1": correct_int8 / total,
+        "agreement": agree / total,
+    }
+
+
+def model_card(analysis, info: ModelInfo, labels: list[str], hswish: str, extra: dict | None = None) -> dict:
+    inp, out = analysis.inputs[0], analysis.outputs[0]
+    return {
+        "name": info.name,
+        "description": info.description,
+        "version": info.version,
+        "author": info.author,
+        "license": info.license,
+        "model_file": MODEL_FILE,
+        "labels_file": LABELS_FILE,
+        "input": {
+            "height": int(inp.shape[1]),
+            "width": int(inp.shape[2]),
+            "channels": int(inp.shape[3]),
+            "dtype": inp.dtype,
+            "scale": float(inp.scale),
+            "zero_point": int(inp.zero_point),
+            "mean": PIXEL_MEAN,
+            "std": PIXEL_STD,
+            "color": "RGB",
+            "preprocessing": "central crop 87.5%, bilinear resize, raw pixel values (no normalization)",
+        },
+        "output": {
+            "dtype": out.dtype,
+            "scale": float(out.scale),
+            "zero_point": int(out.zero_point),
+            "num_classes": len(labels),
+            "activation": "softmax",
+        },
+        "classes": labels,
+        "hswish": hswish,
+        "ops": dict(analysis.op_histogram),
+        **(extra or {}),
+    }
+
+
+def export_model(
+    model: keras.Model,
+    representative_data: RepresentativeData,
+    *,
+    output_dir: str,
+    labels: list[str],
+    info: ModelInfo,
+    io_dtype: str = "uint8",
+    hswish: str = "lowered",
+    eval_batches: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]] | None = None,
+    reference_model: keras.Model | None = None,
+) -> dict:
+    """Convert, verify, add metadata, write `model.tflite`, `labels.txt`, `model_card.json`; return a report dict.
+
+    `reference_model` is the Keras model the int8 accuracy is compared with (defaults to `model`).
+    Raises ConversionError / VerificationError before anything is written.
+    """
+    num_outputs = model.output_shape[-1]
+    if len(labels) != num_outputs:
+        raise ConversionError(f"{len(labels)} labels for a model with {num_outputs} outputs")
+    started = time.perf_counter()
+    content = convert(model, representative_data, io_dtype=io_dtype, hswish=hswish)
+    convert_seconds = time.perf_counter() - started
+    analysis = tflite_verify.verify(content, allow_hard_swish=(hswish == "builtin"), io_dtype=io_dtype)
+    content = tflite_metadata.write_metadata(
+        content,
+        labels=labels,
+        name=info.name,
+        description=info.description,
+        version=info.version,
+        author=info.author,
+        license=info.license,
+        mean=PIXEL_MEAN,
+        std=PIXEL_STD,
+    )
+    report = {
+        "model_file": os.path.join(output_dir, MODEL_FILE),
+        "size_bytes": len(content),
+        "convert_seconds": round(convert_seconds, 1),
+        "io_dtype": io_dtype,
+        "hswish": hswish,
+        "ops": dict(analysis.op_histogram),
+        "float_tensors": len(analysis.float_tensors),
+        "xnnpack_partitions": analysis.xnnpack_partitions,
+    }
+    if eval_batches is not None:
+        report["accuracy"] = compare_with_keras(content, reference_model or model, eval_batches())
+    atomic_write_bytes(os.path.join(output_dir, LABELS_FILE), ("\n".join(labels) + "\n").encode("utf-8"))
+    atomic_write_json(os.path.join(output_dir, CARD_FILE), model_card(analysis, info, labels, hswish))
+    atomic_write_bytes(os.path.join(output_dir, MODEL_FILE), content)
+    return report
+
+
+def _load_keras_model(path: str) -> keras.Model:
+    from pipeline.qat import quantize_scope
+
+    if not os.path.exists(path):
+        raise ConversionError(f"model file not found: {path}")
+    try:
+        with quantize_scope():
+            return keras.models.load_model(path, compile=False)
+    except Exception as err:  # noqa: BLE001 - corrupt files raise many types
+        raise ConversionError(f"could not load a Keras model from {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from pipeline.data import DataError, load_dataset
+    from tflite_export.verify import VerificationError
+
+    parser = argparse.ArgumentParser(prog="python -m tflite_export.export", description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="saved Keras model (.h5 / .keras / SavedModel dir), float or QAT")
+    parser.add_argument("--dataset", default="synthetic", help="images for calibration and the accuracy check")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--io", default="uint8", choices=["uint8", "int8"])
+    parser.add_argument("--hswish", default="lowered", choices=["lowered", "builtin"])
+    parser.add_argument("--labels", help="labels file (one per line); default: the dataset's class names")
+    parser.add_argument("--name", default=None)
+    parser.add_argument("--calibration-images", type=int, default=200)
+    args = parser.parse_args(argv)
+    try:
+        model = _load_keras_model(args.model)
+        size = model.input_shape[1]
+        data = load_dataset(args.dataset, image_size=size, batch_size=32)
+        labels = data.class_names
+        if args.labels:
+            with open(args.labels, encoding="utf-8") as f:
+                labels = [line.strip() for line in f if line.strip()]
+        info = ModelInfo(name=args.name or model.name, description=f"{model.name} int8 classifier ({len(labels)} classes)")
+        report = export_model(
+            model,
+            lambda: data.representative(args.calibration_images),
+            output_dir=args.out,
+            labels=labels,
+            info=info,
+            io_dtype=args.io,
+            hswish=args.hswish,
+            eval_batches=lambda: data.eval.as_numpy_iterator(),
+        )
+    except (ConversionError, VerificationError, DataError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    acc = report.get("accuracy", {})
+    print(f"wrote {report['model_file']} ({report['size_bytes']:,} bytes); int8 top-1 {acc.get('int8_top1', float('nan')):.4f}, "
+          f"keras top-1 {acc.get('keras_top1', float('nan')):.4f}, agreement {acc.get('agreement', float('nan')):.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main, prog="tflite_export.export"))

@@ -1,0 +1,101 @@
+"""`python -m tflite_export.inspect MODEL.tflite [--json] [--allow-hard-swish] [--io-dtype uint8]`
+
+Reports the op histogram, I/O details, the integer-only/export-rules check (tflite_export.verify), the XNNPACK
+partition count and the metadata summary. Exit code 0 for any readable model (it reports, it does not judge; use
+`--strict` to exit 1 when the export rules fail); 2 with a one-line error for a missing or malformed file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from tflite_export._cli import EXIT_FAIL, EXIT_OK, run_main
+from tflite_export.verify import analyze, problems_of
+
+PROG = "python -m tflite_export.inspect"
+
+
+def inspect_model(path, *, allow_hard_swish: bool = False, io_dtype: str | None = "uint8") -> dict:
+    """Everything the CLI shows, as a JSON-serializable dict."""
+    analysis = analyze(path)
+    problems = problems_of(analysis, allow_hard_swish=allow_hard_swish, io_dtype=io_dtype)
+    report = {"model": str(path), **analysis.to_dict(), "check": {"passed": not problems, "problems": problems}}
+    report.pop("op_sequence", None)
+    metadata: dict | None = None
+    if analysis.has_metadata:
+        try:
+            from tflite_export.metadata import read_metadata
+
+            metadata = read_metadata(path)
+            metadata.pop("raw", None)
+            labels = metadata.pop("labels", None) or []
+            metadata["num_labels"] = len(labels)
+            metadata["first_labels"] = labels[:5]
+        except ValueError as exc:  # MetadataError (incl. missing schema package) or corrupt metadata
+            metadata = {"error": str(exc)}
+    report["metadata"] = metadata
+    return report
+
+
+def _fmt_tensor(t: dict) -> str:
+    quant = f" scale={t['scale']:.6g} zero_point={t['zero_point']}" if t.get("scale") is not None else ""
+    sig = "" if t["shape_signature"] == t["shape"] else f" (signature {t['shape_signature']})"
+    return f"{t['name']!r}: {t['dtype']} {t['shape']}{sig}{quant}"
+
+
+def format_report(r: dict) -> str:
+    lines = [f"Model: {r['model']} ({r['size_bytes'] / 1024:.1f} KiB, {r['num_subgraphs']} subgraph(s), "
+             f"{r['num_ops']} ops)"]
+    lines.append("Ops:")
+    for name, count in r["op_histogram"].items():
+        lines.append(f"  {name:<24} {count}")
+    lines.append("Inputs:")
+    lines += [f"  {_fmt_tensor(t)}" for t in r["inputs"]]
+    lines.append("Outputs:")
+    lines += [f"  {_fmt_tensor(t)}" for t in r["outputs"]]
+    lines.append(f"Float tensors: {len(r['float_tensors'])}"
+                 + (f" (e.g. {', '.join(r['float_tensors'][:3])})" if r["float_tensors"] else ""))
+    if r["xnnpack_error"]:
+        lines.append(f"XNNPACK: {r['xnnpack_error']}")
+    else:
+        und = ", ".join(f"{k} x{v}" for k, v in r["xnnpack_undelegated"].items()) or "none"
+        lines.append(f"XNNPACK: {r['xnnpack_partitions']} delegated partition(s); not delegated: {und}")
+    check = r["check"]
+    lines.append("Integer-only export check: " + ("PASS" if check["passed"] else "FAIL"))
+    lines += [f"  - {p}" for p in check["problems"]]
+    md = r["metadata"]
+    if md is None:
+        lines.append("Metadata: none")
+    elif "error" in md:
+        lines.append(f"Metadata: present but unreadable: {md['error']}")
+    else:
+        lines.append(f"Metadata: name={md.get('name')!r} version={md.get('version')!r} author={md.get('author')!r} "
+                     f"license={md.get('license')!r}")
+        lines.append(f"  normalization mean={md.get('mean')} std={md.get('std')}; input range "
+                     f"{(md.get('input') or {}).get('min')}..{(md.get('input') or {}).get('max')}")
+        lines.append(f"  labels: {md.get('num_labels')} in {md.get('label_file')!r} (first: {md.get('first_labels')}); "
+                     f"packed files: {md.get('associated_files')}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[1])
+    parser.add_argument("model", help="path to a .tflite file")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--allow-hard-swish", action="store_true", help="do not count HARD_SWISH as a problem")
+    parser.add_argument("--io-dtype", default="uint8", help="expected input/output dtype ('any' to skip the check)")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when the export check fails")
+    args = parser.parse_args(argv)
+    io_dtype = None if args.io_dtype in ("any", "", "none") else args.io_dtype
+    report = inspect_model(args.model, allow_hard_swish=args.allow_hard_swish, io_dtype=io_dtype)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    if args.strict and not report["check"]["passed"]:
+        return EXIT_FAIL
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main, prog="inspect"))
