@@ -87,3 +87,43 @@ def write_json(path: str | None, payload: dict) -> None:
 def command_line() -> str:
     return " ".join([os.path.basename(sys.executable), "-m", __package__ + "." + os.path.basename(sys.argv[0])[:-3]]
                     + sys.argv[1:])
+
+
+def run_pipeline(flags: list[str], output_dir: str, log_name: str = "run.log") -> dict:
+    """Run `python -m pipeline.train_and_export FLAGS --output_dir OUTPUT_DIR` (stdout+stderr to OUTPUT_DIR/log_name).
+
+    Returns the command, exit code, wall seconds (start-up included) and the child's peak RSS (os.wait4 rusage)."""
+    import time
+
+    os.makedirs(output_dir, exist_ok=True)
+    cmd = [sys.executable, "-m", "pipeline.train_and_export", *flags, "--output_dir", output_dir]
+    log_path = os.path.join(output_dir, log_name)
+    print("command:", " ".join(cmd), flush=True)
+    print("log:", log_path, flush=True)
+    started = time.perf_counter()
+    with open(log_path, "a") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return {"command": " ".join(cmd), "exit_code": proc.returncode, "wall_seconds": time.perf_counter() - started,
+            "peak_rss_gib": usage.ru_maxrss / 1024**2, "log": log_path}
+
+
+def load_report(output_dir: str) -> dict | None:
+    path = os.path.join(output_dir, "report.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def accuracy_rows(report: dict) -> list[list]:
+    acc = report["export"].get("accuracy", {})
+    fl, q8 = report["accuracy"]["float_keras"], acc.get("int8_top1", float("nan"))
+    rows = [["float (Keras)", f"{100 * fl:.2f}"]]
+    if report["accuracy"].get("qat_keras") is not None:
+        rows.append(["QAT (Keras, fake-quant)", f"{100 * report['accuracy']['qat_keras']:.2f}"])
+    rows += [["int8 (LiteRT)", f"{100 * q8:.2f}"],
+             ["float - int8 (points)", f"{100 * (fl - q8):+.2f}"],
+             ["int8/float agreement", f"{100 * acc.get('agreement', float('nan')):.2f}%"]]
+    return rows

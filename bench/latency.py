@@ -35,6 +35,17 @@ def float_tflite(model) -> bytes:
     return converter.convert()
 
 
+def calibrated_qat(qat_model, images):
+    """Forward passes in training mode, as QAT steps do, so the fake-quant ranges leave their initial values.
+
+    A QAT model that never saw a training step keeps its input quantizer's initial range (min = max = 0), and the
+    converter then writes an input scale of ~4e-9: every pixel saturates and the input rescale MUL falls off XNNPACK
+    (a second partition). The exported pipeline model never has this problem: it is converted after QAT epochs."""
+    for x in images:
+        qat_model(x, training=True)
+    return qat_model
+
+
 def build_models(size: int, num_classes: int, outdir: str, calibration: int = 8) -> dict[str, str]:
     import keras_models
     from pipeline.qat import quantize_model
@@ -47,8 +58,8 @@ def build_models(size: int, num_classes: int, outdir: str, calibration: int = 8)
     files = {}
     for name, make in (
         ("ours float32", lambda: float_tflite(model)),
-        ("ours int8 lowered (QAT)", lambda: convert(quantize_model(model), representative, io_dtype="uint8",
-                                                    hswish="lowered")),
+        ("ours int8 lowered (QAT)", lambda: convert(calibrated_qat(quantize_model(model), calib), representative,
+                                                    io_dtype="uint8", hswish="lowered")),
         ("ours int8 builtin HARD_SWISH (PTQ)", lambda: convert(model, representative, io_dtype="uint8",
                                                                hswish="builtin")),
     ):

@@ -104,7 +104,7 @@ def folder_with(tmp_path):
         ("builtin hswish with QAT", ["--hswish", "builtin"], "--noqat"),
         ("offline TFDS name", ["--dataset", "tfds:cifar10"], "synthetic"),
         ("single class", ["--dataset", "{one_class}"], "class"),
-        ("empty class folder", ["--dataset", "{empty_class}"], "empty"),
+        ("empty class folder", ["--dataset", "{empty_class}"], "contains no images"),
         ("missing weights file", ["--weights", "/nonexistent/w.h5"], "not found"),
     ],
 )

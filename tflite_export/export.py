@@ -192,8 +192,7 @@ def _load_keras_model(path: str) -> keras.Model:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from pipeline.data import DataError, load_dataset
-    from tflite_export.verify import VerificationError
+    from pipeline.data import load_dataset
 
     parser = argparse.ArgumentParser(prog="python -m tflite_export.export", description=__doc__.splitlines()[0])
     parser.add_argument("model", help="saved Keras model (.h5 / .keras / SavedModel dir), float or QAT")
@@ -205,28 +204,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default=None)
     parser.add_argument("--calibration-images", type=int, default=200)
     args = parser.parse_args(argv)
-    try:
-        model = _load_keras_model(args.model)
-        size = model.input_shape[1]
-        data = load_dataset(args.dataset, image_size=size, batch_size=32)
-        labels = data.class_names
-        if args.labels:
-            with open(args.labels, encoding="utf-8") as f:
-                labels = [line.strip() for line in f if line.strip()]
-        info = ModelInfo(name=args.name or model.name, description=f"{model.name} int8 classifier ({len(labels)} classes)")
-        report = export_model(
-            model,
-            lambda: data.representative(args.calibration_images),
-            output_dir=args.out,
-            labels=labels,
-            info=info,
-            io_dtype=args.io,
-            hswish=args.hswish,
-            eval_batches=lambda: data.eval.as_numpy_iterator(),
-        )
-    except (ConversionError, VerificationError, DataError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    model = _load_keras_model(args.model)
+    size = model.input_shape[1]
+    data = load_dataset(args.dataset, image_size=size, batch_size=32)
+    labels = data.class_names
+    if args.labels:
+        with open(args.labels, encoding="utf-8") as f:
+            labels = [line.strip() for line in f if line.strip()]
+    info = ModelInfo(name=args.name or model.name, description=f"{model.name} int8 classifier ({len(labels)} classes)")
+    report = export_model(
+        model,
+        lambda: data.representative(args.calibration_images),
+        output_dir=args.out,
+        labels=labels,
+        info=info,
+        io_dtype=args.io,
+        hswish=args.hswish,
+        eval_batches=lambda: data.eval.as_numpy_iterator(),
+    )
     acc = report.get("accuracy", {})
     print(f"wrote {report['model_file']} ({report['size_bytes']:,} bytes); int8 top-1 {acc.get('int8_top1', float('nan')):.4f}, "
           f"keras top-1 {acc.get('keras_top1', float('nan')):.4f}, agreement {acc.get('agreement', float('nan')):.4f}")

@@ -1,0 +1,56 @@
+"""The pipeline on a small real photo folder (../shared/datasets/hymenoptera_data: ants vs bees, 245 train / 153 val
+photos of various sizes), from scratch: float vs int8 top-1 on val.
+
+    nice -n 10 python -m bench.photos [--image_size 128] [--float_epochs 30] [--json OUT] [-- more pipeline flags]
+
+Output goes to ~/.cache/mobilenet-bench/runs/photos-<size> (a fresh folder per run unless --output_dir is given and
+reused, in which case the pipeline resumes/skips finished stages).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+
+from bench import _common
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--image_size", type=int, default=128)
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--float_epochs", type=int, default=30)
+    p.add_argument("--qat_epochs", type=int, default=3)
+    p.add_argument("--learning_rate", type=float, default=0.05, help="pipeline default 0.1 at batch 64, scaled to 32")
+    p.add_argument("--output_dir", default=None)
+    p.add_argument("--json", default=None)
+    p.add_argument("extra", nargs="*")
+    args = p.parse_args(argv)
+    data = _common.shared_path("datasets", "hymenoptera_data")
+    output_dir = args.output_dir or os.path.join(_common.CACHE, "runs", f"photos-{args.image_size}")
+    if args.output_dir is None and os.path.exists(output_dir):
+        shutil.rmtree(output_dir)  # fresh measurement (the pipeline would skip finished stages)
+    flags = ["--variant", "small", "--dataset", data, "--image_size", str(args.image_size), "--batch_size",
+             str(args.batch_size), "--float_epochs", str(args.float_epochs), "--qat_epochs", str(args.qat_epochs),
+             "--learning_rate", str(args.learning_rate), *args.extra]
+    run = _common.run_pipeline(flags, output_dir)
+    report = _common.load_report(output_dir)
+    if run["exit_code"] or report is None:
+        sys.exit(f"pipeline failed (exit {run['exit_code']}); see {run['log']}")
+    d = report["data"]
+    print(f"\nhymenoptera_data ({', '.join(d['classes'])}): {d['num_train']} train / {d['num_eval']} {d['eval_split']}, "
+          f"V3-Small 1.0 from scratch at {args.image_size} px, {args.float_epochs} float + {args.qat_epochs} QAT epochs")
+    print(_common.table(["model", f"top-1 % on {d['num_eval']} val photos"], _common.accuracy_rows(report)))
+    print(f"time: wall {run['wall_seconds']:.0f} s (pipeline {report['seconds_total']:.0f} s), "
+          f"peak RSS {run['peak_rss_gib']:.2f} GiB, skipped files {len(d['skipped_files'])}")
+    machine = _common.machine()
+    print(f"machine: {machine['cpu']}, {machine['nproc']} cores, {machine['date']}")
+    _common.write_json(args.json, {"machine": machine, "revision": _common.git_revision(), "run": run,
+                                   "accuracy": report["accuracy"], "export_accuracy": report["export"].get("accuracy"),
+                                   "data": d, "config": report["config"], "seconds_total": report["seconds_total"]})
+
+
+if __name__ == "__main__":
+    main()
