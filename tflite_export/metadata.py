@@ -23,6 +23,8 @@ the official writer stores for this layout, e.g. in Coral's tf2_mobilenet_v2_1.0
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import io
 import os
 import zipfile
@@ -47,14 +49,25 @@ class MetadataError(ValueError):
     """Metadata cannot be written (bad arguments, model not an image classifier) or read (corrupt)."""
 
 
+@functools.lru_cache(maxsize=1)
 def _metadata_schema():
-    try:
-        from mediapipe.tasks.metadata import metadata_schema_py_generated as metadata_fb
-    except ImportError as exc:  # pragma: no cover - depends on the environment
+    """mediapipe's generated TFLite metadata schema module, loaded on its own.
+
+    Importing it the usual way runs `mediapipe/__init__.py`, which pulls in the whole MediaPipe runtime (OpenCV,
+    native task libraries) that mediapipe is installed without (see requirements-nodeps.txt). The generated schema
+    file needs nothing but `flatbuffers`, so it is loaded from the installed package directly.
+    """
+    spec = importlib.util.find_spec("mediapipe")  # locates the package without executing its __init__
+    path = os.path.join(os.path.dirname(spec.origin), "tasks", "metadata", "metadata_schema_py_generated.py") if spec else ""
+    if not os.path.isfile(path):
         raise MetadataError(
-            "the TFLite metadata schema needs the 'mediapipe' package (pip install 'mediapipe==1.2.*'): " + str(exc)
-        ) from None
-    return metadata_fb
+            "the TFLite metadata schema comes from the 'mediapipe' package, which is not installed: "
+            "pip install --no-deps -r requirements-nodeps.txt"
+        )
+    module_spec = importlib.util.spec_from_file_location("mediapipe_metadata_schema_py_generated", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
 
 
 def _model_schema():
