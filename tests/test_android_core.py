@@ -7,6 +7,7 @@ Golden checks: for every photo in ../shared/datasets/test-photos, Python decodes
 hands the *decoded* RGB bytes to Kotlin, so JPEG decoder differences cannot hide or cause a mismatch. Both sides then build
 the 224x224 input tensor (central crop 87.5%, bilinear resize, quantization) and must agree byte for byte; Kotlin's
 dequantize + top-5 over the LiteRT output of Google's MobileNetV3-Small must name the classes Python's top-5 names.
+The same chain runs on a model this project exported (the session's tiny pipeline run), configured from its model card.
 """
 
 from __future__ import annotations
@@ -233,6 +234,51 @@ def test_golden_top5_names_the_same_classes(golden):
         assert top5_names["hot_dog_jpg"][0] == "hotdog", top5_names["hot_dog_jpg"]
     if "grace_hopper_jpg" in top5_names:
         assert "military uniform" in top5_names["grace_hopper_jpg"], top5_names["grace_hopper_jpg"]
+
+
+def test_golden_on_the_pipelines_own_export(kotlin_classpath, tiny_run, tmp_path):
+    """The app path on a model this project exported: Kotlin configures itself from the exported model_card.json,
+    builds the same input bytes as Python, and its top-k over LiteRT's output names the classes Python names."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from keras_models.backend import tf
+    from pipeline.preprocessing import decode_rgb, dequantize, eval_resize, quantize_input
+
+    run_dir, _ = tiny_run
+    card_path, labels_path = run_dir / "model_card.json", run_dir / "labels.txt"
+    card = json.loads(card_path.read_text())
+    photos = sorted(p for p in shared_path("datasets", "test-photos").iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    interpreter = Interpreter(model_path=str(run_dir / "model.tflite"), num_threads=1)
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    assert (card["input"]["scale"], card["input"]["zero_point"]) == tuple(inp["quantization"])
+    rgb_dir, out_dir = tmp_path / "rgb", tmp_path / "outputs"
+    rgb_dir.mkdir()
+    out_dir.mkdir()
+    expected_inputs, expected_top = {}, {}
+    k = 3
+    for photo in photos:
+        key = photo.name.replace(".", "_")
+        decoded = decode_rgb(tf.io.read_file(str(photo))).numpy()
+        _write_rgb(rgb_dir / f"{key}.rgb", decoded)
+        pixels = eval_resize(tf.constant(decoded), card["input"]["height"]).numpy()
+        q = quantize_input(pixels, mean=card["input"]["mean"][0], std=card["input"]["std"][0],
+                           scale=card["input"]["scale"], zero_point=card["input"]["zero_point"], dtype=np.uint8)
+        expected_inputs[key] = q.tobytes()
+        interpreter.set_tensor(inp["index"], q[None])
+        interpreter.invoke()
+        raw = interpreter.get_tensor(out["index"]).reshape(-1)
+        (out_dir / f"{key}.output").write_bytes(raw.tobytes())
+        expected_top[key] = _stable_top_k(dequantize(raw, scale=out["quantization"][0], zero_point=out["quantization"][1]), k)
+
+    _cli(kotlin_classpath, "preprocess", card_path, rgb_dir, tmp_path / "kotlin_inputs")
+    got_inputs = {p.stem: p.read_bytes() for p in (tmp_path / "kotlin_inputs").glob("*.input")}
+    assert got_inputs == expected_inputs
+    _cli(kotlin_classpath, "classify", card_path, labels_path, out_dir, tmp_path / "kotlin_top", k)
+    labels = labels_path.read_text().splitlines()
+    for key, expected in expected_top.items():
+        rows = [line.split("\t") for line in (tmp_path / "kotlin_top" / f"{key}.top.tsv").read_text().splitlines()]
+        assert [int(r[0]) for r in rows] == expected and [r[2] for r in rows] == [labels[i] for i in expected], key
 
 
 def _model_info(classpath: str, model: pathlib.Path, tmp_path: pathlib.Path) -> dict[str, str]:
