@@ -39,20 +39,22 @@ def parse_args(argv=None):
 
 
 def stage_curves(log_path: str) -> dict[str, list[float]]:
-    """val_accuracy per epoch, grouped by stage (Keras prints its epoch line just before our 'epoch N done' line)."""
+    """val_accuracy per epoch, grouped by stage. In the log, our "<stage>: epoch N done" line comes just before the
+    Keras epoch line with the val_accuracy of that epoch."""
     curves: dict[str, list[float]] = {}
-    pending = None
+    stage = None
     if not os.path.exists(log_path):
         return curves
     with open(log_path, errors="replace") as f:
         for line in f:
-            m = re.search(r"val_accuracy: ([0-9.]+)", line)
-            if m:
-                pending = float(m.group(1))
             m = re.search(r"\b(float|qat|qat_bn_frozen): epoch (\d+) done", line)
-            if m and pending is not None:
-                curves.setdefault(m.group(1), []).append(pending)
-                pending = None
+            if m:
+                stage = m.group(1)
+                continue
+            m = re.search(r"val_accuracy: ([0-9.]+)", line)
+            if m and stage is not None:
+                curves.setdefault(stage, []).append(float(m.group(1)))
+                stage = None
     return curves
 
 
@@ -129,12 +131,13 @@ def main(argv=None):
                "--output_dir", output_dir, *args.extra]
         print("command:", " ".join(cmd), flush=True)
         print("log:", os.path.join(output_dir, "run.log"), flush=True)
+        machine, revision = _common.machine(), _common.git_revision()  # at the start of the run
         started = time.perf_counter()
         with open(os.path.join(output_dir, "run.log"), "a") as log:
             code = subprocess.call(cmd, cwd=_common.REPO, stdout=log, stderr=subprocess.STDOUT)
         extra = {"wall_seconds": time.perf_counter() - started, "exit_code": code,
                  "peak_rss_gib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2,
-                 "command": " ".join(cmd), "machine": _common.machine(), "revision": _common.git_revision()}
+                 "command": " ".join(cmd), "machine": machine, "revision": revision}
         if code:
             print(f"pipeline exited with code {code}; see {output_dir}/run.log", file=sys.stderr)
     result = summarize(output_dir, extra)

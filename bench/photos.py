@@ -17,6 +17,40 @@ import sys
 from bench import _common
 
 
+def batch_norm_probe(output_dir: str, dataset: str, image_size: int) -> dict:
+    """Top-1 of the saved float model with BatchNorm moving statistics (how it is deployed) and with batch statistics
+    (training=True), on val and on the (augmented) training split: tells a broken BN state from a model that did not
+    learn. Classes predicted on val are counted to spot a constant answer."""
+    import numpy as np
+
+    from keras_models import backend  # noqa: F401  (before TensorFlow)
+    from keras_models.backend import keras
+    from pipeline.data import load_dataset
+
+    data = load_dataset(dataset, image_size=image_size, batch_size=32, seed=0)
+    model = keras.models.load_model(os.path.join(output_dir, "float_model.h5"), compile=False)
+    out = {}
+    for split, ds in (("val", data.eval), ("train", data.train)):
+        for training in (False, True):
+            correct = total = 0
+            counts = np.zeros(len(data.class_names), int)
+            for x, y in ds:
+                p = np.argmax(model(x, training=training).numpy(), -1)
+                correct += int((p == y.numpy()).sum())
+                total += len(p)
+                counts += np.bincount(p, minlength=len(counts))
+            out[f"{split}, {'batch' if training else 'moving'} statistics"] = {
+                "top1": correct / total, "predicted": dict(zip(data.class_names, counts.tolist()))}
+    return out
+
+
+def print_probe(probe: dict) -> None:
+    print("\nBatchNorm probe (saved float model):")
+    print(_common.table(["split, BN statistics", "top-1 %", "predicted classes"],
+                        [[k, f"{100 * v['top1']:.2f}", ", ".join(f"{c} {n}" for c, n in v["predicted"].items())]
+                         for k, v in probe.items()]))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--image_size", type=int, default=128)
@@ -26,15 +60,21 @@ def main(argv=None):
     p.add_argument("--learning_rate", type=float, default=0.05, help="pipeline default 0.1 at batch 64, scaled to 32")
     p.add_argument("--output_dir", default=None)
     p.add_argument("--json", default=None)
+    p.add_argument("--probe_only", action="store_true",
+                   help="only run the BatchNorm probe on the float model of an existing --output_dir")
     p.add_argument("extra", nargs="*")
     args = p.parse_args(argv)
     data = _common.shared_path("datasets", "hymenoptera_data")
     output_dir = args.output_dir or os.path.join(_common.CACHE, "runs", f"photos-{args.image_size}")
+    if args.probe_only:
+        print_probe(batch_norm_probe(output_dir, data, args.image_size))
+        return
     if args.output_dir is None and os.path.exists(output_dir):
         shutil.rmtree(output_dir)  # fresh measurement (the pipeline would skip finished stages)
     flags = ["--variant", "small", "--dataset", data, "--image_size", str(args.image_size), "--batch_size",
              str(args.batch_size), "--float_epochs", str(args.float_epochs), "--qat_epochs", str(args.qat_epochs),
              "--learning_rate", str(args.learning_rate), *args.extra]
+    machine = _common.machine()  # date and load average at the start
     run = _common.run_pipeline(flags, output_dir)
     report = _common.load_report(output_dir)
     if run["exit_code"] or report is None:
@@ -45,11 +85,14 @@ def main(argv=None):
     print(_common.table(["model", f"top-1 % on {d['num_eval']} val photos"], _common.accuracy_rows(report)))
     print(f"time: wall {run['wall_seconds']:.0f} s (pipeline {report['seconds_total']:.0f} s), "
           f"peak RSS {run['peak_rss_gib']:.2f} GiB, skipped files {len(d['skipped_files'])}")
-    machine = _common.machine()
-    print(f"machine: {machine['cpu']}, {machine['nproc']} cores, {machine['date']}")
+    probe = batch_norm_probe(output_dir, data, args.image_size)
+    print_probe(probe)
+    print(f"machine: {machine['cpu']}, {machine['nproc']} cores, load average at start {machine.get('loadavg_at_start')}, "
+          f"started {machine['date']}")
     _common.write_json(args.json, {"machine": machine, "revision": _common.git_revision(), "run": run,
                                    "accuracy": report["accuracy"], "export_accuracy": report["export"].get("accuracy"),
-                                   "data": d, "config": report["config"], "seconds_total": report["seconds_total"]})
+                                   "data": d, "config": report["config"], "seconds_total": report["seconds_total"],
+                                   "batch_norm_probe": probe})
 
 
 if __name__ == "__main__":

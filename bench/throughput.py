@@ -72,6 +72,7 @@ def main(argv=None):
     from pipeline.qat import quantize_scope
     from pipeline.train import Recipe, compile_model, one_hot, set_batch_norm_momentum
 
+    machine = _common.machine()  # load average before the measurement
     keras.utils.set_random_seed(0)
     data = load_dataset("synthetic", image_size=args.image_size, batch_size=args.batch_size, seed=0,
                         cache_dir=os.path.join(_common.CACHE, "synthetic"), synthetic_size=(4000, 200))
@@ -113,7 +114,6 @@ def main(argv=None):
     pooled = {n: float(len(rates[n]) / np.sum(1.0 / np.array(rates[n]))) for n in names}
     rows = [[n, f"{params[n]:,}", f"{med[n]:.0f}", f"{pooled[n]:.0f}", f"{np.percentile(rates[n], 10):.0f}-{np.percentile(rates[n], 90):.0f}"]
             for n in names]
-    machine = _common.machine()
     print(f"\nTraining throughput, V3-Small 1.0 at {args.image_size} px, batch {args.batch_size}, {num_classes} classes, "
           f"{args.rounds} alternating rounds x {args.steps} steps")
     print(_common.table(["model", "params", "median img/s (rounds)", "pooled img/s", "p10-p90 img/s"], rows))

@@ -71,6 +71,15 @@ def set_batch_norm_momentum(model: keras.Model, momentum: float) -> None:
             layer.momentum = momentum
 
 
+def auto_batch_norm_momentum(training_steps: int) -> float:
+    """Momentum whose moving average spans the last ~5% of training: 1 - 20 / steps, kept within [0.9, 0.99].
+
+    Measured: 0.99 over 756 steps (synthetic default) scores 100% held-out; 0.99 over 240 steps (hymenoptera) leaves
+    statistics that make the model predict one class for every image, which 0.9 fixes.
+    """
+    return float(min(0.99, max(0.9, 1.0 - 20.0 / max(training_steps, 1))))
+
+
 def one_hot(dataset: tf.data.Dataset, num_classes: int) -> tf.data.Dataset:
     """Label smoothing needs one-hot targets."""
     return dataset.map(lambda x, y: (x, tf.one_hot(y, num_classes)), num_parallel_calls=tf.data.AUTOTUNE)
