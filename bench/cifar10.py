@@ -104,7 +104,7 @@ def print_table(r: dict) -> None:
     print(_common.table(["model", f"top-1 % on {r['int8_images']} {r['eval_split']} images", "note"], rows))
     stages = r["stages_s"]
     print(f"time: pipeline {r['pipeline_seconds'] / 60:.1f} min (float {stages.get('float', 0) / 60:.1f}, "
-          f"QAT {stages.get('qat', 0) / 60:.1f})" + (f", wall {r['wall_seconds'] / 60:.1f} min" if r.get("wall_seconds") else "")
+          f"QAT {stages.get('qat_total', stages.get('qat', 0)) / 60:.1f})" + (f", wall {r['wall_seconds'] / 60:.1f} min" if r.get("wall_seconds") else "")
           + (f", peak RSS {r['peak_rss_gib']:.2f} GiB" if r.get("peak_rss_gib") else ""))
     print(f"training img/s: float {r['float_train_img_s'] or float('nan'):.0f}, QAT {r['qat_train_img_s'] or float('nan'):.0f}")
     for stage, curve in r["val_accuracy_per_epoch"].items():

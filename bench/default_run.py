@@ -34,7 +34,7 @@ def main(argv=None):
     rows = _common.accuracy_rows(report)
     rows += [["wall time incl. start-up", f"{run['wall_seconds'] / 60:.2f} min"],
              ["pipeline time (report)", f"{report['seconds_total']:.0f} s (float {report['stages'].get('float', 0):.0f} s, "
-                                        f"QAT {report['stages'].get('qat', 0):.0f} s)"],
+                                        f"QAT {report['stages'].get('qat_total', report['stages'].get('qat', 0)):.0f} s)"],
              ["peak RSS", f"{run['peak_rss_gib']:.2f} GiB"],
              ["input pipeline / float / QAT img/s", f"{t['input_pipeline_images_per_s']:.0f} / "
                                                    f"{t['float_train_images_per_s'] or 0:.0f} / {t['qat_train_images_per_s'] or 0:.0f}"]]

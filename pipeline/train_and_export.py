@@ -96,7 +96,7 @@ def _summary(report: dict) -> str:
         + (f", QAT {t['qat_train_images_per_s']:.0f} img/s" if t.get("qat_train_images_per_s") else "")
     )
     lines.append(f"time         {report['seconds_total']:.0f} s total (float {report['stages'].get('float', 0):.0f} s, "
-                 f"QAT {report['stages'].get('qat', 0):.0f} s, export + int8 evaluation {report['stages']['export_and_int8_eval']:.0f} s)")
+                 f"QAT {report['stages']['qat_total']:.0f} s, export + int8 evaluation {report['stages']['export_and_int8_eval']:.0f} s)")
     return "\n".join(lines)
 
 
@@ -261,7 +261,7 @@ def run() -> dict:
         "resumed": {s.name: s.first_epoch for s in stages if s.first_epoch and not s.skipped},
         "seconds_total": time.perf_counter() - started,
     }
-    report["stages"]["qat"] = sum(s.seconds for s in stages if s.name.startswith("qat"))
+    report["stages"]["qat_total"] = sum(s.seconds for s in stages if s.name.startswith("qat"))
     report["stages"]["export_and_int8_eval"] = export_seconds
     atomic_write_json(os.path.join(output_dir, "report.json"), report)
     if FLAGS.android:
