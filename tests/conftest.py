@@ -35,11 +35,14 @@ TINY = [
 ]
 
 
-def run_pipeline(args, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.train_and_export", *args], cwd=REPO, capture_output=True, text=True,
-        timeout=900, **kwargs,
-    )
+def run_module(module: str, *args, timeout: int = 900) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS...` from the repository root, as a user would type it; output captured as text."""
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def run_pipeline(args) -> subprocess.CompletedProcess:
+    return run_module("pipeline.train_and_export", *args)
 
 
 @pytest.fixture(scope="session")

@@ -3,16 +3,13 @@ residual op with a fake-quant node; the export CLI fails cleanly on bad models."
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 import keras_models
 from keras_models.backend import keras
 from pipeline.qat import OutputQuantizeConfig, quantize_model
-from tests.conftest import REPO
+from tests.conftest import run_module
 from tflite_export.convert import ConversionError, convert
 from tflite_export.verify import verify
 
@@ -97,16 +94,11 @@ def test_qat_puts_a_fake_quant_after_every_h_swish_se_and_residual_op(float_smal
     assert weight_quantizer.per_axis and weight_quantizer.symmetric
 
 
-def _export_cli(*args):
-    return subprocess.run([sys.executable, "-m", "tflite_export.export", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
-
-
 def test_export_cli_converts_saved_float_and_qat_models(tiny_run, tmp_path):
     run_dir, _ = tiny_run
     for source, name in ((run_dir / "float_model.h5", "ptq"), (run_dir / "qat_model", "qat")):
         out = tmp_path / name
-        result = _export_cli(source, "--dataset", "synthetic", "--out", out, "--calibration-images", "16")
+        result = run_module("tflite_export.export", source, "--dataset", "synthetic", "--out", out, "--calibration-images", "16")
         assert result.returncode == 0, result.stderr[-2000:]
         analysis = verify(str(out / "model.tflite"))
         assert analysis.has_metadata and (out / "labels.txt").read_text().split()[0] == "circle"
@@ -118,7 +110,7 @@ def test_export_cli_bad_model_is_a_one_line_error_without_output(kind, tmp_path)
     if kind == "garbage":
         model.write_bytes(b"this is not a keras model")
     out = tmp_path / "out"
-    result = _export_cli(model, "--out", out)
+    result = run_module("tflite_export.export", model, "--out", out)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("tflite_export.export: error:")
     assert not out.exists() or not any(out.iterdir())

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 import keras_models
 from keras_models.backend import keras
 from keras_models.profile import totals
-from tests.conftest import REPO, shared_path
+from tests.conftest import run_module, shared_path
 
 apps = keras.applications
 
@@ -182,10 +179,8 @@ def test_imagenet_weights_offline_fail_clearly(monkeypatch):
 
 
 def test_profile_cli_prints_totals():
-    out = subprocess.run(
-        [sys.executable, "-m", "keras_models.profile", "small"], cwd=REPO, capture_output=True, text=True, check=True
-    ).stdout
-    assert "2,554,968" in out and "56.5M MAdds" in out
-    bad = subprocess.run([sys.executable, "-m", "keras_models.profile", "small", "--size", "8"], cwd=REPO,
-                         capture_output=True, text=True)
+    result = run_module("keras_models.profile", "small")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "2,554,968" in result.stdout and "56.5M MAdds" in result.stdout
+    bad = run_module("keras_models.profile", "small", "--size", "8")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and ">= 32" in bad.stderr

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,12 +14,9 @@ from keras_models.backend import keras, tf
 from tflite_export import benchmark, evaluate, inspect as inspect_tool
 from tflite_export._cli import ModelError, run_main
 from tflite_export.verify import VerificationError, analyze, verify
-from tests.conftest import tiny_classifier_tflite
+from tests.conftest import run_module, tiny_classifier_tflite
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 V3_SMALL = ("reference_models", "mobilenet_v3", "v3-small_224_1.0_uint8.tflite")
-
-
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +29,6 @@ def tiny(tmp_path_factory):
         paths[name] = folder / f"tiny_{name}.tflite"
         paths[name].write_bytes(tiny_classifier_tflite(**kwargs))
     return paths
-
-
-def _run_cli(module: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
 def _assert_one_line_error(proc: subprocess.CompletedProcess, tool: str, *needles: str) -> None:
@@ -125,7 +115,7 @@ def test_verify_rejects_missing_or_malformed_models(tmp_path, content):
 
 # ----------------------------------------------------------------------------------------------------------- inspect
 def test_inspect_cli_json(tiny):
-    proc = _run_cli("tflite_export.inspect", tiny["u8"], "--json")
+    proc = run_module("tflite_export.inspect", tiny["u8"], "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["check"] == {"passed": True, "problems": []}
@@ -149,7 +139,7 @@ def test_inspect_cli_bad_input_is_one_line_exit_2(tmp_path, kind):
     path = tmp_path / "model.tflite"
     if kind == "garbage":
         path.write_bytes(os.urandom(4096))
-    proc = _run_cli("tflite_export.inspect", path)
+    proc = run_module("tflite_export.inspect", path)
     _assert_one_line_error(proc, "inspect", str(path), "no such file" if kind == "missing" else "not a TFLite model")
 
 
@@ -166,7 +156,7 @@ def test_benchmark_two_models_side_by_side(tiny):
 
 def test_benchmark_cli_writes_json_and_rejects_garbage(tiny, tmp_path):
     out = tmp_path / "bench.json"
-    proc = _run_cli("tflite_export.benchmark", tiny["u8"], tiny["i8"], "--runs", "10", "--warmup", "2",
+    proc = run_module("tflite_export.benchmark", tiny["u8"], tiny["i8"], "--runs", "10", "--warmup", "2",
                     "--json", out)
     assert proc.returncode == 0, proc.stderr
     assert "tiny_u8.tflite" in proc.stdout and "tiny_i8.tflite" in proc.stdout and "median_ms" in proc.stdout
@@ -176,7 +166,7 @@ def test_benchmark_cli_writes_json_and_rejects_garbage(tiny, tmp_path):
     garbage = tmp_path / "garbage.tflite"
     garbage.write_bytes(b"\x00" * 100)
     out2 = tmp_path / "bench2.json"
-    proc = _run_cli("tflite_export.benchmark", tiny["u8"], garbage, "--runs", "5", "--json", out2)
+    proc = run_module("tflite_export.benchmark", tiny["u8"], garbage, "--runs", "5", "--json", out2)
     _assert_one_line_error(proc, "benchmark", "garbage.tflite")
     assert not out2.exists()
 

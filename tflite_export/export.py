@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from keras_models.backend import keras
-from pipeline.preprocessing import quantize_input
+from pipeline.preprocessing import dequantize, quantize_input
 from tflite_export import metadata as tflite_metadata
 from tflite_export import verify as tflite_verify
 from tflite_export.convert import ConversionError, RepresentativeData, convert
@@ -60,7 +60,7 @@ def run_tflite(content: bytes, images: np.ndarray, num_threads: int = 2) -> np.n
         interpreter.set_tensor(inp["index"], tensor[None])
         interpreter.invoke()
         raw = interpreter.get_tensor(out["index"])[0]
-        results.append((raw.astype(np.float32) - out_zp) * out_scale if out_scale else raw.astype(np.float32))
+        results.append(dequantize(raw, scale=out_scale, zero_point=out_zp) if out_scale else raw.astype(np.float32))
     return np.stack(results)
 
 
