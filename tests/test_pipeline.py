@@ -36,6 +36,8 @@ def test_tiny_run_writes_labels_card_and_report(tiny_run):
     acc = report["export"]["accuracy"]
     assert acc["images"] == 160 and 0.0 <= acc["int8_top1"] <= 1.0
     assert report["throughput"]["input_pipeline_images_per_s"] > 0
+    # The report records the QAT learning rate that was used: by default 1/20 of the float one.
+    assert report["config"]["qat_learning_rate"] == pytest.approx(report["config"]["learning_rate"] / 20)
     assert report["latency"] and all(row["median_ms"] > 0 for row in report["latency"])
     assert "int8 top-1" in result.stdout and "HARD_SWISH 0" in result.stdout
     # The QAT model and the float model are kept for re-export with tflite_export.export.
@@ -49,6 +51,9 @@ def test_rerun_of_a_finished_run_skips_training(tiny_run, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "float: already finished in an earlier run" in result.stderr
     assert "qat_bn_frozen: already finished in an earlier run" in result.stderr
+    # The summary says what it could not measure rather than printing nan.
+    assert "float training not measured in this run, QAT not measured in this run" in result.stdout
+    assert "nan" not in result.stdout
 
 
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
@@ -106,6 +111,7 @@ def folder_with(tmp_path):
         ("single class", ["--dataset", "{one_class}"], "class"),
         ("empty class folder", ["--dataset", "{empty_class}"], "contains no images"),
         ("missing weights file", ["--weights", "/nonexistent/w.h5"], "not found"),
+        ("negative QAT learning rate", ["--qat_learning_rate", "-0.01"], "must be > 0"),
     ],
 )
 def test_bad_input_gives_one_line_error_and_no_artifact(case, args, message, tmp_path, folder_with):
