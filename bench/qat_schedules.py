@@ -78,7 +78,8 @@ def run_schedule(float_run: str, flags: list[str], schedule: dict) -> dict:
             "int8_top1": acc["int8_top1"], "agreement": acc["agreement"], "images": acc["images"],
             "gap_points": 100 * (report["accuracy"]["float_keras"] - acc["int8_top1"]),
             "qat_val_per_epoch": curves.get("qat", []) + curves.get("qat_bn_frozen", []),
-            "qat_seconds": report["stages"].get("qat_total", 0.0),
+            # Older reports have no "qat_total"; the QAT stages are the ones named qat*.
+            "qat_seconds": sum(v for k, v in report["stages"].items() if k.startswith("qat") and k != "qat_total"),
         })
     return row
 
@@ -106,7 +107,7 @@ def main(argv=None):
             r["label"], " ".join(f"{v:.3f}" for v in r["qat_val_per_epoch"]) or "-",
             f"{100 * r['qat_keras_top1']:.2f}" if r["qat_keras_top1"] is not None else "-",
             f"{100 * r['int8_top1']:.2f}", f"{r['gap_points']:+.2f}", f"{100 * r['agreement']:.1f}%",
-            f"{r['qat_seconds'] / 60:.1f}",
+            f"{r['qat_seconds'] / 60:.1f}" if r["qat_seconds"] else "-",
         ])
     print(_common.table(["schedule", "held-out top-1 after each QAT epoch", "QAT Keras %", "int8 %",
                          "gap (points)", "agreement", "QAT min"], table))

@@ -3,12 +3,14 @@
 A stage is one `model.fit` with Keras' own machinery: `BackupAndRestore` saves model + optimizer + epoch at each
 epoch end and restores them when the same command runs again; `TensorBoard` logs; Keras prints progress. When a stage
 finishes, its weights are saved atomically as `<stage>.weights.h5`, which marks it done: a rerun loads them and moves
-on to the next stage.
+on to the next stage. `<stage>.settings.json` records what the stage was asked to do (epochs, batch size, recipe), so
+a rerun with different settings stops with a clear error instead of silently resuming or reusing the old weights.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import time
@@ -134,6 +136,8 @@ def run_stage(
     """Train `model` for `epochs` (resuming if interrupted) unless this stage already finished in `workdir`."""
     checkpoints = os.path.join(workdir, "checkpoints")
     done = os.path.join(checkpoints, f"{name}.weights.h5")
+    settings = {"epochs": epochs, "batch_size": batch_size, "num_train": num_train, **dataclasses.asdict(recipe)}
+    _check_same_settings(name, os.path.join(checkpoints, f"{name}.settings.json"), settings, workdir)
     if os.path.exists(done):
         model.load_weights(done)
         logging.info("%s: already finished in an earlier run, loaded %s", name, done)
@@ -141,6 +145,7 @@ def run_stage(
     if epochs <= 0:
         return StageResult(name, 0, 0, True, 0.0, None, {})
 
+    _write_settings(os.path.join(checkpoints, f"{name}.settings.json"), settings)
     steps_per_epoch = -(-num_train // batch_size)
     compile_model(model, recipe, steps_per_epoch, epochs)
     backup_dir = os.path.join(checkpoints, f"{name}_backup")
@@ -162,3 +167,25 @@ def run_stage(
     steady = log.epoch_seconds[1:] or log.epoch_seconds
     rate = num_train / (sum(steady) / len(steady)) if steady else None
     return StageResult(name, epochs, log.first_epoch or 0, False, seconds, rate, history.history)
+
+
+def _check_same_settings(name: str, path: str, settings: dict, workdir: str) -> None:
+    """A stage's checkpoints only make sense with the settings that made them (a cosine schedule resumed with another
+    epoch count is a different schedule; finished weights are not retrained). Raises ValueError on a mismatch."""
+    if not os.path.exists(path):
+        return  # a fresh stage, or weights put there by hand (bench.qat_schedules copies a finished float stage)
+    with open(path) as f:
+        recorded = json.load(f)
+    changed = [f"{key} {recorded.get(key)} -> {value}" for key, value in settings.items() if recorded.get(key) != value]
+    if changed:
+        raise ValueError(
+            f"{workdir} holds a {name} stage trained with other settings ({', '.join(changed)}); rerun with the "
+            "same flags to resume it, or pass a fresh --output_dir")
+
+
+def _write_settings(path: str, settings: dict) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(settings, f, indent=2)
+    os.replace(tmp, path)

@@ -56,6 +56,17 @@ def test_rerun_of_a_finished_run_skips_training(tiny_run, tmp_path):
     assert "nan" not in result.stdout
 
 
+def test_rerun_with_other_epochs_stops_instead_of_reusing_the_old_stage(tiny_run):
+    out, _ = tiny_run
+    before = {p: p.stat().st_mtime_ns for p in out.glob("**/*") if p.is_file()}
+    result = _run([*TINY, "--float_epochs", "5", "--qat_epochs", "2", "--freeze_bn_epochs", "1", "--output_dir", str(out)])
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "float stage trained with other settings (epochs 2 -> 5)" in last, last
+    assert "fresh --output_dir" in last
+    assert {p: p.stat().st_mtime_ns for p in out.glob("**/*") if p.is_file()} == before  # nothing touched
+
+
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     out = tmp_path / "run"
     args = [*TINY, "--float_epochs", "3", "--qat_epochs", "0", "--noqat", "--output_dir", str(out)]
