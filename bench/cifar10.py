@@ -1,6 +1,6 @@
 """CIFAR-10 from scratch with our pipeline: float vs int8 top-1 on the 10,000 test images (issue #6).
 
-    nice -n 10 python -m bench.cifar10                      # full run (about 75-90 min on 2 cores), then the table
+    nice -n 10 python -m bench.cifar10                      # full run (about 80 min on 2 idle cores), then the table
     python -m bench.cifar10 --report_only                   # table from a finished (or partial) run's files
 
 Unpacks ../shared/datasets/cifar10-jpeg.tar.gz once into ~/.cache/mobilenet-bench/ (never into the repository) and
@@ -27,11 +27,11 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--image_size", type=int, default=64)
     p.add_argument("--batch_size", type=int, default=128)
-    p.add_argument("--float_epochs", type=int, default=20)
-    p.add_argument("--qat_epochs", type=int, default=2)
-    p.add_argument("--freeze_bn_epochs", type=int, default=1)
+    p.add_argument("--float_epochs", type=int, default=50)
+    p.add_argument("--qat_epochs", type=int, default=6)
+    p.add_argument("--freeze_bn_epochs", type=int, default=2)
     p.add_argument("--learning_rate", type=float, default=0.2, help="0.1 at batch 64 (pipeline default), scaled linearly")
-    p.add_argument("--output_dir", default=None, help="default ~/.cache/mobilenet-bench/runs/cifar10-small-<size>")
+    p.add_argument("--output_dir", default=None, help="default ~/.cache/mobilenet-bench/runs/cifar10-small-<size>-e<float_epochs>")
     p.add_argument("--report_only", action="store_true", help="only print the table from an existing output_dir")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("extra", nargs="*", help="more pipeline flags after --, e.g. -- --seed 1")
@@ -116,7 +116,7 @@ def print_table(r: dict) -> None:
 def main(argv=None):
     args = parse_args(argv)
     size = args.image_size
-    output_dir = args.output_dir or os.path.join(_common.CACHE, "runs", f"cifar10-small-{size}")
+    output_dir = args.output_dir or os.path.join(_common.CACHE, "runs", f"cifar10-small-{size}-e{args.float_epochs}")
     extra = {}
     if not args.report_only:
         archive = _common.shared_path("datasets", "cifar10-jpeg.tar.gz")
