@@ -58,8 +58,10 @@ def float_flags(float_run: str) -> tuple[list[str], dict]:
     return flags, report
 
 
-def run_schedule(float_run: str, flags: list[str], schedule: dict) -> dict:
-    output_dir = f"{float_run.rstrip('/')}-qat-{schedule['name']}"
+def run_schedule(float_run: str, flags: list[str], schedule: dict, seed: int | None = None) -> dict:
+    output_dir = f"{float_run.rstrip('/')}-qat-{schedule['name']}" + (f"-seed{seed}" if seed is not None else "")
+    if seed is not None:  # another shuffling order for QAT (the float weights are loaded, not retrained)
+        flags = [f for f in flags if not f.startswith("--seed=")] + [f"--seed={seed}"]
     extra = {}
     if _common.load_report(output_dir) is None:
         os.makedirs(os.path.join(output_dir, "checkpoints"), exist_ok=True)
@@ -69,7 +71,8 @@ def run_schedule(float_run: str, flags: list[str], schedule: dict) -> dict:
         if extra["exit_code"]:
             print(f"pipeline exited with code {extra['exit_code']}; see {extra['log']}", file=sys.stderr)
     report = _common.load_report(output_dir)
-    row = {"schedule": schedule["name"], "label": schedule["label"], "output_dir": output_dir, **extra}
+    label = schedule["label"] + (f", seed {seed}" if seed is not None else "")
+    row = {"schedule": schedule["name"], "label": label, "output_dir": output_dir, **extra}
     if report is not None:
         acc = report["export"]["accuracy"]
         curves = stage_curves(os.path.join(output_dir, "run.log"))
@@ -88,12 +91,13 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--float_run", required=True, help="a finished pipeline output_dir (its float stage is reused)")
     p.add_argument("--schedules", default="3:1:0.005,6:2:0.005,ptq", help="comma-separated, see above")
+    p.add_argument("--seed", type=int, default=None, help="QAT seed instead of the float run's (run-to-run spread)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     schedules = [parse_schedule(s.strip()) for s in args.schedules.split(",") if s.strip()]
     flags, float_report = float_flags(os.path.abspath(os.path.expanduser(args.float_run)))
     machine, revision = _common.machine(), _common.git_revision()
-    rows = [run_schedule(os.path.abspath(os.path.expanduser(args.float_run)), flags, s) for s in schedules]
+    rows = [run_schedule(os.path.abspath(os.path.expanduser(args.float_run)), flags, s, args.seed) for s in schedules]
 
     c = float_report["config"]
     print(f"\nQAT schedules on one float model: {c['variant']} {c['alpha']:g} at {c['image_size']} px, "
