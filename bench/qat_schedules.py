@@ -14,13 +14,12 @@ the int8 file (LiteRT), the float - int8 gap and the int8/float agreement.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
 
 from bench import _common
-from bench.cifar10 import stage_curves
+from bench.cifar10 import summarize
 
 # The float run's settings that every schedule must repeat, so the pipeline rebuilds the same model and data.
 _FLOAT_FLAGS = ("variant", "alpha", "minimalistic", "dataset", "image_size", "batch_size", "float_epochs",
@@ -70,20 +69,13 @@ def run_schedule(float_run: str, flags: list[str], schedule: dict, seed: int | N
         extra = _common.run_pipeline([*flags, *schedule["flags"]], output_dir)
         if extra["exit_code"]:
             print(f"pipeline exited with code {extra['exit_code']}; see {extra['log']}", file=sys.stderr)
-    report = _common.load_report(output_dir)
     label = schedule["label"] + (f", seed {seed}" if seed is not None else "")
-    row = {"schedule": schedule["name"], "label": label, "output_dir": output_dir, **extra}
-    if report is not None:
-        acc = report["export"]["accuracy"]
-        curves = stage_curves(os.path.join(output_dir, "run.log"))
-        row.update({
-            "float_top1": report["accuracy"]["float_keras"], "qat_keras_top1": report["accuracy"].get("qat_keras"),
-            "int8_top1": acc["int8_top1"], "agreement": acc["agreement"], "images": acc["images"],
-            "gap_points": 100 * (report["accuracy"]["float_keras"] - acc["int8_top1"]),
-            "qat_val_per_epoch": curves.get("qat", []) + curves.get("qat_bn_frozen", []),
-            # Older reports have no "qat_total"; the QAT stages are the ones named qat*.
-            "qat_seconds": sum(v for k, v in report["stages"].items() if k.startswith("qat") and k != "qat_total"),
-        })
+    row = summarize(output_dir, {"schedule": schedule["name"], "label": label, **extra})
+    if row["complete"]:
+        curves = row["val_accuracy_per_epoch"]
+        row["qat_val_per_epoch"] = curves.get("qat", []) + curves.get("qat_bn_frozen", [])
+        # Older reports have no "qat_total"; the QAT stages are the ones named qat*.
+        row["qat_seconds"] = sum(v for k, v in row["stages_s"].items() if k.startswith("qat") and k != "qat_total")
     return row
 
 
@@ -95,16 +87,17 @@ def main(argv=None):
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     schedules = [parse_schedule(s.strip()) for s in args.schedules.split(",") if s.strip()]
-    flags, float_report = float_flags(os.path.abspath(os.path.expanduser(args.float_run)))
+    float_run = os.path.abspath(os.path.expanduser(args.float_run))
+    flags, float_report = float_flags(float_run)
     machine, revision = _common.machine(), _common.git_revision()
-    rows = [run_schedule(os.path.abspath(os.path.expanduser(args.float_run)), flags, s, args.seed) for s in schedules]
+    rows = [run_schedule(float_run, flags, s, args.seed) for s in schedules]
 
     c = float_report["config"]
     print(f"\nQAT schedules on one float model: {c['variant']} {c['alpha']:g} at {c['image_size']} px, "
           f"{c['float_epochs']} float epochs on {c['dataset']}; float top-1 {100 * float_report['accuracy']['float_keras']:.2f}%")
     table = []
     for r in rows:
-        if "int8_top1" not in r:
+        if not r["complete"]:
             table.append([r["label"], "-", "-", "not finished", "-", "-", "-"])
             continue
         table.append([

@@ -18,6 +18,7 @@ import time
 from absl import logging
 
 from keras_models.backend import keras, tf
+from tflite_export._cli import atomic_write_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,8 +137,9 @@ def run_stage(
     """Train `model` for `epochs` (resuming if interrupted) unless this stage already finished in `workdir`."""
     checkpoints = os.path.join(workdir, "checkpoints")
     done = os.path.join(checkpoints, f"{name}.weights.h5")
+    settings_file = os.path.join(checkpoints, f"{name}.settings.json")
     settings = {"epochs": epochs, "batch_size": batch_size, "num_train": num_train, **dataclasses.asdict(recipe)}
-    _check_same_settings(name, os.path.join(checkpoints, f"{name}.settings.json"), settings, workdir)
+    _check_same_settings(name, settings_file, settings, workdir)
     if os.path.exists(done):
         model.load_weights(done)
         logging.info("%s: already finished in an earlier run, loaded %s", name, done)
@@ -145,7 +147,7 @@ def run_stage(
     if epochs <= 0:
         return StageResult(name, 0, 0, True, 0.0, None, {})
 
-    _write_settings(os.path.join(checkpoints, f"{name}.settings.json"), settings)
+    atomic_write_json(settings_file, settings)
     steps_per_epoch = -(-num_train // batch_size)
     compile_model(model, recipe, steps_per_epoch, epochs)
     backup_dir = os.path.join(checkpoints, f"{name}_backup")
@@ -181,11 +183,3 @@ def _check_same_settings(name: str, path: str, settings: dict, workdir: str) -> 
         raise ValueError(
             f"{workdir} holds a {name} stage trained with other settings ({', '.join(changed)}); rerun with the "
             "same flags to resume it, or pass a fresh --output_dir")
-
-
-def _write_settings(path: str, settings: dict) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(settings, f, indent=2)
-    os.replace(tmp, path)
