@@ -4,7 +4,8 @@
         --schedules 3:1:0.005,6:2:0.005,3:1:0.001,3:1:0.01,ptq
 
 A schedule is QAT_EPOCHS:FREEZE_BN_EPOCHS:QAT_LEARNING_RATE (the last FREEZE_BN_EPOCHS of the QAT epochs run with
-BatchNorm frozen), or `ptq` for post-training quantization (`--noqat`). Each one runs the pipeline in its own folder,
+BatchNorm frozen), with `:kd` appended to train on the float model's predictions (`--qat_distill`), or `ptq` for
+post-training quantization (`--noqat`). Each one runs the pipeline in its own folder,
 <float_run>-qat-<schedule>, with the float run's configuration and a copy of its finished float checkpoint, so the
 float stage is skipped and every row starts from the same weights. A folder that already has a report.json is only
 read (delete it to measure again). Rows are the pipeline's own numbers: held-out top-1 of the QAT Keras model and of
@@ -29,16 +30,21 @@ _FLOAT_FLAGS = ("variant", "alpha", "minimalistic", "dataset", "image_size", "ba
 def parse_schedule(text: str) -> dict:
     if text == "ptq":
         return {"name": "ptq", "flags": ["--noqat", "--qat_epochs", "0"], "label": "post-training quantization"}
+    fields = text.split(":")
+    distill = fields[3:] == ["kd"]
     try:
-        epochs, frozen, lr = text.split(":")
-        epochs, frozen, lr = int(epochs), int(frozen), float(lr)
+        if len(fields) != 3 + distill:
+            raise ValueError
+        epochs, frozen, lr = int(fields[0]), int(fields[1]), float(fields[2])
     except ValueError:
-        raise SystemExit(f"error: schedule {text!r} is not QAT_EPOCHS:FREEZE_BN_EPOCHS:LEARNING_RATE or ptq")
+        raise SystemExit(f"error: schedule {text!r} is not QAT_EPOCHS:FREEZE_BN_EPOCHS:LEARNING_RATE[:kd] or ptq")
     if epochs < 1 or not 0 <= frozen <= epochs or lr <= 0:
         raise SystemExit(f"error: schedule {text!r}: need QAT epochs >= 1, 0 <= frozen <= epochs, learning rate > 0")
-    return {"name": f"e{epochs}f{frozen}lr{lr:g}",
-            "flags": ["--qat_epochs", str(epochs), "--freeze_bn_epochs", str(frozen), "--qat_learning_rate", f"{lr:g}"],
-            "label": f"QAT {epochs} epochs ({frozen} BN-frozen), lr {lr:g}"}
+    return {"name": f"e{epochs}f{frozen}lr{lr:g}" + ("kd" if distill else ""),
+            "flags": ["--qat_epochs", str(epochs), "--freeze_bn_epochs", str(frozen), "--qat_learning_rate", f"{lr:g}",
+                      "--qat_distill" if distill else "--noqat_distill"],
+            "label": f"QAT {epochs} epochs ({frozen} BN-frozen), lr {lr:g}"
+                     + (", distilling the float model" if distill else "")}
 
 
 def float_flags(float_run: str) -> tuple[list[str], dict]:
@@ -57,8 +63,9 @@ def float_flags(float_run: str) -> tuple[list[str], dict]:
     return flags, report
 
 
-def run_schedule(float_run: str, flags: list[str], schedule: dict, seed: int | None = None) -> dict:
-    output_dir = f"{float_run.rstrip('/')}-qat-{schedule['name']}" + (f"-seed{seed}" if seed is not None else "")
+def run_schedule(float_run: str, flags: list[str], schedule: dict, seed: int | None = None, tag: str = "") -> dict:
+    output_dir = (f"{float_run.rstrip('/')}-qat-{schedule['name']}" + (f"-seed{seed}" if seed is not None else "")
+                  + (f"-{tag}" if tag else ""))
     if seed is not None:  # another shuffling order for QAT (the float weights are loaded, not retrained)
         flags = [f for f in flags if not f.startswith("--seed=")] + [f"--seed={seed}"]
     extra = {}
@@ -69,7 +76,7 @@ def run_schedule(float_run: str, flags: list[str], schedule: dict, seed: int | N
         extra = _common.run_pipeline([*flags, *schedule["flags"]], output_dir)
         if extra["exit_code"]:
             print(f"pipeline exited with code {extra['exit_code']}; see {extra['log']}", file=sys.stderr)
-    label = schedule["label"] + (f", seed {seed}" if seed is not None else "")
+    label = schedule["label"] + (f", seed {seed}" if seed is not None else "") + (f" [{tag}]" if tag else "")
     row = summarize(output_dir, {"schedule": schedule["name"], "label": label, **extra})
     if row["complete"]:
         curves = row["val_accuracy_per_epoch"]
@@ -84,13 +91,15 @@ def main(argv=None):
     p.add_argument("--float_run", required=True, help="a finished pipeline output_dir (its float stage is reused)")
     p.add_argument("--schedules", default="3:1:0.005,6:2:0.005,ptq", help="comma-separated, see above")
     p.add_argument("--seed", type=int, default=None, help="QAT seed instead of the float run's (run-to-run spread)")
+    p.add_argument("--tag", default="", help="appended to the folder names, to measure schedules again after a code "
+                   "change without reading the old folders")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     schedules = [parse_schedule(s.strip()) for s in args.schedules.split(",") if s.strip()]
     float_run = os.path.abspath(os.path.expanduser(args.float_run))
     flags, float_report = float_flags(float_run)
     machine, revision = _common.machine(), _common.git_revision()
-    rows = [run_schedule(float_run, flags, s, args.seed) for s in schedules]
+    rows = [run_schedule(float_run, flags, s, args.seed, args.tag) for s in schedules]
 
     c = float_report["config"]
     print(f"\nQAT schedules on one float model: {c['variant']} {c['alpha']:g} at {c['image_size']} px, "

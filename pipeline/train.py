@@ -35,6 +35,9 @@ class Recipe:
     weight_decay: float = 4e-5
     label_smoothing: float = 0.1
     final_lr_fraction: float = 0.01
+    # What the stage learns to predict: "labels", or "float model" for QAT that distills the float model's softmax
+    # (pipeline.distill). Recorded with the stage's settings so a rerun cannot switch targets halfway.
+    targets: str = "labels"
 
 
 def make_optimizer(recipe: Recipe, steps_per_epoch: int, epochs: int) -> keras.optimizers.Optimizer:
@@ -133,6 +136,7 @@ def run_stage(
     workdir: str,
     batch_size: int,
     verbose: int = 2,
+    callbacks: tuple = (),
 ) -> StageResult:
     """Train `model` for `epochs` (resuming if interrupted) unless this stage already finished in `workdir`."""
     checkpoints = os.path.join(workdir, "checkpoints")
@@ -156,6 +160,7 @@ def run_stage(
         keras.callbacks.BackupAndRestore(backup_dir),
         log,
         keras.callbacks.TensorBoard(os.path.join(workdir, "logs", name), update_freq="epoch", profile_batch=0),
+        *callbacks,
     ]
     started = time.perf_counter()
     history = model.fit(train, validation_data=eval, epochs=epochs, callbacks=callbacks, verbose=verbose)

@@ -26,6 +26,29 @@ def test_tiny_run_exports_a_fully_integer_model_without_hard_swish(tiny_run):
     assert analysis.has_metadata and analysis.has_associated_files
 
 
+def test_tiny_run_scales_by_one_sixth_without_a_second_rounding(tiny_run):
+    """Every x1/6 (h-swish's and hard-sigmoid's) is an int8 MUL whose output grid is its input grid divided by 6:
+    the same zero point and a sixth of the scale, so the MUL maps each input level to one output level exactly."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    out, _ = tiny_run
+    interpreter = Interpreter(model_path=str(out / "model.tflite"),
+                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter.allocate_tensors()
+    nodes = interpreter._interpreter  # pybind wrapper: op names and their tensors
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    checked = 0
+    for i in range(nodes.NumNodes()):
+        output = tensors[int(nodes.NodeOutputs(i)[0])]
+        if nodes.NodeName(i) != "MUL" or "div6" not in output["name"]:
+            continue
+        (scaled,) = [tensors[int(t)] for t in nodes.NodeInputs(i) if "pseudo_qconst" not in tensors[int(t)]["name"]]
+        (in_scale, in_zero), (out_scale, out_zero) = scaled["quantization"], output["quantization"]
+        assert out_scale * 6 == pytest.approx(in_scale, rel=1e-5) and out_zero == in_zero, output["name"]
+        checked += 1
+    assert checked == 28  # V3-Small: 19 h-swish + 9 squeeze-and-excite gates
+
+
 def test_tiny_run_writes_labels_card_and_report(tiny_run):
     out, result = tiny_run
     labels = (out / "labels.txt").read_text().split()
@@ -65,6 +88,23 @@ def test_rerun_with_other_epochs_stops_instead_of_reusing_the_old_stage(tiny_run
     assert last.startswith("error: ") and "float stage trained with other settings (epochs 2 -> 5)" in last, last
     assert "fresh --output_dir" in last
     assert {p: p.stat().st_mtime_ns for p in out.glob("**/*") if p.is_file()} == before  # nothing touched
+
+
+def test_distilled_qat_run_records_its_targets_and_keeps_them_on_rerun(tmp_path):
+    out = tmp_path / "run"
+    args = [*TINY, "--float_epochs", "1", "--qat_epochs", "1", "--freeze_bn_epochs", "0", "--benchmark_runs", "0",
+            "--output_dir", str(out)]
+    result = _run([*args, "--qat_distill"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["qat_distill"] is True and report["accuracy"]["qat_keras"] is not None
+    settings = json.loads((out / "checkpoints" / "qat.settings.json").read_text())
+    assert settings["targets"] == "float model" and settings["label_smoothing"] == 0.0
+    assert analyze(str(out / "model.tflite")).float_tensors == []
+    # Resuming the QAT stage with the labels as targets would mix two trainings: refused, nothing touched.
+    result = _run([*args, "--noqat_distill"])
+    assert result.returncode == 2
+    assert "targets float model -> labels" in result.stderr.strip().splitlines()[-1]
 
 
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):

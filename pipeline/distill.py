@@ -1,0 +1,44 @@
+"""Quantization-aware fine-tuning against the float model's predictions (self-distillation).
+
+QAT has two jobs at once: learn weights that survive 8-bit rounding, and keep solving the task. With the dataset's
+labels as targets, the second job pulls the fake-quantized model wherever the short, re-warmed fine-tuning schedule
+takes it, not back to the float model it started from, and the int8 file ends up as a different (and usually worse)
+classifier. With the float model's softmax as the target, the loss the fine-tuning minimizes is the distance between
+the quantized model and the float one, which is the gap a deployment cares about.
+
+`Distiller` changes only the targets of `train_step`: compiling, metrics, callbacks, checkpoints and validation are
+Keras' own. Training-time "accuracy" is therefore agreement with the float model's top-1 on augmented training
+images; validation still scores the student against the true labels.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from keras_models.backend import keras
+
+
+class Distiller(keras.Model):
+    """Trains `student` on `teacher`'s predictions for the same (augmented) images; predicts with `student`."""
+
+    def __init__(self, student: keras.Model, teacher: keras.Model):
+        super().__init__(name=f"{student.name}_distilled")
+        self.student = student
+        # A plain function, not a tracked layer: the teacher's weights are neither trained (they stay out of
+        # `trainable_variables`) nor written into the student's checkpoints.
+        self._teacher_predictions = functools.partial(teacher.__call__, training=False)
+        # Build now, so that a finished stage's weight file loads into a fresh Distiller on a rerun.
+        self(keras.Input(student.input_shape[1:]))
+
+    def get_config(self):
+        # Keras asks when it writes checkpoints; a Distiller is rebuilt by code and only its weights are saved.
+        return {"name": self.name}
+
+    def call(self, inputs, training=None):
+        return self.student(inputs, training=training)
+
+    def train_step(self, data):
+        images = data[0]
+        # Inference mode (no dropout, BatchNorm on its moving statistics): the float model as it is exported.
+        targets = self._teacher_predictions(images)
+        return super().train_step((images, targets))
