@@ -4,7 +4,8 @@ tfmot's default 8-bit scheme already gives what int8 TFLite needs for convolutio
 8-bit asymmetric activations, BatchNorm folded into the preceding conv's quantization. Two layer types of our models
 are missing from its registry: `Rescaling` (the +3 and x1/6 of h-swish / hard-sigmoid, and the input rescale) and
 `Multiply` (h-swish's product and the squeeze-and-excite gate). Without a fake-quant node after them the converter
-would have to guess their int8 ranges, so we give them an output quantizer of their own.
+would have to guess their int8 ranges, so we give them an output quantizer of their own; the pure scalings among
+them (x1/6) then take their range from their input's (`align_rescaling_ranges`), so that they round nothing.
 """
 
 from __future__ import annotations
@@ -128,8 +129,8 @@ def align_rescaling_ranges(qat_model: keras.Model, pairs: list[tuple] | None = N
     The input is already on an 8-bit grid; multiplied by s it lands exactly on the grid of the range times s (same
     zero point, s times the step), so the second rounding becomes the identity, in the Keras model and in the int8
     MUL the converter writes for it. Left to their own moving averages, the ranges of h-swish's product and of its
-    x1/6 differ by 1-4%, and every value is rounded twice: measured on CIFAR-10 (BENCHMARKS.md, bench.qat_gap),
-    switching off the product's fake-quant alone recovers half a point of top-1. A Rescaling with an offset
+    x1/6 differed by 1-4% on CIFAR-10, so every h-swish value was rounded twice, onto two slightly different grids
+    (BENCHMARKS.md: bench.qat_gap, and the gap over four QAT seeds with and without this). A Rescaling with an offset
     (h-swish's +3) can't be aligned this way (zero must stay on the grid); TFLite fuses that ADD with its RELU6.
     """
     pairs = scaled_range_pairs(qat_model) if pairs is None else pairs
