@@ -57,8 +57,8 @@ GROUPS = [
 
 @contextlib.contextmanager
 def fake_quant_switch():
-    """Yields a dict whose "off" entry (a predicate, or None) decides which fake-quant nodes become identities and
-    whose "nodes" entry counts the nodes the last model call met, per kind and name."""
+    """Yields a dict: set its "off" entry (a predicate on kind and name, or None) to choose which fake-quant nodes
+    become identities; "nodes" collects every (kind, name) met, "skipped" those made identities (reset it per run)."""
     from tensorflow_model_optimization.python.core.quantization.keras import quant_ops
 
     state = {"off": None, "nodes": set(), "skipped": set()}

@@ -123,7 +123,7 @@ def scaled_range_pairs(qat_model: keras.Model) -> list[tuple]:
     return pairs
 
 
-def align_rescaling_ranges(qat_model: keras.Model, pairs: list[tuple] | None = None) -> int:
+def align_rescaling_ranges(qat_model: keras.Model) -> int:
     """Give every pure scaling the output range of its input times its scale; returns how many were aligned.
 
     The input is already on an 8-bit grid; multiplied by s it lands exactly on the grid of the range times s (same
@@ -133,7 +133,10 @@ def align_rescaling_ranges(qat_model: keras.Model, pairs: list[tuple] | None = N
     (BENCHMARKS.md: bench.qat_gap, and the gap over four QAT seeds with and without this). A Rescaling with an offset
     (h-swish's +3) can't be aligned this way (zero must stay on the grid); TFLite fuses that ADD with its RELU6.
     """
-    pairs = scaled_range_pairs(qat_model) if pairs is None else pairs
+    return _assign_scaled_ranges(scaled_range_pairs(qat_model))
+
+
+def _assign_scaled_ranges(pairs: list[tuple]) -> int:
     for scale, input_min, input_max, output_min, output_max in pairs:
         output_min.assign(input_min * scale)
         output_max.assign(input_max * scale)
@@ -145,11 +148,10 @@ class AlignRescalingRanges(keras.callbacks.Callback):
 
     def __init__(self, qat_model: keras.Model):
         super().__init__()
-        self.qat_model = qat_model
-        self.pairs = scaled_range_pairs(qat_model)
+        self.pairs = scaled_range_pairs(qat_model)  # found once; the step only assigns
 
     def on_train_batch_end(self, batch, logs=None):
-        align_rescaling_ranges(self.qat_model, self.pairs)
+        _assign_scaled_ranges(self.pairs)
 
 
 def is_qat_model(model: keras.Model) -> bool:

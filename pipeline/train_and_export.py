@@ -217,25 +217,23 @@ def run() -> dict:
             aligned = align_rescaling_ranges(qat_model)
             logging.info("QAT: activation ranges calibrated on %d training batches, %d x1/6 ranges aligned with their "
                          "inputs", used, aligned)
-        if FLAGS.qat_distill:
+        qat_recipe = Recipe(
+            learning_rate=qat_learning_rate, warmup_epochs=0, weight_decay=FLAGS.weight_decay,
             # The float model's softmax is already a soft target: no label smoothing on top of it.
-            qat_recipe = Recipe(learning_rate=qat_learning_rate, warmup_epochs=0, weight_decay=FLAGS.weight_decay,
-                                label_smoothing=0.0, targets="float model")
-        else:
-            qat_recipe = Recipe(learning_rate=qat_learning_rate, warmup_epochs=0, weight_decay=FLAGS.weight_decay,
-                                label_smoothing=FLAGS.label_smoothing)
+            label_smoothing=0.0 if FLAGS.qat_distill else FLAGS.label_smoothing,
+            targets="float model" if FLAGS.qat_distill else "labels")
         with quantize_scope():
             qat_trainee = Distiller(qat_model, teacher=model) if FLAGS.qat_distill else qat_model
+            qat_callbacks = (AlignRescalingRanges(qat_model),)
             qat_train_epochs = FLAGS.qat_epochs - freeze_bn_epochs
-            stage_args["callbacks"] = (AlignRescalingRanges(qat_model),)
             stages.append(run_stage("qat", qat_trainee, train, eval_ds, epochs=qat_train_epochs, recipe=qat_recipe,
-                                    **stage_args))
+                                    callbacks=qat_callbacks, **stage_args))
             if freeze_bn_epochs:
                 frozen = freeze_batch_norm(qat_model)
                 logging.info("QAT: froze %d BatchNorm layers for the last %d epoch(s)", frozen, freeze_bn_epochs)
                 frozen_recipe = dataclasses.replace(qat_recipe, learning_rate=qat_learning_rate * 0.1)
                 stages.append(run_stage("qat_bn_frozen", qat_trainee, train, eval_ds, epochs=freeze_bn_epochs,
-                                        recipe=frozen_recipe, **stage_args))
+                                        recipe=frozen_recipe, callbacks=qat_callbacks, **stage_args))
             qat_acc = _eval_keras(qat_model, data.eval)
             # HDF5 cannot hold tfmot's shared quantizer variables; the SavedModel format round-trips them.
             _save_atomically(qat_model, os.path.join(output_dir, "qat_model"), save_format="tf")
