@@ -129,7 +129,7 @@ def align_rescaling_ranges(qat_model: keras.Model) -> int:
     The input is already on an 8-bit grid; multiplied by s it lands exactly on the grid of the range times s (same
     zero point, s times the step), so the second rounding becomes the identity, in the Keras model and in the int8
     MUL the converter writes for it. Left to their own moving averages, the ranges of h-swish's product and of its
-    x1/6 differed by 1-4% on CIFAR-10, so every h-swish value was rounded twice, onto two slightly different grids
+    x1/6 drift apart, so every h-swish value was rounded twice, onto two slightly different grids
     (BENCHMARKS.md: bench.qat_gap, and the gap over four QAT seeds with and without this). A Rescaling with an offset
     (h-swish's +3) can't be aligned this way (zero must stay on the grid); TFLite fuses that ADD with its RELU6.
     """
