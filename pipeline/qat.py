@@ -2,11 +2,11 @@
 
 tfmot's default 8-bit scheme already gives what int8 TFLite needs for Conv2D: per-channel symmetric weights, 8-bit
 asymmetric activations, no fake-quant between a conv and its BatchNorm. For DepthwiseConv2D it does not: it sizes the
-per-channel ranges by the kernel's last axis, which is the depth multiplier (1), so every depthwise kernel is
-fake-quantized with one range for all its channels (tensorflow/model-optimization#808, open), while the converter
-writes the int8 file with one scale per channel. QAT then trained against rounding much coarser than the file's, and
-the QAT Keras model and its int8 file disagreed on about 3.5% of CIFAR-10 test images. `QuantizeScheme` below
-quantizes depthwise kernels per channel, as the file does. Two layer types of our models are missing from its
+per-channel ranges by the kernel's last axis, which is the depth multiplier (1), so every depthwise kernel gets one
+range for all its channels (tensorflow/model-optimization#808, open). The converter keeps that grid (each channel's
+int8 scale is the one scale times the channel's BatchNorm factor), so most depthwise channels used a fraction of
+the 127 levels they have (`bench.qat_gap` prints how many). `QuantizeScheme` below gives each depthwise channel
+its own range, in QAT and therefore in the file. Two layer types of our models are missing from its
 registry: `Rescaling` (the +3 and x1/6 of h-swish / hard-sigmoid, and the input rescale) and
 `Multiply` (h-swish's product and the squeeze-and-excite gate). Without a fake-quant node after them the converter
 would have to guess their int8 ranges, so we give them an output quantizer of their own; the pure scalings among
@@ -118,8 +118,8 @@ def quantize_scope():
 def _fused_into_next_relu(model: keras.Model) -> set[str]:
     """Names of the Rescaling layers with an offset (h-swish's and the hard sigmoid's x + 3) whose only consumer is a
     ReLU. The converter fuses the two into one ADD with a RELU6 activation, so the int8 file never holds x + 3: it
-    rounds once, onto the ReLU's grid. A fake-quant on x + 3 would round the QAT model twice where the file rounds
-    once (its step is up to 8x the ReLU6 output's), which QAT would then train against."""
+    rounds once, onto the ReLU's grid. A fake-quant on x + 3 (whose range, and so its step, is wider than the
+    ReLU6 output's) would make the QAT model round twice where the file rounds once, and train against that."""
     fused = set()
     for layer in model.layers:
         if not isinstance(layer, keras.layers.Rescaling) or float(layer.offset) == 0.0:
@@ -239,21 +239,3 @@ class AlignRescalingRanges(keras.callbacks.Callback):
 
 def is_qat_model(model: keras.Model) -> bool:
     return any(isinstance(layer, qk.QuantizeWrapper) or type(layer).__name__ == "QuantizeLayer" for layer in model.layers)
-
-
-def freeze_batch_norm(model: keras.Model) -> int:
-    """Switch every BatchNormalization (wrapped or not) to its moving statistics; returns how many were frozen.
-
-    Late in QAT the batch statistics are noisy compared with the quantization steps the network is adapting to, and
-    the deployed model uses the moving averages; freezing them lets the last epochs train against what will ship
-    (the practice of the QAT paper, Jacob et al. 2018, and of TF's MobileNet QAT recipes). Recompile afterwards.
-    """
-    frozen = 0
-    for layer in model.layers:
-        inner = getattr(layer, "layer", layer)
-        if isinstance(inner, keras.layers.BatchNormalization):
-            inner.trainable = False
-            frozen += 1
-    return frozen
-
-

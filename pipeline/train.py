@@ -188,3 +188,45 @@ def _check_same_settings(name: str, path: str, settings: dict, workdir: str) -> 
         raise ValueError(
             f"{workdir} holds a {name} stage trained with other settings ({', '.join(changed)}); rerun with the "
             "same flags to resume it, or pass a fresh --output_dir")
+
+
+def freeze_batch_norm(model: keras.Model) -> int:
+    """Switch every BatchNormalization (wrapped or not) to its moving statistics; returns how many were frozen.
+
+    Late in QAT the batch statistics are noisy compared with the quantization steps the network is adapting to, and
+    the deployed model uses the moving averages; freezing them lets the last epochs train against what will ship
+    (the practice of the QAT paper, Jacob et al. 2018, and of TF's MobileNet QAT recipes). Recompile afterwards.
+    """
+    frozen = 0
+    for layer in model.layers:
+        inner = getattr(layer, "layer", layer)
+        if isinstance(inner, keras.layers.BatchNormalization):
+            inner.trainable = False
+            frozen += 1
+    return frozen
+
+
+def fine_tune(
+    name: str,
+    trainee: keras.Model,
+    train: tf.data.Dataset,
+    eval: tf.data.Dataset,
+    *,
+    epochs: int,
+    freeze_bn_epochs: int,
+    recipe: Recipe,
+    batch_norm_model: keras.Model | None = None,
+    **stage_args,
+) -> list[StageResult]:
+    """Fine-tune a trained model: `epochs - freeze_bn_epochs` epochs as stage `name`, then the last `freeze_bn_epochs`
+    with BatchNorm frozen at a tenth of the learning rate as stage `<name>_bn_frozen`. QAT does this (its trainee
+    may be a `Distiller` around the model whose BatchNorms are frozen: `batch_norm_model`); so does the float
+    control of bench.finetune_control, with the same schedule and no fake-quant."""
+    stages = [run_stage(name, trainee, train, eval, epochs=epochs - freeze_bn_epochs, recipe=recipe, **stage_args)]
+    if freeze_bn_epochs:
+        frozen = freeze_batch_norm(batch_norm_model or trainee)
+        logging.info("%s: froze %d BatchNorm layers for the last %d epoch(s)", name, frozen, freeze_bn_epochs)
+        stages.append(run_stage(f"{name}_bn_frozen", trainee, train, eval, epochs=freeze_bn_epochs,
+                                recipe=dataclasses.replace(recipe, learning_rate=recipe.learning_rate * 0.1),
+                                **stage_args))
+    return stages

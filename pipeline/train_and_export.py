@@ -10,7 +10,6 @@ Artifacts (model.tflite with metadata, labels.txt, model_card.json, report.json)
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import time
@@ -150,9 +149,9 @@ def run() -> dict:
     from keras_models.profile import totals
     from pipeline.data import input_pipeline_throughput, load_dataset
     from pipeline.distill import Distiller
-    from pipeline.qat import (AlignRescalingRanges, align_rescaling_ranges, calibrate_activation_ranges,
-                              freeze_batch_norm, quantize_model, quantize_scope)
-    from pipeline.train import Recipe, auto_batch_norm_momentum, one_hot, run_stage, set_batch_norm_momentum
+    from pipeline.qat import (AlignRescalingRanges, align_rescaling_ranges, calibrate_activation_ranges, quantize_model,
+                              quantize_scope)
+    from pipeline.train import Recipe, auto_batch_norm_momentum, fine_tune, one_hot, run_stage, set_batch_norm_momentum
     from tflite_export.export import ModelInfo, export_model
     from tflite_export._cli import atomic_write_json
 
@@ -224,16 +223,9 @@ def run() -> dict:
             targets="float model" if FLAGS.qat_distill else "labels")
         with quantize_scope():
             qat_trainee = Distiller(qat_model, teacher=model) if FLAGS.qat_distill else qat_model
-            qat_callbacks = (AlignRescalingRanges(qat_model),)
-            qat_train_epochs = FLAGS.qat_epochs - freeze_bn_epochs
-            stages.append(run_stage("qat", qat_trainee, train, eval_ds, epochs=qat_train_epochs, recipe=qat_recipe,
-                                    callbacks=qat_callbacks, **stage_args))
-            if freeze_bn_epochs:
-                frozen = freeze_batch_norm(qat_model)
-                logging.info("QAT: froze %d BatchNorm layers for the last %d epoch(s)", frozen, freeze_bn_epochs)
-                frozen_recipe = dataclasses.replace(qat_recipe, learning_rate=qat_learning_rate * 0.1)
-                stages.append(run_stage("qat_bn_frozen", qat_trainee, train, eval_ds, epochs=freeze_bn_epochs,
-                                        recipe=frozen_recipe, callbacks=qat_callbacks, **stage_args))
+            stages += fine_tune("qat", qat_trainee, train, eval_ds, epochs=FLAGS.qat_epochs,
+                                freeze_bn_epochs=freeze_bn_epochs, recipe=qat_recipe, batch_norm_model=qat_model,
+                                callbacks=(AlignRescalingRanges(qat_model),), **stage_args)
             qat_acc = _eval_keras(qat_model, data.eval)
             # HDF5 cannot hold tfmot's shared quantizer variables; the SavedModel format round-trips them.
             _save_atomically(qat_model, os.path.join(output_dir, "qat_model"), save_format="tf")

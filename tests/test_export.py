@@ -74,24 +74,32 @@ def test_builtin_hswish_is_refused_for_qat_models(float_small):
         convert(quantize_model(float_small), representative, hswish="builtin")
 
 
-def test_qat_puts_a_fake_quant_after_every_h_swish_se_and_residual_op(float_small):
+def test_qat_rounds_every_h_swish_se_and_residual_tensor_the_int8_file_holds(float_small):
     qat = quantize_model(float_small)
-    checked = 0
+    checked, fused = 0, 0
     for layer in qat.layers:
         inner = getattr(layer, "layer", None)
         if isinstance(inner, (keras.layers.Multiply, keras.layers.Rescaling, keras.layers.Add)):
-            config = layer.quantize_config
-            assert config.get_output_quantizers(inner), f"{layer.name} has no output fake-quant"
-            checked += 1
+            quantizers = layer.quantize_config.get_output_quantizers(inner)
+            if inner.name.endswith("add3"):
+                # x + 3 is fused with its RELU6 into one int8 ADD: the file never rounds it, so neither does QAT.
+                assert not quantizers, f"{layer.name} is rounded but the int8 file fuses it with its RELU6"
+                fused += 1
+            else:
+                assert quantizers, f"{layer.name} has no output fake-quant"
+                checked += 1
         elif isinstance(layer, (keras.layers.Multiply, keras.layers.Rescaling, keras.layers.Add)):
             pytest.fail(f"{layer.name} was left unwrapped by QAT")
-    # 19 h-swish (add3, mul, div6 each) + 9 SE (add3, div6, gate) + input rescale + residual adds.
-    assert checked >= 3 * HSWISH_COUNT + 3 * 9 + 1
+    # 19 h-swish (mul, div6 each) + 9 SE (div6, gate) + input rescale + residual adds; an add3 in each of the 28.
+    assert fused == HSWISH_COUNT + 9 and checked >= 2 * HSWISH_COUNT + 2 * 9 + 1
     assert any(isinstance(getattr(l, "quantize_config", None), OutputQuantizeConfig) for l in qat.layers)
-    # Conv weights: per-channel symmetric, as int8 TFLite kernels expect.
-    conv = qat.get_layer("quant_Conv_1")
-    weight_quantizer = conv.quantize_config.get_weights_and_quantizers(conv.layer)[0][1]
-    assert weight_quantizer.per_axis and weight_quantizer.symmetric
+    # Weights: symmetric, one range per output channel, as int8 TFLite kernels have: Conv2D (tfmot's default) and
+    # DepthwiseConv2D (ours; tfmot's gives one range per kernel).
+    for name, channels in (("quant_Conv_1", qat.get_layer("quant_Conv_1").layer.filters),
+                           ("quant_expanded_conv_3/depthwise", qat.get_layer("quant_expanded_conv_3/depthwise").input_shape[-1])):
+        kernel, quantizer, quantizer_vars = qat.get_layer(name)._weight_vars[0]
+        assert quantizer.per_axis and quantizer.symmetric and quantizer.narrow_range, name
+        assert quantizer_vars["min_var"].shape == (channels,) == quantizer_vars["max_var"].shape, name
 
 
 def test_export_cli_converts_saved_float_and_qat_models(tiny_run, tmp_path):

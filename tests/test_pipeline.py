@@ -9,8 +9,10 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
+from keras_models.backend import keras
 from tests.conftest import REPO, TINY, run_pipeline as _run
 from tflite_export.verify import analyze
 
@@ -48,6 +50,40 @@ def test_tiny_run_scales_by_one_sixth_without_a_second_rounding(tiny_run):
         checked += 1
     assert checked == 28  # V3-Small: 19 h-swish + 9 squeeze-and-excite gates
 
+
+def test_tiny_run_int8_depthwise_weights_are_the_ones_qat_trained_against(tiny_run):
+    """Each int8 depthwise kernel, dequantized, equals the QAT model's fake-quantized kernel with its BatchNorm folded
+    in (the file computes what QAT trained against), and every channel spans the int8 range: its largest weight is
+    +-127. With tfmot's default depthwise quantizer (one range per kernel) only the kernel's largest channel did."""
+    from ai_edge_litert.interpreter import Interpreter
+    from pipeline.qat import quantize_scope
+
+    out, _ = tiny_run
+    with quantize_scope():
+        qat = keras.models.load_model(out / "qat_model", compile=False)
+    interpreter = Interpreter(model_path=str(out / "model.tflite"))
+    nodes = interpreter._interpreter
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    checked = 0
+    for i in range(nodes.NumNodes()):
+        if nodes.NodeName(i) != "DEPTHWISE_CONV_2D":
+            continue
+        weights = tensors[int(nodes.NodeInputs(i)[1])]
+        block = next(n for n in weights["name"].split("/") if n.startswith("quant_expanded_conv"))
+        wrapper, batch_norm = qat.get_layer(f"{block}/depthwise"), qat.get_layer(f"{block}/depthwise/BatchNorm").layer
+        kernel, quantizer, quantizer_vars = wrapper._weight_vars[0]
+        trained = quantizer(kernel, False, quantizer_vars).numpy()[..., 0]  # (kh, kw, channels)
+        fold = batch_norm.gamma.numpy() / np.sqrt(batch_norm.moving_variance.numpy() + batch_norm.epsilon)
+        params = weights["quantization_parameters"]
+        assert len(params["scales"]) == trained.shape[-1], weights["name"]  # one scale per channel
+        in_file = interpreter.get_tensor(weights["index"])[0] * params["scales"]
+        assert np.abs(in_file - trained * fold).max() <= 1e-3 * params["scales"].min(), weights["name"]
+        # 127, or 126 if a channel's largest weight shrank by more than half a step in the last training step (its
+        # range was taken before that step's update).
+        levels = np.abs(interpreter.get_tensor(weights["index"])[0].astype(int)).max(axis=(0, 1))
+        assert levels.min() >= 126, (weights["name"], levels)
+        checked += 1
+    assert checked == 11  # V3-Small's 11 bottlenecks
 
 def test_tiny_run_writes_labels_card_and_report(tiny_run):
     out, result = tiny_run
