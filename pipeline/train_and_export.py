@@ -149,8 +149,8 @@ def run() -> dict:
     from keras_models.profile import totals
     from pipeline.data import input_pipeline_throughput, load_dataset
     from pipeline.distill import Distiller
-    from pipeline.qat import (AlignRescalingRanges, align_rescaling_ranges, calibrate_activation_ranges, quantize_model,
-                              quantize_scope)
+    from pipeline.qat import (RangeRules, align_rescaling_ranges, calibrate_activation_ranges, clamp_saturated_ranges,
+                              quantize_model, quantize_scope)
     from pipeline.train import Recipe, auto_batch_norm_momentum, fine_tune, one_hot, run_stage, set_batch_norm_momentum
     from tflite_export.export import ModelInfo, export_model
     from tflite_export._cli import atomic_write_json
@@ -213,9 +213,9 @@ def run() -> dict:
         qat_model = quantize_model(model)
         if not os.path.exists(os.path.join(output_dir, "checkpoints", "qat.weights.h5")):
             used = calibrate_activation_ranges(qat_model, (images for images, _ in data.train.take(FLAGS.calibration_batches)))
-            aligned = align_rescaling_ranges(qat_model)
-            logging.info("QAT: activation ranges calibrated on %d training batches, %d x1/6 ranges aligned with their "
-                         "inputs", used, aligned)
+            clamped, aligned = clamp_saturated_ranges(qat_model), align_rescaling_ranges(qat_model)
+            logging.info("QAT: activation ranges calibrated on %d training batches, %d clamped where h-swish or the hard "
+                         "sigmoid saturates, %d x1/6 ranges aligned with their inputs", used, clamped, aligned)
         qat_recipe = Recipe(
             learning_rate=qat_learning_rate, warmup_epochs=0, weight_decay=FLAGS.weight_decay,
             # The float model's softmax is already a soft target: no label smoothing on top of it.
@@ -225,7 +225,7 @@ def run() -> dict:
             qat_trainee = Distiller(qat_model, teacher=model) if FLAGS.qat_distill else qat_model
             stages += fine_tune("qat", qat_trainee, train, eval_ds, epochs=FLAGS.qat_epochs,
                                 freeze_bn_epochs=freeze_bn_epochs, recipe=qat_recipe, batch_norm_model=qat_model,
-                                callbacks=(AlignRescalingRanges(qat_model),), **stage_args)
+                                callbacks=(RangeRules(qat_model),), **stage_args)
             qat_acc = _eval_keras(qat_model, data.eval)
             # HDF5 cannot hold tfmot's shared quantizer variables; the SavedModel format round-trips them.
             _save_atomically(qat_model, os.path.join(output_dir, "qat_model"), save_format="tf")
