@@ -248,11 +248,12 @@ def saturated_range_bounds(qat_model: keras.Model) -> list[tuple]:
     tensor feeds only h-swish (x * relu6(x + 3)) or the hard sigmoid (relu6(x + 3)).
 
     Below x = -3 both are 0 whatever x is, and above +3 the hard sigmoid is 1: values beyond those points change
-    nothing that follows, so the 8-bit range need not cover them. Min/max ranges do cover them: the BatchNorm output
-    before an h-swish typically spans about [-20, 20], so 40% of its levels went to values that all become 0, and a
-    squeeze-and-excite logit's [-10, 10] needed only [-3, 3]. Clamping the range there makes the step finer and
-    changes no result of the float function; the gradients agree too (fake-quant passes none beyond its range, and
-    the function has none there).
+    nothing that follows, so the 8-bit range need not cover them. Min/max ranges do cover them: a BatchNorm output
+    before an h-swish reaches about as far below 0 as above, so a large share of its 256 levels went to values that
+    all become 0, and a squeeze-and-excite logit's range was several times [-3, 3]. Clamping the range there makes
+    the step finer and changes no result of the float function; the gradients agree too (fake-quant passes none
+    beyond its range, and the function has none there). `bench.qat_gap` and `bench.qat_schedules` measure it
+    (BENCHMARKS.md).
     """
     bounds = []
     for layer in qat_model.layers:

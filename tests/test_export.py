@@ -8,7 +8,7 @@ import pytest
 
 import keras_models
 from keras_models.backend import keras
-from pipeline.qat import OutputQuantizeConfig, quantize_model
+from pipeline.qat import OutputQuantizeConfig, clamp_saturated_ranges, quantize_model, saturated_range_bounds
 from tests.conftest import run_module
 from tflite_export.convert import ConversionError, convert
 from tflite_export.verify import verify
@@ -100,6 +100,25 @@ def test_qat_rounds_every_h_swish_se_and_residual_tensor_the_int8_file_holds(flo
         kernel, quantizer, quantizer_vars = qat.get_layer(name)._weight_vars[0]
         assert quantizer.per_axis and quantizer.symmetric and quantizer.narrow_range, name
         assert quantizer_vars["min_var"].shape == (channels,) == quantizer_vars["max_var"].shape, name
+
+
+def test_qat_clamps_ranges_where_h_swish_and_hard_sigmoid_saturate(float_small):
+    """The 19 tensors that feed only an h-swish get ranges no lower than -3 (it is 0 below), the 9 squeeze-and-excite
+    logits that feed only a hard sigmoid [-3, 3] (constant beyond); every other range is left alone."""
+    qat = quantize_model(float_small)
+    ranges = [w for w in qat.non_trainable_weights if w.name.endswith(("_min:0", "_max:0")) and "kernel" not in w.name]
+    for w in ranges:
+        w.assign(-10.0 if w.name.endswith("_min:0") else 10.0)
+    bounds = saturated_range_bounds(qat)
+    assert clamp_saturated_ranges(qat) == len(bounds) == HSWISH_COUNT + 9
+    clamped = {}
+    for minimum, maximum, _, highest in bounds:
+        clamped[minimum.name], clamped[maximum.name] = -3.0, (10.0 if highest is None else 3.0)
+    assert sum(1 for _, _, _, highest in bounds if highest is not None) == 9
+    assert all("squeeze_excite" in m.name for m, _, _, highest in bounds if highest is not None)
+    for w in ranges:
+        expected = clamped.get(w.name, -10.0 if w.name.endswith("_min:0") else 10.0)
+        assert float(w.numpy()) == expected, w.name
 
 
 def test_export_cli_converts_saved_float_and_qat_models(tiny_run, tmp_path):

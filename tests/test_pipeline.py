@@ -85,6 +85,31 @@ def test_tiny_run_int8_depthwise_weights_are_the_ones_qat_trained_against(tiny_r
         checked += 1
     assert checked == 11  # V3-Small's 11 bottlenecks
 
+def test_tiny_run_gates_see_no_levels_where_they_saturate(tiny_run):
+    """In the int8 file, the input of every h-swish / hard-sigmoid gate ADD (x + 3, fused with RELU6) has no level
+    below -3 (the gate is 0 there), and a hard sigmoid's none above +3 either (it is 1 there), within one step."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    out, _ = tiny_run
+    interpreter = Interpreter(model_path=str(out / "model.tflite"))
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    checked = {"h-swish": 0, "hard sigmoid": 0}
+    for node in interpreter._get_ops_details():
+        output = tensors[node["outputs"][0]]["name"]
+        if node["op_name"] != "ADD" or "relu6" not in output:
+            continue
+        (x,) = [tensors[i] for i in node["inputs"] if tensors[i]["name"] and "qconst" not in tensors[i]["name"]
+                and "arith.constant" not in tensors[i]["name"]]
+        scale, zero = x["quantization"]
+        lowest, highest = (-128 - zero) * scale, (127 - zero) * scale
+        assert lowest >= -3 - scale, (x["name"], lowest)
+        kind = "hard sigmoid" if "hard_sigmoid" in output else "h-swish"
+        if kind == "hard sigmoid":
+            assert highest <= 3 + scale, (x["name"], highest)
+        checked[kind] += 1
+    assert checked == {"h-swish": 19, "hard sigmoid": 9}
+
+
 def test_tiny_run_writes_labels_card_and_report(tiny_run):
     out, result = tiny_run
     labels = (out / "labels.txt").read_text().split()
