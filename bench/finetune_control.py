@@ -8,14 +8,13 @@ the float model they started from. This asks how much of that the schedule alone
 fine-tuned exactly as QAT fine-tunes it (`pipeline.train.fine_tune`: QAT_EPOCHS - FREEZE_BN_EPOCHS epochs at the
 QAT learning rate, cosine-decayed, then FREEZE_BN_EPOCHS with BatchNorm frozen at a tenth of it; same recipe,
 augmentation, batch size and seed), but without `quantize_model`. The run lives in <float_run>-finetune-<schedule>
-[-seedN] and resumes like a pipeline stage (a finished one is loaded and scored again). Rows: held-out top-1 of the float model,
-of the fine-tuned one, and their agreement.
+[-seedN] and resumes like a pipeline stage (a finished one is loaded and scored again). Rows: held-out top-1 of
+the float model, of the fine-tuned one, and their agreement.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 import numpy as np
@@ -32,9 +31,8 @@ def main(argv=None):
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     schedule = parse_schedule(args.schedule)
-    if schedule["name"] == "ptq" or schedule["name"].endswith("kd"):
+    if schedule["name"] == "ptq" or schedule["distill"]:
         raise SystemExit("error: --schedule must be QAT_EPOCHS:FREEZE_BN_EPOCHS:LEARNING_RATE (no ptq, no :kd)")
-    epochs, frozen, lr = (float(v) for v in args.schedule.split(":"))
     report = _common.load_report(args.float_run)
     h5 = os.path.join(args.float_run, "float_model.h5")
     if report is None or not os.path.exists(h5):
@@ -43,6 +41,7 @@ def main(argv=None):
     from keras_models.backend import keras, tf
     from pipeline.data import load_dataset
     from pipeline.train import Recipe, fine_tune, one_hot
+    from tflite_export._cli import atomic_write_json
 
     c = report["config"]
     seed = c["seed"] if args.seed is None else args.seed
@@ -54,10 +53,10 @@ def main(argv=None):
     classes = len(data.class_names)
     start = keras.models.load_model(h5, compile=False)
     model = keras.models.load_model(h5, compile=False)
-    recipe = Recipe(learning_rate=lr, warmup_epochs=0, weight_decay=c["weight_decay"],
+    recipe = Recipe(learning_rate=schedule["learning_rate"], warmup_epochs=0, weight_decay=c["weight_decay"],
                     label_smoothing=c["label_smoothing"])  # the pipeline's QAT recipe (labels as targets)
     stages = fine_tune("finetune", model, one_hot(data.train, classes), one_hot(data.eval, classes),
-                       epochs=int(epochs), freeze_bn_epochs=int(frozen), recipe=recipe, num_train=data.num_train,
+                       epochs=schedule["epochs"], freeze_bn_epochs=schedule["frozen"], recipe=recipe, num_train=data.num_train,
                        workdir=output_dir, batch_size=c["batch_size"])
 
     labels, before, after = [], [], []
@@ -70,8 +69,7 @@ def main(argv=None):
               "agreement": float(np.mean(before == after)), "images": int(labels.size),
               "curves": {s.name: s.history.get("val_accuracy", []) for s in stages},
               "seconds": sum(s.seconds for s in stages)}
-    with open(os.path.join(output_dir, "control.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    atomic_write_json(os.path.join(output_dir, "control.json"), result)
     print(f"\n{output_dir}: {schedule['label'].replace('QAT', 'float fine-tune')}, seed {seed}, "
           f"{result['images']} {data.eval_split_name} images")
     print(_common.table(

@@ -41,6 +41,7 @@ def parse_schedule(text: str) -> dict:
     if epochs < 1 or not 0 <= frozen <= epochs or lr <= 0:
         raise SystemExit(f"error: schedule {text!r}: need QAT epochs >= 1, 0 <= frozen <= epochs, learning rate > 0")
     return {"name": f"e{epochs}f{frozen}lr{lr:g}" + ("kd" if distill else ""),
+            "epochs": epochs, "frozen": frozen, "learning_rate": lr, "distill": distill,
             "flags": ["--qat_epochs", str(epochs), "--freeze_bn_epochs", str(frozen), "--qat_learning_rate", f"{lr:g}",
                       "--qat_distill" if distill else "--noqat_distill"],
             "label": f"QAT {epochs} epochs ({frozen} BN-frozen), lr {lr:g}"

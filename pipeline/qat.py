@@ -5,7 +5,7 @@ asymmetric activations, no fake-quant between a conv and its BatchNorm. For Dept
 per-channel ranges by the kernel's last axis, which is the depth multiplier (1), so every depthwise kernel gets one
 range for all its channels (tensorflow/model-optimization#808, open). The converter keeps that grid (each channel's
 int8 scale is the one scale times the channel's BatchNorm factor), so most depthwise channels used a fraction of
-the 127 levels they have (`bench.qat_gap` prints how many). `QuantizeScheme` below gives each depthwise channel
+the 127 levels they have (`bench.weight_levels` prints how many). `QuantizeScheme` below gives each depthwise channel
 its own range, in QAT and therefore in the file. Two layer types of our models are missing from its
 registry: `Rescaling` (the +3 and x1/6 of h-swish / hard-sigmoid, and the input rescale) and
 `Multiply` (h-swish's product and the squeeze-and-excite gate). Without a fake-quant node after them the converter
@@ -115,6 +115,14 @@ def quantize_scope():
                               "DepthwiseConvQuantizeConfig": DepthwiseConvQuantizeConfig})
 
 
+def _inner(layer):
+    return getattr(layer, "layer", layer)
+
+
+def _consumers(layer) -> list:
+    return [node.outbound_layer for node in layer.outbound_nodes]
+
+
 def _fused_into_next_relu(model: keras.Model) -> set[str]:
     """Names of the Rescaling layers with an offset (h-swish's and the hard sigmoid's x + 3) whose only consumer is a
     ReLU. The converter fuses the two into one ADD with a RELU6 activation, so the int8 file never holds x + 3: it
@@ -124,7 +132,7 @@ def _fused_into_next_relu(model: keras.Model) -> set[str]:
     for layer in model.layers:
         if not isinstance(layer, keras.layers.Rescaling) or float(layer.offset) == 0.0:
             continue
-        consumers = [node.outbound_layer for node in layer.outbound_nodes]
+        consumers = _consumers(layer)
         if consumers and all(isinstance(c, keras.layers.ReLU) for c in consumers):
             fused.add(layer.name)
     return fused
@@ -224,14 +232,6 @@ def _assign_scaled_ranges(pairs: list[tuple]) -> int:
         output_min.assign(input_min * scale)
         output_max.assign(input_max * scale)
     return len(pairs)
-
-
-def _inner(layer):
-    return getattr(layer, "layer", layer)
-
-
-def _consumers(layer) -> list:
-    return [node.outbound_layer for node in layer.outbound_nodes]
 
 
 def _is_gate(layer) -> bool:

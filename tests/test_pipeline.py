@@ -85,6 +85,7 @@ def test_tiny_run_int8_depthwise_weights_are_the_ones_qat_trained_against(tiny_r
         checked += 1
     assert checked == 11  # V3-Small's 11 bottlenecks
 
+
 def test_tiny_run_gates_see_no_levels_where_they_saturate(tiny_run):
     """In the int8 file, the input of every h-swish / hard-sigmoid gate ADD (x + 3, fused with RELU6) has no level
     below -3 (the gate is 0 there), and a hard sigmoid's none above +3 either (it is 1 there), within one step."""
