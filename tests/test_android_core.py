@@ -12,13 +12,17 @@ The same chain runs on a model this project exported (the session's tiny pipelin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
+import re
 import shutil
 import struct
 import subprocess
+import tomllib
 import zipfile
+from xml.etree import ElementTree
 
 import numpy as np
 import pytest
@@ -80,6 +84,38 @@ def test_ktlint_clean():
     _require(KTLINT)
     result = _run(["bash", str(TEST_SCRIPT), "lint"])
     assert result.returncode == 0, f"ktlint found problems in android_demo:\n{result.stdout}\n{result.stderr}"
+
+
+def test_kotlin_toolchain_is_the_gradle_builds_version():
+    """core is compiled and tested here with the Kotlin that builds the APK (one version, in the Gradle catalog)."""
+    _require(KOTLINC)
+    catalog = tomllib.loads((DEMO / "gradle" / "libs.versions.toml").read_text())
+    installed = json.loads((TOOLS / "node_modules" / "kotlin-compiler" / "package.json").read_text())["version"]
+    assert installed == catalog["versions"]["kotlin"], "rerun android_demo/scripts/setup_kotlin.sh"
+
+
+def test_gradle_wrapper_is_committed_and_runs_a_gradle_agp9_accepts():
+    jar = DEMO / "gradle" / "wrapper" / "gradle-wrapper.jar"
+    # The jar Gradle 9.4.1's `wrapper` task writes (BUILD_ANDROID.md says where it came from).
+    assert hashlib.sha256(jar.read_bytes()).hexdigest() == "55243ef57851f12b070ad14f7f5bb8302daceeebc5bce5ece5fa6edb23e1145c"
+    with zipfile.ZipFile(jar) as archive:
+        assert "org/gradle/wrapper/GradleWrapperMain.class" in archive.namelist()
+    assert os.access(DEMO / "gradlew", os.X_OK), "gradlew must be executable"
+    assert (DEMO / "gradlew.bat").is_file()
+    props = (DEMO / "gradle" / "wrapper" / "gradle-wrapper.properties").read_text()
+    version = re.search(r"gradle-(\d+)\.(\d+)(?:\.\d+)?-bin\.zip", props)
+    assert version and (int(version[1]), int(version[2])) >= (9, 1), "AGP 9.0 refuses Gradle older than 9.1"
+
+
+def test_manifest_drops_litert_foreground_service_permissions():
+    """LiteRT's AAR asks for them; kept, Play would want a foreground-service type from a targetSdk 36 app."""
+    android = "{http://schemas.android.com/apk/res/android}"
+    tools = "{http://schemas.android.com/tools}"
+    root = ElementTree.parse(DEMO / "app" / "src" / "main" / "AndroidManifest.xml").getroot()
+    removed = {
+        e.get(f"{android}name") for e in root.iter("uses-permission") if e.get(f"{tools}node") == "remove"
+    }
+    assert removed == {"android.permission.FOREGROUND_SERVICE", "android.permission.FOREGROUND_SERVICE_DATA_SYNC"}
 
 
 def _write_rgb(path: pathlib.Path, rgb: np.ndarray) -> None:

@@ -43,7 +43,8 @@ android {
     }
 
     androidResources {
-        // The model is memory-mapped by LiteRT straight from the APK: keep it uncompressed.
+        // LiteRT copies the model asset into a buffer of its own (it does not memory-map it). Stored uncompressed, the
+        // asset is read straight out of the APK; compressed, Android would first inflate it into another buffer.
         noCompress += "tflite"
     }
 
@@ -59,6 +60,7 @@ dependencies {
     implementation(project(":core"))
     implementation(libs.androidx.core.ktx)
     implementation(libs.androidx.appcompat)
+    implementation(libs.androidx.activity)
     implementation(libs.androidx.constraintlayout)
     implementation(libs.androidx.camera.core)
     implementation(libs.androidx.camera.camera2)

@@ -7,7 +7,14 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 TOOLS="${KOTLIN_TOOLS_DIR:-$ROOT/.cache/kotlin}"
-KOTLIN_VERSION="${KOTLIN_VERSION:-2.4.20}"
+# The Kotlin version is the Gradle build's (gradle/libs.versions.toml), so that core is compiled and tested here with
+# the compiler that builds the APK.
+CATALOG="$ROOT/android_demo/gradle/libs.versions.toml"
+KOTLIN_VERSION="${KOTLIN_VERSION:-$(sed -n 's/^kotlin *= *"\([^"]*\)".*/\1/p' "$CATALOG")}"
+if [ -z "$KOTLIN_VERSION" ]; then
+  echo "setup_kotlin: no 'kotlin = \"...\"' line in $CATALOG" >&2
+  exit 1
+fi
 KTLINT_VERSION="${KTLINT_VERSION:-1.16.1}"
 
 as_root() {

@@ -24,6 +24,12 @@ import androidx.core.content.ContextCompat
 import androidx.core.view.ViewCompat
 import androidx.core.view.WindowInsetsCompat
 import androidx.core.view.updatePadding
+import com.mobilenetpipeline.core.Backend
+import com.mobilenetpipeline.core.ClassifierCore
+import com.mobilenetpipeline.core.ClassifierSession
+import com.mobilenetpipeline.core.Failures
+import com.mobilenetpipeline.core.ModelSpec
+import com.mobilenetpipeline.core.Notice
 import com.mobilenetpipeline.core.RgbImage
 import com.mobilenetpipeline.demo.databinding.ActivityMainBinding
 import java.util.concurrent.ExecutorService
@@ -38,7 +44,12 @@ class MainActivity : AppCompatActivity() {
 
     /** Everything touching the model runs on this one thread: loading, switching backend, inference. */
     private lateinit var analysisExecutor: ExecutorService
-    private var classifier: LiteRtClassifier? = null
+
+    /** Analysis thread only. */
+    private var session: ClassifierSession? = null
+
+    /** The model's spec, parsed once (analysis thread only): switching accelerator or threads does not change it. */
+    private var spec: ModelSpec? = null
 
     @Volatile private var backend = Backend.CPU
 
@@ -95,8 +106,8 @@ class MainActivity : AppCompatActivity() {
         getSystemService(DisplayManager::class.java).unregisterDisplayListener(displayListener)
         cameraProvider?.unbindAll()
         analysisExecutor.execute {
-            classifier?.close()
-            classifier = null
+            session?.close()
+            session = null
         }
         analysisExecutor.shutdown()
     }
@@ -151,39 +162,81 @@ class MainActivity : AppCompatActivity() {
         }
     }
 
-    /** (Re)creates the classifier with the current backend and thread count, off the UI thread. */
+    /** (Re)creates the session with the current backend and thread count, off the UI thread. */
     private fun reloadModel() {
         binding.results.setText(R.string.loading_model)
+        binding.stats.text = ""
         val wantBackend = backend
         val wantThreads = threads
         analysisExecutor.execute {
-            classifier?.close()
-            classifier = null
-            if (!ModelAssets.exists(assets)) {
-                runOnUiThread { binding.results.setText(R.string.no_model) }
-                return@execute
-            }
-            try {
-                val c = LiteRtClassifier.create(assets, wantBackend, wantThreads)
-                classifier = c
-                runOnUiThread {
-                    binding.results.setText(R.string.waiting_for_frames)
-                    c.fallbackReason?.let { reason ->
-                        binding.stats.text = getString(R.string.gpu_fallback, reason)
-                        // Show CPU as selected without triggering another reload (the listener sees no change).
-                        backend = Backend.CPU
-                        binding.accelerator.check(R.id.use_cpu)
+            session?.close()
+            session = null
+            val notice =
+                try {
+                    if (!ModelAssets.exists(assets)) {
+                        Notice.NoModel
+                    } else {
+                        val modelSpec = spec ?: ModelAssets.loadSpec(assets).also { spec = it }
+                        val s = ClassifierSession(ClassifierCore(modelSpec), LiteRtEngineFactory(assets))
+                        session = s
+                        s.start(wantBackend, wantThreads)
                     }
+                } catch (t: Throwable) {
+                    // Errors too: a missing litert_jni is an UnsatisfiedLinkError, not an Exception.
+                    if (!Failures.isRecoverable(t)) throw t
+                    Log.e(TAG, "model load failed", t)
+                    Notice.LoadFailed(Failures.reason(t))
                 }
-            } catch (e: Exception) {
-                Log.e(TAG, "model load failed", e)
-                runOnUiThread {
-                    binding.results.text =
-                        getString(R.string.model_error, e.message ?: e.javaClass.simpleName)
-                }
+            notice?.let { Log.w(TAG, "model: $it") }
+            val running = session?.running == true
+            runOnUiThread {
+                if (running) binding.results.setText(R.string.waiting_for_frames)
+                showNotice(notice)
             }
         }
     }
+
+    /**
+     * On the UI thread. Failures that leave nothing running replace the results; a GPU fallback goes under the stats
+     * ([replaceStats] false when the caller has just written stats that already end with it).
+     */
+    private fun showNotice(
+        notice: Notice?,
+        replaceStats: Boolean = true,
+    ) {
+        when (notice) {
+            null -> {
+                return
+            }
+
+            Notice.NoModel -> {
+                binding.results.setText(R.string.no_model)
+            }
+
+            is Notice.LoadFailed -> {
+                binding.results.text = getString(R.string.model_error, notice.reason)
+            }
+
+            is Notice.Stopped -> {
+                binding.results.text = getString(R.string.inference_stopped, notice.reason)
+            }
+
+            is Notice.GpuUnavailable, is Notice.GpuFailedWhileRunning -> {
+                if (replaceStats) binding.stats.text = noticeLine(notice).orEmpty()
+                // The model runs on the CPU now: show CPU as selected without another reload (the listener sees no
+                // change). Choosing GPU again retries it.
+                backend = Backend.CPU
+                binding.accelerator.check(R.id.use_cpu)
+            }
+        }
+    }
+
+    private fun noticeLine(notice: Notice?): String? =
+        when (notice) {
+            is Notice.GpuUnavailable -> getString(R.string.gpu_unavailable, notice.reason)
+            is Notice.GpuFailedWhileRunning -> getString(R.string.gpu_failed, notice.reason)
+            else -> null
+        }
 
     private fun startCamera() {
         binding.permissionPanel.visibility = View.GONE
@@ -222,7 +275,14 @@ class MainActivity : AppCompatActivity() {
                 .setBackpressureStrategy(ImageAnalysis.STRATEGY_KEEP_ONLY_LATEST)
                 .setOutputImageFormat(ImageAnalysis.OUTPUT_IMAGE_FORMAT_YUV_420_888)
                 .build()
-        analysis.setAnalyzer(analysisExecutor, FrameAnalyzer(::onFrame))
+        analysis.setAnalyzer(
+            analysisExecutor,
+            FrameAnalyzer(
+                wantsFrames = { session?.running == true },
+                classify = ::onFrame,
+                onFailure = ::onFrameFailure,
+            ),
+        )
         provider.unbindAll()
         provider.bindToLifecycle(this, CameraSelector.DEFAULT_BACK_CAMERA, preview, analysis)
         useCases = Pair(preview, analysis)
@@ -236,39 +296,45 @@ class MainActivity : AppCompatActivity() {
         frame: RgbImage,
         startNs: Long,
     ) {
-        val c = classifier ?: return
-        val result =
-            try {
-                c.classify(frame, TOP_K, startNs)
-            } catch (e: Exception) {
-                Log.e(TAG, "inference failed", e)
-                return
-            }
-        val spec = c.core.spec
+        val s = session ?: return
+        val before = s.notice
+        val result = s.classify(frame, TOP_K, startNs)
+        val notice = s.notice
+        // A notice changes once (a GPU that fails while running, or a stop), never on every frame.
+        val changed = notice != before
+        if (changed) Log.w(TAG, "inference: $notice")
+        if (result == null) {
+            if (changed) runOnUiThread { showNotice(notice) }
+            return
+        }
+        val input = s.core.spec.input
         val lines =
-            result.top.joinToString("\n") { (label, score) ->
-                getString(
-                    R.string.result_line,
-                    label,
-                    score * 100f,
-                )
-            }
+            result.top.joinToString("\n") { (label, score) -> getString(R.string.result_line, label, score * 100f) }
         val stats =
             getString(
                 R.string.stats,
-                spec.input.width,
-                spec.input.height,
-                spec.input.dtype.name
-                    .lowercase(),
-                c.backend.name,
-                c.threads,
+                input.width,
+                input.height,
+                input.dtype.name.lowercase(),
+                result.acceleration.label,
+                result.threads,
                 result.inferenceMs,
                 result.frameMs,
-            ) + (c.fallbackReason?.let { "\n" + getString(R.string.gpu_fallback, it) } ?: "")
+            ) + (noticeLine(notice)?.let { "\n" + it } ?: "")
         runOnUiThread {
             binding.results.text = lines
             binding.stats.text = stats
+            if (changed) showNotice(notice, replaceStats = false)
         }
+    }
+
+    /** On the analysis thread: the camera frame could not be converted. */
+    private fun onFrameFailure(failure: Throwable) {
+        val s = session ?: return
+        Log.e(TAG, "frame conversion failed", failure)
+        s.stop(failure)
+        val notice = s.notice
+        runOnUiThread { showNotice(notice) }
     }
 
     /**

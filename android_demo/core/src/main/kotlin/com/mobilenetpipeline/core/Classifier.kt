@@ -52,20 +52,27 @@ class ModelSpec(
     }
 }
 
-/** A frame's pipeline in the app: rotate, eval crop/resize, quantize; and dequantize + top-k on the way out. */
+/**
+ * A frame's pipeline in the app: eval crop/resize and quantize on the way in, dequantize + top-k on the way out.
+ * The input arrays are allocated once and reused for every frame (at 224x224: 600 KB of float pixels plus the
+ * tensor), so the array returned by [inputBytes] / [inputFloats] is overwritten by the next call. Not thread-safe.
+ */
 class ClassifierCore(
     val spec: ModelSpec,
 ) {
-    /** Upright RGB frame -> input tensor bytes (native order for float32 inputs is the caller's business). */
-    fun inputBytes(frame: RgbImage): ByteArray {
-        val pixels = Preprocessing.evalResize(frame, spec.input.width, spec.input.height)
-        return Quantization.quantize(pixels, spec.input)
-    }
+    private val size = spec.input.width * spec.input.height * 3
+    private val pixels = FloatArray(size)
+    private val bytes by lazy { ByteArray(size) }
+    private val floats by lazy { FloatArray(size) }
 
-    fun inputFloats(frame: RgbImage): FloatArray {
-        val pixels = Preprocessing.evalResize(frame, spec.input.width, spec.input.height)
-        return Quantization.normalize(pixels, spec.input)
-    }
+    /** Upright RGB frame -> input tensor bytes of a UINT8/INT8 model. */
+    fun inputBytes(frame: RgbImage): ByteArray = Quantization.quantize(resized(frame), spec.input, bytes)
+
+    /** Upright RGB frame -> input tensor values of a FLOAT32 model. */
+    fun inputFloats(frame: RgbImage): FloatArray = Quantization.normalize(resized(frame), spec.input, floats)
+
+    private fun resized(frame: RgbImage): FloatArray =
+        Preprocessing.evalResize(frame, spec.input.width, spec.input.height, out = pixels)
 
     fun scores(outputBytes: ByteArray): FloatArray =
         Quantization.dequantize(outputBytes, spec.outputDType, spec.outputQuant)

@@ -117,13 +117,17 @@ object Preprocessing {
         return out
     }
 
-    /** Central 87.5% crop + bilinear resize: the float32 pixels the evaluation feeds the model. */
+    /**
+     * Central 87.5% crop + bilinear resize: the float32 pixels the evaluation feeds the model, written into [out]
+     * (pass the same array every frame to avoid an allocation per frame).
+     */
     fun evalResize(
         image: RgbImage,
         outWidth: Int,
         outHeight: Int,
         fraction: Double = EVAL_CROP_FRACTION,
-    ): FloatArray = resizeBilinear(image, centralCropBox(image.width, image.height, fraction), outWidth, outHeight)
+        out: FloatArray = FloatArray(outWidth * outHeight * 3),
+    ): FloatArray = resizeBilinear(image, centralCropBox(image.width, image.height, fraction), outWidth, outHeight, out)
 }
 
 /** Rounding as TFLite does it (`TfLiteRound`, i.e. `std::round`): to nearest, ties away from zero. */

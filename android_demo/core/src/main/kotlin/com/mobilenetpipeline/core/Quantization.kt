@@ -92,7 +92,12 @@ object Quantization {
     fun normalize(
         pixels: FloatArray,
         spec: InputSpec,
-    ): FloatArray = FloatArray(pixels.size) { i -> (pixels[i] - spec.mean[i % 3]) / spec.std[i % 3] }
+        out: FloatArray = FloatArray(pixels.size),
+    ): FloatArray {
+        require(out.size == pixels.size) { "output array has the wrong size" }
+        for (i in pixels.indices) out[i] = (pixels[i] - spec.mean[i % 3]) / spec.std[i % 3]
+        return out
+    }
 
     /** Integer tensor bytes -> real values: `(q - zeroPoint) * scale` in float32. */
     fun dequantize(

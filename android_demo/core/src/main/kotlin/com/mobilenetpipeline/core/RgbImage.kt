@@ -22,15 +22,26 @@ class RgbImage(
 
     /**
      * This image turned clockwise by [degrees] (0, 90, 180 or 270): CameraX's `ImageInfo.rotationDegrees`, which is
-     * the clockwise rotation that makes a camera frame upright.
+     * the clockwise rotation that makes a camera frame upright. The result is written into [reuse] when it has the
+     * rotated size (and is not this image), so a camera loop turns every frame upright without allocating a new
+     * ~0.9 MB image (640x480) per frame.
      */
-    fun rotated(degrees: Int): RgbImage {
+    fun rotated(
+        degrees: Int,
+        reuse: RgbImage? = null,
+    ): RgbImage {
         val d = ((degrees % 360) + 360) % 360
         require(d % 90 == 0) { "rotation must be a multiple of 90 degrees, got $degrees" }
         if (d == 0) return this
         val outW = if (d == 180) width else height
         val outH = if (d == 180) height else width
-        val out = ByteArray(pixels.size)
+        val target =
+            if (reuse != null && reuse !== this && reuse.width == outW && reuse.height == outH) {
+                reuse
+            } else {
+                RgbImage(outW, outH)
+            }
+        val out = target.pixels
         var o = 0
         for (y in 0 until outH) {
             for (x in 0 until outW) {
@@ -60,6 +71,6 @@ class RgbImage(
                 o += 3
             }
         }
-        return RgbImage(outW, outH, out)
+        return target
     }
 }
