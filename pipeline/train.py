@@ -10,6 +10,7 @@ a rerun with different settings stops with a clear error instead of silently res
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import shutil
@@ -143,7 +144,7 @@ def run_stage(
     done = os.path.join(checkpoints, f"{name}.weights.h5")
     settings_file = os.path.join(checkpoints, f"{name}.settings.json")
     settings = {"epochs": epochs, "batch_size": batch_size, "num_train": num_train, **dataclasses.asdict(recipe)}
-    _check_same_settings(name, settings_file, settings, workdir)
+    check_same_settings(settings_file, settings, f"a {name} stage trained", workdir)
     if os.path.exists(done):
         model.load_weights(done)
         logging.info("%s: already finished in an earlier run, loaded %s", name, done)
@@ -163,7 +164,18 @@ def run_stage(
         *callbacks,
     ]
     started = time.perf_counter()
-    history = model.fit(train, validation_data=eval, epochs=epochs, callbacks=callbacks, verbose=verbose)
+    try:
+        history = model.fit(train, validation_data=eval, epochs=epochs, callbacks=callbacks, verbose=verbose)
+    except tf.errors.ResourceExhaustedError as err:
+        _remove_partial_checkpoints(backup_dir)
+        if "no space left" in str(err).lower():
+            # TensorFlow reports a full disk like an out-of-memory error; the finished epochs' checkpoint is intact.
+            raise OSError(errno.ENOSPC, f"no space left on device while saving a checkpoint in {backup_dir}: free "
+                          "space and rerun the same command to resume") from None
+        raise
+    except OSError:
+        _remove_partial_checkpoints(backup_dir)
+        raise
     seconds = time.perf_counter() - started
 
     tmp = done + ".tmp.weights.h5"
@@ -176,17 +188,31 @@ def run_stage(
     return StageResult(name, epochs, log.first_epoch or 0, False, seconds, rate, history.history)
 
 
-def _check_same_settings(name: str, path: str, settings: dict, workdir: str) -> None:
-    """A stage's checkpoints only make sense with the settings that made them (a cosine schedule resumed with another
-    epoch count is a different schedule; finished weights are not retrained). Raises ValueError on a mismatch."""
-    if not os.path.exists(path):
-        return  # a fresh stage, or weights put there by hand (bench.qat_schedules copies a finished float stage)
-    with open(path) as f:
-        recorded = json.load(f)
+def _remove_partial_checkpoints(backup_dir: str) -> None:
+    """A checkpoint write cut short (disk full) leaves `*.tempstate*` files and `*_temp` folders; the previous epoch's
+    complete checkpoint stays, so removing them lets a rerun resume from it."""
+    for root, dirs, files in os.walk(backup_dir, topdown=False):
+        for name in files:
+            if ".tempstate" in name:
+                os.unlink(os.path.join(root, name))
+        for name in dirs:
+            if name.endswith("_temp"):
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
+def check_same_settings(path: str, settings: dict, what: str, workdir: str, recorded: dict | None = None) -> None:
+    """Checkpoints and weights only make sense with the settings that made them (a cosine schedule resumed with another
+    epoch count is a different schedule; finished weights are not retrained; 32 px weights are no 64 px model).
+    Compares `settings` with those recorded in `path` (or given as `recorded`); raises ValueError on a mismatch."""
+    if recorded is None:
+        if not os.path.exists(path):
+            return  # a fresh stage, or weights put there by hand (bench.qat_schedules copies a finished float stage)
+        with open(path) as f:
+            recorded = json.load(f)
     changed = [f"{key} {recorded.get(key)} -> {value}" for key, value in settings.items() if recorded.get(key) != value]
     if changed:
         raise ValueError(
-            f"{workdir} holds a {name} stage trained with other settings ({', '.join(changed)}); rerun with the "
+            f"{workdir} holds {what} with other settings ({', '.join(changed)}); rerun with the "
             "same flags to resume it, or pass a fresh --output_dir")
 
 

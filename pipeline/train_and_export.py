@@ -10,6 +10,7 @@ Artifacts (model.tflite with metadata, labels.txt, model_card.json, report.json)
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import time
@@ -115,7 +116,14 @@ def _save_atomically(model: keras.Model, path: str, **kwargs) -> None:
     import shutil
 
     tmp = path + ".tmp" + (os.path.splitext(path)[1] or "")
-    model.save(tmp, include_optimizer=False, **kwargs)
+    try:
+        model.save(tmp, include_optimizer=False, **kwargs)
+    except BaseException as err:
+        # A save cut short (disk full) must not leave a half-written model next to the real one.
+        shutil.rmtree(tmp, ignore_errors=True) if os.path.isdir(tmp) else (os.path.exists(tmp) and os.unlink(tmp))
+        if isinstance(err, tf.errors.ResourceExhaustedError):
+            raise OSError(errno.ENOSPC, f"cannot write {path}: {str(err).strip().splitlines()[0]}") from None
+        raise
     if os.path.isdir(path):
         shutil.rmtree(path)
     os.replace(tmp, path)
@@ -143,6 +151,108 @@ def _synthetic_size() -> tuple[int, int]:
     return train, test
 
 
+# Training-mode BatchNorm over a batch holding one value per channel (one image at the 1x1 resolution of the last
+# blocks) outputs exactly 0: one training image, or batches of one, kill every activation; QAT then learns
+# zero-width ranges and LiteRT's XNNPACK delegate aborted the process on the exported file ("double free or
+# corruption"). Two images per batch are the least that trains.
+MIN_TRAIN_IMAGES = 2
+MIN_BATCH_SIZE = 2
+# Without calibration images the converter leaves float tensors in the "integer" model.
+MIN_CALIBRATION_IMAGES = 1
+RUN_CONFIG = "run_config.json"
+
+
+def _available_memory_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _validate_flags(output_dir: str) -> None:
+    """Every check that needs no data, before any data is loaded or anything trained (one-line ValueErrors)."""
+    from tflite_export._cli import check_writable_dir
+
+    check_writable_dir(output_dir, "--output_dir")
+    if FLAGS.image_size < 32:
+        raise ValueError(f"--image_size must be at least 32, got {FLAGS.image_size}")
+    if FLAGS.batch_size < MIN_BATCH_SIZE or FLAGS.float_epochs < 0 or FLAGS.qat_epochs < 0:
+        raise ValueError(f"--batch_size must be >= {MIN_BATCH_SIZE} (BatchNorm needs two images per batch) and epoch "
+                         "counts >= 0")
+    if FLAGS.qat and FLAGS.hswish == "builtin":
+        raise ValueError("--hswish builtin goes with post-training quantization: add --noqat")
+    if FLAGS.freeze_bn_epochs < 0:
+        raise ValueError("--freeze_bn_epochs must be >= 0")
+    if FLAGS.learning_rate <= 0 or (FLAGS.qat_learning_rate is not None and FLAGS.qat_learning_rate <= 0):
+        raise ValueError("--learning_rate and --qat_learning_rate must be > 0")
+    if FLAGS.calibration_images < MIN_CALIBRATION_IMAGES:
+        raise ValueError(f"--calibration_images must be at least {MIN_CALIBRATION_IMAGES} (int8 calibration needs "
+                         f"images), got {FLAGS.calibration_images}")
+    if FLAGS.qat and FLAGS.qat_epochs and FLAGS.calibration_batches < 1:
+        raise ValueError(f"--calibration_batches must be at least 1 with QAT, got {FLAGS.calibration_batches}")
+    trains = FLAGS.float_epochs > 0 or (FLAGS.qat and FLAGS.qat_epochs > 0)
+    if not trains and FLAGS.weights == "none":
+        # Measured: a randomly initialized V3-Small converts, but its int8 file fails the XNNPACK check (ADDs whose
+        # input and output ranges are too far apart to be delegated), which said nothing about the cause.
+        raise ValueError("nothing to export: --float_epochs 0 without QAT epochs and with --weights none is an "
+                         "untrained network; train at least one epoch or start from --weights")
+    if FLAGS.benchmark_runs < 0:
+        raise ValueError(f"--benchmark_runs must be >= 0, got {FLAGS.benchmark_runs}")
+    # Memory the input alone needs, before TensorFlow or numpy fail with a traceback: one float32 training batch, and
+    # the synthetic set, which is generated in memory as uint8.
+    side = FLAGS.image_size
+    needed = {"one float32 training batch (--batch_size x --image_size^2 x 3 x 4 bytes)": FLAGS.batch_size * side * side * 12}
+    if FLAGS.dataset == "synthetic":
+        train, test = _synthetic_size()
+        if train < MIN_TRAIN_IMAGES:
+            raise ValueError(f"--synthetic_size needs at least {MIN_TRAIN_IMAGES} training images (BatchNorm trains on "
+                             f"two or more per batch), got {train}")
+        needed["the synthetic images (--synthetic_size x --image_size^2 x 3 bytes)"] = (train + test) * side * side * 3
+    available = _available_memory_bytes()
+    if available:
+        for what, size in needed.items():
+            if size > available:
+                raise ValueError(f"--image_size {side} needs {size / 2**30:.1f} GiB for {what}, more than the "
+                                 f"{available / 2**30:.1f} GiB of memory available: reduce --image_size")
+
+
+def _run_config(variant: str) -> dict:
+    """What defines the model a run directory holds: weights of another shape or meaning cannot be resumed or reused."""
+    return {"variant": variant, "alpha": FLAGS.alpha, "minimalistic": FLAGS.minimalistic,
+            "image_size": FLAGS.image_size, "weights": FLAGS.weights, "io": FLAGS.io, "hswish": FLAGS.hswish}
+
+
+def _recorded_run_config(output_dir: str) -> dict | None:
+    """The run directory's record; for directories from before the record existed, what their report.json says."""
+    import json
+
+    for name in (RUN_CONFIG, "report.json"):
+        path = os.path.join(output_dir, name)
+        if os.path.exists(path):
+            try:
+                with open(path) as f:
+                    recorded = json.load(f)
+            except (OSError, ValueError) as err:
+                raise ValueError(f"{path} is unreadable ({err}); pass a fresh --output_dir") from None
+            if name == RUN_CONFIG:
+                return recorded
+            config = recorded.get("config", {})
+            legacy = {key: config[key] for key in ("alpha", "minimalistic", "image_size", "weights", "io", "hswish")
+                      if key in config}
+            import keras_models
+
+            if "variant" in config:
+                legacy["variant"] = keras_models.canonical_variant(config["variant"])
+            if "classes" in recorded.get("data", {}):
+                legacy["classes"] = recorded["data"]["classes"]
+            return legacy
+    return None
+
+
 def run() -> dict:
     """The whole job; returns the report. User errors raise exceptions with one-line messages."""
     import keras_models
@@ -151,29 +261,28 @@ def run() -> dict:
     from pipeline.distill import Distiller
     from pipeline.qat import (RangeRules, align_rescaling_ranges, calibrate_activation_ranges, clamp_saturated_ranges,
                               quantize_model, quantize_scope)
-    from pipeline.train import Recipe, auto_batch_norm_momentum, fine_tune, one_hot, run_stage, set_batch_norm_momentum
-    from tflite_export.export import ModelInfo, export_model
-    from tflite_export._cli import atomic_write_json
+    from pipeline.train import (Recipe, auto_batch_norm_momentum, check_same_settings, fine_tune, one_hot, run_stage,
+                                set_batch_norm_momentum)
+    from tflite_export.export import MODEL_FILE, ModelInfo, export_model
+    from tflite_export._cli import artifact_set, atomic_write_json
 
     started = time.perf_counter()
     variant = keras_models.canonical_variant(FLAGS.variant)
-    if FLAGS.image_size < 32:
-        raise ValueError(f"--image_size must be at least 32, got {FLAGS.image_size}")
-    if FLAGS.batch_size < 1 or FLAGS.float_epochs < 0 or FLAGS.qat_epochs < 0:
-        raise ValueError("--batch_size must be >= 1 and epoch counts >= 0")
-    if FLAGS.qat and FLAGS.hswish == "builtin":
-        raise ValueError("--hswish builtin goes with post-training quantization: add --noqat")
-    if FLAGS.freeze_bn_epochs < 0:
-        raise ValueError("--freeze_bn_epochs must be >= 0")
-    if FLAGS.learning_rate <= 0 or (FLAGS.qat_learning_rate is not None and FLAGS.qat_learning_rate <= 0):
-        raise ValueError("--learning_rate and --qat_learning_rate must be > 0")
+    output_dir = FLAGS.output_dir or _default_output_dir()
+    _validate_flags(output_dir)
+    # A rerun reuses the directory's checkpoints and weights: refuse one that would build another model from them
+    # (the classes are compared as soon as the data set is known, still before any training).
+    run_config = _run_config(variant)
+    recorded_config = _recorded_run_config(output_dir)
+    if recorded_config is not None:
+        check_same_settings("", {k: v for k, v in run_config.items() if k in recorded_config}, "a run made",
+                            output_dir, recorded=recorded_config)
     # QAT fine-tunes a trained model, so it starts well below the float peak, but not too far: on CIFAR-10
     # (BENCHMARKS.md) 1/20 and 1/40 of it did equally well and 1/200 lost a point. Tied to --learning_rate, it follows
     # the batch size the way the float one does.
     qat_learning_rate = FLAGS.qat_learning_rate or FLAGS.learning_rate / 20
     # The frozen-BN epochs are the last ones of QAT, never more than all of it.
     freeze_bn_epochs = min(FLAGS.freeze_bn_epochs, FLAGS.qat_epochs)
-    output_dir = FLAGS.output_dir or _default_output_dir()
     os.makedirs(output_dir, exist_ok=True)
     keras.utils.set_random_seed(FLAGS.seed)
 
@@ -185,6 +294,14 @@ def run() -> dict:
     classes = data.class_names
     logging.info("data: %d train, %d eval (%s), classes: %s", data.num_train, data.num_eval, data.eval_split_name,
                  ", ".join(classes))
+    if data.num_train < MIN_TRAIN_IMAGES or data.num_eval < 1:
+        raise ValueError(f"{FLAGS.dataset} has {data.num_train} training and {data.num_eval} evaluation images; the "
+                         f"export needs at least {MIN_TRAIN_IMAGES} and 1")
+    run_config["classes"] = list(classes)
+    if recorded_config is not None and "classes" in recorded_config:
+        check_same_settings("", {"classes": run_config["classes"]}, "a run made", output_dir, recorded=recorded_config)
+    if recorded_config is None or not os.path.exists(os.path.join(output_dir, RUN_CONFIG)):
+        atomic_write_json(os.path.join(output_dir, RUN_CONFIG), run_config)
     input_rate = input_pipeline_throughput(data.train)
     logging.info("input pipeline alone: %.0f images/s", input_rate)
     train = one_hot(data.train, len(classes))
@@ -238,51 +355,55 @@ def run() -> dict:
                     f"{'quantization-aware trained' if export_source is not model else 'post-training quantized'}, "
                     f"fully integer, {FLAGS.io} I/O",
     )
-    export_started = time.perf_counter()
-    export_report = export_model(
-        export_source,
-        lambda: data.representative(FLAGS.calibration_images),
-        output_dir=output_dir,
-        labels=classes,
-        info=info,
-        io_dtype=FLAGS.io,
-        hswish=FLAGS.hswish,
-        eval_batches=lambda: data.eval.as_numpy_iterator(),
-        reference_model=model,
-    )
-    export_seconds = time.perf_counter() - export_started
-    latency = []
-    if FLAGS.benchmark_runs:
-        from tflite_export.benchmark import benchmark_models
+    # Model, labels, card and report are staged together and published as one set when the last is written: a failure
+    # (disk full, a failed check) leaves the previous run's set in place, never a new card beside an old model.
+    with artifact_set(output_dir) as artifacts:
+        export_started = time.perf_counter()
+        export_report = export_model(
+            export_source,
+            lambda: data.representative(FLAGS.calibration_images),
+            output_dir=output_dir,
+            labels=classes,
+            info=info,
+            io_dtype=FLAGS.io,
+            hswish=FLAGS.hswish,
+            eval_batches=lambda: data.eval.as_numpy_iterator(),
+            reference_model=model,
+            artifacts=artifacts,
+        )
+        export_seconds = time.perf_counter() - export_started
+        latency = []
+        if FLAGS.benchmark_runs:
+            from tflite_export.benchmark import benchmark_models
 
-        for row in benchmark_models([export_report["model_file"]], threads=[1, 2], runs=FLAGS.benchmark_runs,
-                                    warmup=10):
-            latency.append({"threads": row["threads"], "median_ms": row["median_ms"]})
+            for row in benchmark_models([artifacts.path(MODEL_FILE)], threads=[1, 2], runs=FLAGS.benchmark_runs,
+                                        warmup=10):
+                latency.append({"threads": row["threads"], "median_ms": row["median_ms"]})
 
-    report = {
-        "config": {name: FLAGS[name].value for name in (
-            "variant", "alpha", "minimalistic", "dataset", "image_size", "batch_size", "float_epochs", "qat_epochs",
-            "freeze_bn_epochs", "learning_rate", "qat_learning_rate", "qat_distill", "weight_decay", "label_smoothing", "weights",
-            "qat", "io", "hswish", "seed")},
-        "model": {"name": model.name, "params": params, "madds": madds, "bn_momentum": bn_momentum},
-        "data": {"spec": FLAGS.dataset, "num_train": data.num_train, "num_eval": data.num_eval,
-                 "eval_split": data.eval_split_name, "classes": classes, "skipped_files": data.skipped_files},
-        "accuracy": {"float_keras": float_acc, "qat_keras": qat_acc},
-        "export": export_report,
-        "latency": latency,
-        "throughput": {
-            "input_pipeline_images_per_s": input_rate,
-            "float_train_images_per_s": float_stage.images_per_second,
-            "qat_train_images_per_s": next((s.images_per_second for s in stages if s.name == "qat"), None),
-        },
-        "stages": {s.name: s.seconds for s in stages},
-        "resumed": {s.name: s.first_epoch for s in stages if s.first_epoch and not s.skipped},
-        "seconds_total": time.perf_counter() - started,
-    }
-    report["config"]["qat_learning_rate"] = qat_learning_rate  # the one used, default included
-    report["stages"]["qat_total"] = sum(s.seconds for s in stages if s.name.startswith("qat"))
-    report["stages"]["export_and_int8_eval"] = export_seconds
-    atomic_write_json(os.path.join(output_dir, "report.json"), report)
+        report = {
+            "config": {name: FLAGS[name].value for name in (
+                "variant", "alpha", "minimalistic", "dataset", "image_size", "batch_size", "float_epochs", "qat_epochs",
+                "freeze_bn_epochs", "learning_rate", "qat_learning_rate", "qat_distill", "weight_decay", "label_smoothing", "weights",
+                "qat", "io", "hswish", "seed")},
+            "model": {"name": model.name, "params": params, "madds": madds, "bn_momentum": bn_momentum},
+            "data": {"spec": FLAGS.dataset, "num_train": data.num_train, "num_eval": data.num_eval,
+                     "eval_split": data.eval_split_name, "classes": classes, "skipped_files": data.skipped_files},
+            "accuracy": {"float_keras": float_acc, "qat_keras": qat_acc},
+            "export": export_report,
+            "latency": latency,
+            "throughput": {
+                "input_pipeline_images_per_s": input_rate,
+                "float_train_images_per_s": float_stage.images_per_second,
+                "qat_train_images_per_s": next((s.images_per_second for s in stages if s.name == "qat"), None),
+            },
+            "stages": {s.name: s.seconds for s in stages},
+            "resumed": {s.name: s.first_epoch for s in stages if s.first_epoch and not s.skipped},
+            "seconds_total": time.perf_counter() - started,
+        }
+        report["config"]["qat_learning_rate"] = qat_learning_rate  # the one used, default included
+        report["stages"]["qat_total"] = sum(s.seconds for s in stages if s.name.startswith("qat"))
+        report["stages"]["export_and_int8_eval"] = export_seconds
+        atomic_write_json(artifacts.path("report.json"), report)
     if FLAGS.android:
         report["android_assets"] = _install_into_android_app(output_dir)
     return report
@@ -296,10 +417,17 @@ def main(argv):
     from tflite_export.convert import ConversionError
     from tflite_export.verify import VerificationError
 
+    from tflite_export._cli import one_line_error
+
     try:
         report = run()
-    except (DataError, WeightsError, ConversionError, VerificationError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (DataError, WeightsError, ConversionError, VerificationError, ValueError, OSError, MemoryError) as err:
+        print(f"error: {one_line_error(err)}", file=sys.stderr)
+        sys.exit(2)
+    except tf.errors.ResourceExhaustedError as err:  # TensorFlow's out-of-memory (a full disk is an OSError by now)
+        first = (str(err).strip().splitlines() or ["resource exhausted"])[0][:200]
+        print(f"error: out of memory ({first}); reduce --batch_size ({FLAGS.batch_size}) or --image_size "
+              f"({FLAGS.image_size})", file=sys.stderr)
         sys.exit(2)
     print("\n" + _summary(report))
     print(f"\nreport: {os.path.join(FLAGS.output_dir or _default_output_dir(), 'report.json')}")

@@ -54,10 +54,10 @@ def tiny_run(tmp_path_factory):
     return out, result
 
 
-def tiny_classifier_tflite(*, integer_io: bool = True, io_type: str = "uint8", softmax: bool = True, classes: int = 4) -> bytes:
-    """A 2-conv Keras CNN on raw [0, 255] pixels, post-training full-integer quantized (a few seconds)."""
+def tiny_classifier_keras(*, softmax: bool = True, classes: int = 4, batch_size: int | None = 1) -> keras.Model:
+    """A 2-conv Keras CNN on raw [0, 255] pixels, randomly initialized (seed 0)."""
     keras.utils.set_random_seed(0)
-    inputs = keras.Input((32, 32, 3), batch_size=1)
+    inputs = keras.Input((32, 32, 3), batch_size=batch_size)
     x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
     x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(x)
     x = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(x)
@@ -65,7 +65,12 @@ def tiny_classifier_tflite(*, integer_io: bool = True, io_type: str = "uint8", s
     x = keras.layers.Dense(classes)(x)
     if softmax:
         x = keras.layers.Softmax()(x)
-    converter = tf.lite.TFLiteConverter.from_keras_model(keras.Model(inputs, x))
+    return keras.Model(inputs, x)
+
+
+def tiny_classifier_tflite(*, integer_io: bool = True, io_type: str = "uint8", softmax: bool = True, classes: int = 4) -> bytes:
+    """`tiny_classifier_keras`, post-training full-integer quantized (a few seconds)."""
+    converter = tf.lite.TFLiteConverter.from_keras_model(tiny_classifier_keras(softmax=softmax, classes=classes))
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     rng = np.random.default_rng(0)
     converter.representative_dataset = lambda: (

@@ -203,7 +203,7 @@ def test_discover_dataset_layouts(tmp_path):
 
 
 def test_evaluate_tiny_model_on_a_class_folder_tree(tiny, tmp_path, capsys):
-    for cls in ("a", "b"):
+    for cls in ("a", "b", "c", "d"):  # one class per output (fewer is refused: test_reliability)
         _write_images(tmp_path / "data" / "val" / cls, 3, ord(cls))
     out = tmp_path / "eval.json"
     code = run_main(evaluate.main, [str(tiny["u8"]), "--dataset", str(tmp_path / "data"), "--json", str(out)],
@@ -212,7 +212,7 @@ def test_evaluate_tiny_model_on_a_class_folder_tree(tiny, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "default 127.5/127.5" in printed and "top-1:" in printed
     result = json.loads(out.read_text())
-    assert result["n"] == 6 and result["label_offset"] == 0 and result["top5"] == 1.0  # 4 outputs, all in top-5
+    assert result["n"] == 12 and result["label_offset"] == 0 and result["top5"] == 1.0  # 4 outputs, all in top-5
     assert 0.0 <= result["top1"] <= 1.0
 
 

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tflite_export._cli import EXIT_OK, atomic_write_json, load_model_bytes, parse_int_list, run_main
+from tflite_export._cli import EXIT_OK, atomic_write_json, check_writable_file, load_model_bytes, parse_int_list, run_main
 
 PROG = "python -m tflite_export.benchmark"
 
@@ -105,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", metavar="OUT", help="also write the results (and machine info) to this JSON file")
     args = parser.parse_args(argv)
     threads = parse_int_list(args.threads)
+    if args.json:
+        check_writable_file(args.json, "--json")  # before the benchmark, not after it
     results = benchmark_models(args.models, threads, args.runs, args.warmup)
     print(format_table(results))
     if args.json:

@@ -88,11 +88,23 @@ def convert(
         converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.representative_dataset = lambda: ([np.asarray(batch, np.float32)] for batch in representative_data())
+    calibration_images = 0
+
+    def representative():
+        nonlocal calibration_images
+        for batch in representative_data():
+            calibration_images += 1
+            yield [np.asarray(batch, np.float32)]
+
+    converter.representative_dataset = representative
     converter.inference_input_type = IO_DTYPES[io_dtype]
     converter.inference_output_type = IO_DTYPES[io_dtype]
     try:
-        return converter.convert()
+        content = converter.convert()
     except Exception as err:  # noqa: BLE001 - the converter raises many types; one line is what users need
         message = str(err).strip().splitlines()
         raise ConversionError(f"TFLite conversion failed: {message[0] if message else type(err).__name__}") from err
+    # With no calibration image the converter does not fail: it leaves float tensors that only verification notices.
+    if not calibration_images:
+        raise ConversionError("no calibration images: int8 calibration needs at least one representative image")
+    return content

@@ -10,7 +10,9 @@ Datasets:
   metadata) and contain every folder name, the label's index;
 * the ImageNet-samples flat layout `DIR/<wnid>_<name>.JPEG`: class index = position of the wnid in sorted order.
 A model with one output more than the data set has classes (1001 vs 1000: TF-slim's background class at 0) gets its
-labels shifted by one.
+labels shifted by one. The CLI refuses, with one line saying what to pass, a dataset whose classes cannot be matched
+to the model's outputs (`map_classes_to_outputs`): a label file with another line count than the model has outputs,
+class folders of which only some are among the labels, or a class count that is neither the output count nor one less.
 
 Normalization: --mean/--std if given, else the model's metadata (NormalizationOptions), else 127.5/127.5 (the
 MobileNet convention); the tool prints which it used. How pixels reach the input tensor (--input-mode):
@@ -35,7 +37,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from tflite_export._cli import EXIT_OK, atomic_write_json, load_model_bytes, run_main
+from tflite_export._cli import EXIT_OK, atomic_write_json, check_writable_file, load_model_bytes, run_main
 
 PROG = "python -m tflite_export.evaluate"
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif"}
@@ -84,6 +86,41 @@ def discover_dataset(dataset: str | os.PathLike, labels: Sequence[str] | None = 
     if not items:
         raise ValueError(f"{root}: class folders contain no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     return {"items": items, "class_names": classes, "layout": "class-folders", "root": str(root), "mapping": mapping}
+
+
+def map_classes_to_outputs(classes: Sequence[str], labels: Sequence[str] | None, num_outputs: int, *,
+                           labels_source: str = "--labels", match_names: bool = True) -> dict:
+    """Which model output each dataset class is: {index: [output per class], mapping: how, label_offset: 0 or 1}.
+
+    By name when every class is among `labels` (one label per output); otherwise by position (sorted class order),
+    which needs one class per output, or one output more (TF-slim's background class at output 0). Anything else
+    would score a meaningless number, so it raises ValueError naming what to pass instead. `match_names=False` for
+    layouts whose class order is the model's by construction (ImageNet wnids in sorted order).
+    """
+    classes = list(classes)
+    if labels is not None and len(labels) != num_outputs:
+        background = " ('background' first for a 1001-output model)" if num_outputs == len(labels) + 1 else ""
+        raise ValueError(f"{labels_source} has {len(labels)} labels but the model has {num_outputs} outputs: pass the "
+                         f"model's own label file, one line per output{background}")
+    if labels and match_names:
+        by_name = {str(label).strip().lower(): i for i, label in enumerate(labels)}
+        missing = [c for c in classes if c.lower() not in by_name]
+        if not missing:
+            return {"index": [by_name[c.lower()] for c in classes], "mapping": "label-file index by folder name",
+                    "label_offset": 0}
+        if len(missing) < len(classes):
+            raise ValueError(f"{len(missing)} of {len(classes)} class folders are not among the model's labels "
+                             f"({labels_source}), e.g. {', '.join(repr(c) for c in missing[:3])}: name every class "
+                             "folder as the label of its output")
+    if len(classes) in (num_outputs, num_outputs - 1):
+        offset = num_outputs - len(classes)
+        return {"index": [i + offset for i in range(len(classes))],
+                "mapping": "sorted folder index" + (" + 1 (background class at output 0)" if offset else ""),
+                "label_offset": offset}
+    hint = ("or name the class folders as the model's labels" if labels else
+            "or pass --labels with the model's label file so that folders are matched by name")
+    raise ValueError(f"the dataset has {len(classes)} classes but the model has {num_outputs} outputs, and its folders "
+                     f"are not named after the model's labels: use a dataset with one class per output, {hint}")
 
 
 # ---------------------------------------------------------------------------------------------------------- evaluation
@@ -233,17 +270,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ValueError("give both --mean and --std, or neither")
     if args.std == 0:
         raise ValueError("--std must not be 0")
+    if args.json:
+        check_writable_file(args.json, "--json")  # before the evaluation, not after it
     data = load_model_bytes(args.model)  # fail fast, before scanning the data set
-    labels = _read_labels(args.labels) if args.labels else None
+    from tflite_export.verify import analyze
+
+    outputs = analyze(data, xnnpack=False).outputs
+    if len(outputs) != 1 or not outputs[0].shape:
+        raise ValueError(f"{args.model}: expected a classifier with one output tensor, found {len(outputs)}")
+    num_outputs = int(outputs[0].shape[-1])
+    labels, labels_source = (_read_labels(args.labels), f"--labels {args.labels}") if args.labels else (None, "")
     if labels is None:
         _, _, labels, _ = _model_normalization(data)
-    dataset = discover_dataset(args.dataset, labels)
-    result = evaluate_tflite(args.model, dataset["items"], mean=args.mean, std=args.std,
-                             num_classes=len(dataset["class_names"]) if dataset["mapping"] != "label-file index by "
-                             "folder name" else None,
+        labels_source = "the model's metadata"
+    dataset = discover_dataset(args.dataset)
+    classes = map_classes_to_outputs(dataset["class_names"], labels, num_outputs, labels_source=labels_source,
+                                     match_names=dataset["layout"] == "class-folders")
+    items = [(path, classes["index"][label]) for path, label in dataset["items"]]
+    result = evaluate_tflite(args.model, items, mean=args.mean, std=args.std, label_offset=0,
                              limit=args.limit, num_threads=args.threads, input_mode=args.input_mode)
-    result.update({"dataset": dataset["root"], "layout": dataset["layout"], "class_mapping": dataset["mapping"],
-                   "num_classes": len(dataset["class_names"])})
+    result.update({"dataset": dataset["root"], "layout": dataset["layout"], "class_mapping": classes["mapping"],
+                   "label_offset": classes["label_offset"], "num_classes": len(dataset["class_names"])})
     print(f"normalization: mean={result['mean']} std={result['std']} ({result['normalization_source']}); "
           f"input {result['input']['dtype']} fed as {result['input_feed']}")
     print(f"dataset: {result['dataset']} ({result['layout']}, {result['num_classes']} classes, {result['class_mapping']}"

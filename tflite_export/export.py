@@ -4,11 +4,13 @@ Library: `export_model(...)`, called at the end of `python -m pipeline.train_and
 CLI:     `python -m tflite_export.export MODEL.h5 --dataset DIR_OR_synthetic --out DIR [--io uint8] [--hswish lowered]`
          converts a saved Keras model (float: post-training quantization; QAT: its learned ranges).
 
-Nothing is written unless conversion and every check pass; each file is written atomically.
+Nothing is written unless conversion and every check pass; the files are published as one set
+(`tflite_export._cli.ArtifactSet`): a reader sees the previous set or the new one, never a mix.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -22,14 +24,18 @@ from pipeline.preprocessing import dequantize, quantize_input
 from tflite_export import metadata as tflite_metadata
 from tflite_export import verify as tflite_verify
 from tflite_export.convert import ConversionError, RepresentativeData, convert
-from tflite_export._cli import atomic_write_bytes, atomic_write_json, run_main
+from tflite_export.evaluate import map_classes_to_outputs
+from tflite_export._cli import ArtifactSet, artifact_set, atomic_write_bytes, atomic_write_json, check_writable_dir, run_main
 
 MODEL_FILE = "model.tflite"
 LABELS_FILE = "labels.txt"
 CARD_FILE = "model_card.json"
+REPORT_FILE = "report.json"  # written by the pipeline into the same set
 # Our models take raw pixels: the metadata tells apps to feed RGB values as they are.
 PIXEL_MEAN = [0.0, 0.0, 0.0]
 PIXEL_STD = [1.0, 1.0, 1.0]
+# Post-training calibration needs images to measure ranges on: with none the converter leaves float tensors.
+MIN_CALIBRATION_IMAGES = 1
 
 
 @dataclasses.dataclass
@@ -135,11 +141,14 @@ def export_model(
     hswish: str = "lowered",
     eval_batches: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]] | None = None,
     reference_model: keras.Model | None = None,
+    artifacts: ArtifactSet | None = None,
 ) -> dict:
     """Convert, verify, add metadata, write `model.tflite`, `labels.txt`, `model_card.json`; return a report dict.
 
     `reference_model` is the Keras model the int8 accuracy is compared with (defaults to `model`).
-    Raises ConversionError / VerificationError before anything is written.
+    Raises ConversionError / VerificationError before anything is written. The files go into `artifacts` when the
+    caller has an open set (the pipeline adds its report to it before publishing), else into a set of their own
+    published in `output_dir`.
     """
     num_outputs = model.output_shape[-1]
     if len(labels) != num_outputs:
@@ -171,9 +180,11 @@ def export_model(
     }
     if eval_batches is not None:
         report["accuracy"] = compare_with_keras(content, reference_model or model, eval_batches())
-    atomic_write_bytes(os.path.join(output_dir, LABELS_FILE), ("\n".join(labels) + "\n").encode("utf-8"))
-    atomic_write_json(os.path.join(output_dir, CARD_FILE), model_card(analysis, info, labels, hswish))
-    atomic_write_bytes(os.path.join(output_dir, MODEL_FILE), content)
+    own_set = artifact_set(output_dir, replaces=(MODEL_FILE, LABELS_FILE, CARD_FILE, REPORT_FILE))
+    with contextlib.nullcontext(artifacts) if artifacts is not None else own_set as files:
+        atomic_write_bytes(files.path(LABELS_FILE), ("\n".join(labels) + "\n").encode("utf-8"))
+        atomic_write_json(files.path(CARD_FILE), model_card(analysis, info, labels, hswish))
+        atomic_write_bytes(files.path(MODEL_FILE), content)
     return report
 
 
@@ -204,13 +215,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default=None)
     parser.add_argument("--calibration-images", type=int, default=200)
     args = parser.parse_args(argv)
+    # Everything that can be refused without the model is refused before loading and converting it (~40 s).
+    check_writable_dir(args.out, "--out")
+    if args.calibration_images < MIN_CALIBRATION_IMAGES:
+        raise ValueError(f"--calibration-images must be at least {MIN_CALIBRATION_IMAGES}, got {args.calibration_images}")
+    labels = None
+    if args.labels:
+        try:
+            with open(args.labels, encoding="utf-8") as f:
+                labels = [line.strip() for line in f if line.strip()]
+        except OSError as exc:
+            raise ValueError(f"--labels {args.labels}: cannot read ({exc.strerror or exc})") from None
     model = _load_keras_model(args.model)
     size = model.input_shape[1]
+    num_outputs = int(model.output_shape[-1])
+    if labels is not None and len(labels) != num_outputs:
+        raise ValueError(f"--labels {args.labels} has {len(labels)} labels but the model has {num_outputs} outputs")
     data = load_dataset(args.dataset, image_size=size, batch_size=32)
-    labels = data.class_names
-    if args.labels:
-        with open(args.labels, encoding="utf-8") as f:
-            labels = [line.strip() for line in f if line.strip()]
+    # The accuracy check compares the model's argmax with the dataset's class indices: they must be the same outputs.
+    classes = map_classes_to_outputs(data.class_names, labels, num_outputs, labels_source=f"--labels {args.labels}")
+    if classes["label_offset"]:
+        raise ValueError(f"the dataset has {len(data.class_names)} classes and the model {num_outputs} outputs: "
+                         "export a model with one output per class")
+    labels = labels or data.class_names
+    to_output = np.asarray(classes["index"])
     info = ModelInfo(name=args.name or model.name, description=f"{model.name} int8 classifier ({len(labels)} classes)")
     report = export_model(
         model,
@@ -220,8 +248,9 @@ def main(argv: list[str] | None = None) -> int:
         info=info,
         io_dtype=args.io,
         hswish=args.hswish,
-        eval_batches=lambda: data.eval.as_numpy_iterator(),
+        eval_batches=lambda: ((images, to_output[y]) for images, y in data.eval.as_numpy_iterator()),
     )
+    print(f"classes: {classes['mapping']}")
     acc = report.get("accuracy", {})
     print(f"wrote {report['model_file']} ({report['size_bytes']:,} bytes); int8 top-1 {acc.get('int8_top1', float('nan')):.4f}, "
           f"keras top-1 {acc.get('keras_top1', float('nan')):.4f}, agreement {acc.get('agreement', float('nan')):.4f}")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
+import struct
 from typing import Iterable
 
 import numpy as np
@@ -39,6 +40,12 @@ METADATA_BUFFER_NAME = "TFLITE_METADATA"
 # Ops that may stay on LiteRT's reference kernels when they sit at the model's edges (before or after the single
 # XNNPACK partition): XNNPACK cannot run int8 softmax nor uint8<->int8 requantization.
 DEFAULT_EDGE_OPS_ALLOWED_UNDELEGATED = ("QUANTIZE", "SOFTMAX")
+# An 8-bit activation range narrower than this is a collapsed range: the tensor held one constant value in calibration
+# (a network whose activations died, e.g. trained with BatchNorm over single-image batches), and the converter's
+# floor of 1e-6 leaves scales of ~4e-9. LiteRT's XNNPACK delegate aborted the whole process ("double free or
+# corruption") on such a model, so it is not handed to the interpreter. Healthy models' narrowest activation ranges
+# are ~1 (Google's and Coral's reference models: scale >= 0.0039, i.e. a range of 1.0).
+COLLAPSED_RANGE = 1e-4
 _FIXED_BATCH_FORBIDDEN_OPS = ("SHAPE", "STRIDED_SLICE", "PACK")
 _FLOAT_TYPES = ("FLOAT32", "FLOAT16", "FLOAT64", "BFLOAT16")
 _NUMPY_DTYPE_NAMES = {"UINT8": "uint8", "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64",
@@ -79,6 +86,7 @@ class ModelAnalysis:
     outputs: list[TensorInfo]
     float_tensors: list[str]  # "name (FLOAT32)" for every float tensor, constants included
     dynamic_tensors: list[str]  # tensors whose shape_signature has -1
+    collapsed_ranges: list[str]  # 8-bit activation tensors whose quantized range is narrower than COLLAPSED_RANGE
     edge_quantize_ops: int  # QUANTIZE ops reading a graph input or writing a graph output
     inner_quantize_ops: int  # the other QUANTIZE ops
     xnnpack_partitions: int | None  # None if the interpreter could not be built (see xnnpack_error)
@@ -167,6 +175,7 @@ def _static_analysis(data: bytes) -> dict:
         sequence: list[str] = []
         float_tensors: list[str] = []
         dynamic: list[str] = []
+        collapsed: list[str] = []
         inputs: list[TensorInfo] = []
         outputs: list[TensorInfo] = []
         edge_q = inner_q = 0
@@ -183,6 +192,10 @@ def _static_analysis(data: bytes) -> dict:
                     float_tensors.append(f"{prefix}{info.name or '#' + str(t)} ({type_name})")
                 if any(v < 0 for v in info.shape_signature):
                     dynamic.append(f"{prefix}{info.name or '#' + str(t)} {info.shape_signature}")
+                constant = bool(model.Buffers(tensor.Buffer()).DataLength()) if tensor.Buffer() else False
+                if (info.dtype in ("int8", "uint8") and info.scale is not None and not constant
+                        and info.scale * 255 < COLLAPSED_RANGE):
+                    collapsed.append(f"{prefix}{info.name or '#' + str(t)} (scale {info.scale:.3g})")
                 if s == 0 and t in graph_inputs:
                     inputs.append((list(sg.InputsAsNumpy()).index(t), info))
                 if s == 0 and t in graph_outputs:
@@ -210,12 +223,13 @@ def _static_analysis(data: bytes) -> dict:
             outputs=[info for _, info in sorted(outputs, key=lambda p: p[0])],
             float_tensors=float_tensors,
             dynamic_tensors=dynamic,
+            collapsed_ranges=collapsed,
             edge_quantize_ops=edge_q,
             inner_quantize_ops=inner_q,
             has_metadata=METADATA_BUFFER_NAME in metadata_entries,
             metadata_entries=metadata_entries,
         )
-    except (IndexError, TypeError, ValueError, AttributeError, UnicodeError) as exc:  # corrupt offsets
+    except (struct.error, IndexError, TypeError, ValueError, AttributeError, UnicodeError) as exc:  # corrupt offsets
         raise ModelError(f"corrupt TFLite flatbuffer ({type(exc).__name__}: {exc})") from None
 
 
@@ -289,8 +303,11 @@ def analyze(model: bytes | str | os.PathLike, *, xnnpack: bool = True) -> ModelA
     """Describe a TFLite model (bytes or path). Raises ModelError if it is not a readable TFLite model."""
     data = load_model_bytes(model)
     static = _static_analysis(data)
-    runtime = _xnnpack_analysis(data) if xnnpack else dict(
-        xnnpack_partitions=None, xnnpack_undelegated={}, xnnpack_undelegated_edge={}, xnnpack_error="not analysed")
+    skipped = None if xnnpack else "not analysed"
+    if xnnpack and static["collapsed_ranges"]:
+        skipped = "not run: the model has collapsed activation ranges (LiteRT's XNNPACK delegate aborts on them)"
+    runtime = _xnnpack_analysis(data) if skipped is None else dict(
+        xnnpack_partitions=None, xnnpack_undelegated={}, xnnpack_undelegated_edge={}, xnnpack_error=skipped)
     return ModelAnalysis(size_bytes=len(data), has_associated_files=_has_appended_zip(data), **static, **runtime)
 
 
@@ -321,6 +338,10 @@ def problems_of(
             for t in tensors:
                 if t.dtype != io_dtype:
                     problems.append(f"{kind} {t.name!r} is {t.dtype}, expected {io_dtype}")
+    if analysis.collapsed_ranges:
+        problems.append(f"{len(analysis.collapsed_ranges)} activation tensor(s) with a collapsed range (< "
+                        f"{COLLAPSED_RANGE:g} wide: constant in calibration, e.g. {analysis.collapsed_ranges[0]}); the "
+                        "network's activations died, typically from training on too few images")
     if analysis.dynamic_tensors:
         problems.append(f"dynamic shapes (shape_signature -1, fixed batch 1 expected): {analysis.dynamic_tensors[0]}"
                         + (f" and {len(analysis.dynamic_tensors) - 1} more" if len(analysis.dynamic_tensors) > 1 else ""))

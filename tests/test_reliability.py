@@ -1,0 +1,429 @@
+"""Hostile inputs to the five command-line tools (issue #15, RELIABILITY.md): each must end with exit code 2 and one
+`error:` line (never a traceback or a native abort), refuse before doing expensive work, and leave the output
+directory as it was.
+
+Most cases run in this process and are refused before any data is loaded, so they cost well under a second each; the
+pipeline cases reuse the session's `tiny_run`. The ones that need a training run or a small file system are marked
+`slow` (deselected by default: `pytest -m slow`).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, TINY, run_pipeline, tiny_classifier_keras, tiny_classifier_tflite
+
+
+# ------------------------------------------------------------------------------------------------------------ helpers
+def _error_line(code: int, stderr: str, prog: str = "") -> str:
+    """Assert exit code 2, no traceback and exactly one error line, which is the last line; return it."""
+    assert code == 2, stderr[-2000:]
+    assert "Traceback" not in stderr
+    marker = f"{prog}: error: " if prog else "error: "
+    errors = [line for line in stderr.splitlines() if line.startswith(marker)]
+    assert len(errors) == 1, stderr[-2000:]
+    assert stderr.rstrip().splitlines()[-1] == errors[0]
+    return errors[0]
+
+
+def _snapshot(folder: pathlib.Path) -> dict:
+    """Every entry under `folder` with its modification time and, for links, its target: any change shows."""
+    if not folder.exists():
+        return {}
+    return {str(p.relative_to(folder)): (p.lstat().st_mtime_ns, os.readlink(p) if p.is_symlink() else None)
+            for p in folder.glob("**/*")}
+
+
+@pytest.fixture()
+def pipeline_cli(capsys):
+    """`python -m pipeline.train_and_export ARGS` in this process (for cases refused before any training): returns
+    (exit code, stderr). absl's flags are global, so they are reset after each call."""
+    from absl import flags
+
+    from pipeline import train_and_export
+
+    def run(args) -> tuple[int, str]:
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["train_and_export", *map(str, args)])
+        capsys.readouterr()
+        try:
+            train_and_export.main(["train_and_export"])
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code
+        finally:
+            flags.FLAGS.unparse_flags()
+        return code, capsys.readouterr().err
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("reliability_models")
+    paths = {}
+    for name, classes in (("four", 4), ("two", 2)):
+        paths[name] = folder / f"tiny_{name}.tflite"
+        paths[name].write_bytes(tiny_classifier_tflite(classes=classes))
+    return paths
+
+
+def _image_folders(root: pathlib.Path, classes, per_class: int = 2) -> pathlib.Path:
+    from PIL import Image
+
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (40, 40), (30 * k % 255, 20 * i % 255, 90)).save(root / name / f"{i}.png")
+    return root
+
+
+# ------------------------------------------------------------------- 1. reruns that would build another model
+@pytest.mark.parametrize("change,expected", [
+    (["--image_size", "64"], "image_size 32 -> 64"),
+    (["--variant", "large"], "variant small -> large"),
+    (["--alpha", "0.5"], "alpha 0.35 -> 0.5"),
+    (["--minimalistic"], "minimalistic False -> True"),
+    (["--io", "int8"], "io uint8 -> int8"),
+    (["--weights", "imagenet"], "weights none -> imagenet"),
+])
+def test_rerun_with_another_model_definition_is_refused_before_loading_data(tiny_run, pipeline_cli, change, expected):
+    out, _ = tiny_run
+    before = _snapshot(out)
+    # A data set that does not exist: had it been loaded first, the error would be about it.
+    code, err = pipeline_cli([*TINY, "--float_epochs", "2", "--qat_epochs", "2", "--freeze_bn_epochs", "1",
+                              "--output_dir", out, "--dataset", "/nonexistent/photos", *change])
+    line = _error_line(code, err)
+    assert expected in line and "fresh --output_dir" in line, line
+    assert _snapshot(out) == before
+
+
+def test_rerun_on_other_classes_is_refused_before_training(tiny_run, pipeline_cli, tmp_path):
+    out, _ = tiny_run
+    before = _snapshot(out / "checkpoints")
+    photos = _image_folders(tmp_path / "photos", ["cats", "dogs"], per_class=3)
+    code, err = pipeline_cli([*TINY, "--float_epochs", "2", "--qat_epochs", "2", "--freeze_bn_epochs", "1",
+                              "--output_dir", out, "--dataset", photos])
+    line = _error_line(code, err)
+    assert "classes [" in line and "'cats', 'dogs']" in line and "fresh --output_dir" in line, line
+    assert _snapshot(out / "checkpoints") == before
+
+
+def test_run_directory_records_its_model_definition(tiny_run):
+    out, _ = tiny_run
+    config = json.loads((out / "run_config.json").read_text())
+    assert config == {"variant": "small", "alpha": 0.35, "minimalistic": False, "image_size": 32, "weights": "none",
+                      "io": "uint8", "hswish": "lowered", "classes": config["classes"]}
+    assert len(config["classes"]) == 8
+
+
+def test_legacy_run_directory_is_checked_against_its_report(tiny_run, pipeline_cli, tmp_path):
+    """Directories made before run_config.json existed: their report.json says what model they hold."""
+    out, _ = tiny_run
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    shutil.copyfile(out / "report.json", legacy / "report.json")
+    code, err = pipeline_cli([*TINY, "--float_epochs", "2", "--output_dir", legacy, "--image_size", "48"])
+    assert "image_size 32 -> 48" in _error_line(code, err)
+
+
+# ------------------------------------------------------------------------- 2. classes checked against the model
+def test_evaluate_refuses_a_label_file_of_the_wrong_length(tiny_models, tmp_path, capsys):
+    from tflite_export import evaluate
+    from tflite_export._cli import run_main
+
+    data = _image_folders(tmp_path / "data", ["a", "b", "c", "d"], per_class=1)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a\nb\nc\n")
+    out = tmp_path / "eval.json"
+    code = run_main(evaluate.main, [str(tiny_models["four"]), "--dataset", str(data), "--labels", str(labels),
+                                    "--json", str(out)], prog="evaluate")
+    line = _error_line(code, capsys.readouterr().err, "evaluate")
+    assert "has 3 labels but the model has 4 outputs" in line and not out.exists()
+
+
+def test_evaluate_refuses_class_folders_missing_from_the_labels(tiny_models, tmp_path, capsys):
+    from tflite_export import evaluate
+    from tflite_export._cli import run_main
+
+    data = _image_folders(tmp_path / "data", ["a", "b", "c", "zebra"], per_class=1)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a\nb\nc\nd\n")
+    code = run_main(evaluate.main, [str(tiny_models["four"]), "--dataset", str(data), "--labels", str(labels)],
+                    prog="evaluate")
+    assert "'zebra'" in _error_line(code, capsys.readouterr().err, "evaluate")
+
+
+def test_evaluate_refuses_a_class_count_that_is_not_the_output_count(tiny_models, tmp_path, capsys):
+    """2 classes on a 4-output model used to score a number; now it says what to pass."""
+    from tflite_export import evaluate
+    from tflite_export._cli import run_main
+
+    data = _image_folders(tmp_path / "data", ["x", "y"], per_class=1)
+    code = run_main(evaluate.main, [str(tiny_models["four"]), "--dataset", str(data)], prog="evaluate")
+    line = _error_line(code, capsys.readouterr().err, "evaluate")
+    assert "2 classes but the model has 4 outputs" in line and "--labels" in line
+
+
+def test_evaluate_refuses_a_two_output_model_on_imagenet(tiny_models, shared, capsys):
+    from tflite_export import evaluate
+    from tflite_export._cli import run_main
+
+    code = run_main(evaluate.main, [str(tiny_models["two"]), "--dataset", str(shared("datasets", "imagenet-samples"))],
+                    prog="evaluate")
+    assert "1000 classes but the model has 2 outputs" in _error_line(code, capsys.readouterr().err, "evaluate")
+
+
+def test_evaluate_refuses_googles_1001_labels_on_a_two_class_folder(shared, capsys):
+    from tflite_export import evaluate
+    from tflite_export._cli import run_main
+
+    model = shared("reference_models", "mobilenet_v3", "v3-small_224_1.0_uint8.tflite")
+    labels = next(p for p in shared("labels").iterdir() if len(p.read_text().splitlines()) == 1001)
+    code = run_main(evaluate.main, [str(model), "--dataset", str(shared("datasets", "hymenoptera_data")),
+                                    "--labels", str(labels)], prog="evaluate")
+    assert "2 classes but the model has 1001 outputs" in _error_line(code, capsys.readouterr().err, "evaluate")
+
+
+def test_evaluate_still_accepts_1001_outputs_with_background_on_1000_imagenet_classes(shared, capsys):
+    from tflite_export import evaluate
+    from tflite_export._cli import run_main
+
+    model = shared("reference_models", "mobilenet_v3", "v3-small_224_1.0_uint8.tflite")
+    code = run_main(evaluate.main, [str(model), "--dataset", str(shared("datasets", "imagenet-samples")),
+                                    "--limit", "20"], prog="evaluate")
+    printed = capsys.readouterr().out
+    assert code == 0 and "background" in printed and "(20 images" in printed
+
+
+def test_export_cli_refuses_classes_it_cannot_match_to_the_outputs(tiny_run, tmp_path, capsys):
+    """wnid folders and a label file of names: the accuracy check would compare unrelated indices (it printed 0.0000)."""
+    from tflite_export import export
+    from tflite_export._cli import run_main
+
+    run_dir, _ = tiny_run
+    data = _image_folders(tmp_path / "data", ["n01440764", "n01443537"], per_class=2)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(f"name {i}" for i in range(8)) + "\n")
+    out = tmp_path / "out"
+    code = run_main(export.main, [str(run_dir / "float_model.h5"), "--dataset", str(data), "--labels", str(labels),
+                                  "--out", str(out), "--calibration-images", "4"], prog="tflite_export.export")
+    line = _error_line(code, capsys.readouterr().err, "tflite_export.export")
+    assert "2 classes but the model has 8 outputs" in line
+    assert not out.exists() or not any(out.iterdir())
+
+
+# ---------------------------------------------------------------------------- 3 and 7. artifacts as one set, modes
+def _export_tiny(out, io_dtype: str, **kwargs) -> dict:
+    from tflite_export.export import ModelInfo, export_model
+
+    rng = np.random.default_rng(0)
+    images = [rng.uniform(0, 255, (1, 32, 32, 3)).astype(np.float32) for _ in range(4)]
+    return export_model(tiny_classifier_keras(classes=2), lambda: iter(images), output_dir=str(out),
+                        labels=["no", "yes"], info=ModelInfo(name="tiny", description="tiny"), io_dtype=io_dtype,
+                        **kwargs)
+
+
+def test_failed_export_leaves_the_previous_set_whole(tmp_path, monkeypatch):
+    """A rerun with --io int8 whose model write failed (disk full) left an int8 card beside the old uint8 model."""
+    from tflite_export import _cli, export
+
+    out = tmp_path / "run"
+    _export_tiny(out, "uint8")
+    before = {name: (out / name).read_bytes() for name in ("model.tflite", "labels.txt", "model_card.json")}
+    assert json.loads(before["model_card.json"])["input"]["dtype"] == "uint8"
+
+    real_write = _cli.atomic_write_bytes
+
+    def disk_full_on_model(path, data):
+        if str(path).endswith("model.tflite"):
+            raise OSError(errno.ENOSPC, f"cannot write {path}: No space left on device")
+        real_write(path, data)
+
+    monkeypatch.setattr(export, "atomic_write_bytes", disk_full_on_model)
+    with pytest.raises(OSError, match="No space left"):
+        _export_tiny(out, "int8")
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert len(list((out / ".artifacts").iterdir())) == 1  # the failed staging directory is gone
+    assert not list(out.glob("**/*.tmp"))
+
+
+def test_export_publishes_the_set_with_one_swap_and_normal_modes(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("model.tflite", "labels.txt", "model_card.json", "report.json"):  # a run from before the layout
+        (out / name).write_text("old")
+    _export_tiny(out, "uint8")
+    assert not (out / "report.json").exists()  # the new set has no report: no stale one is left beside it
+    first = os.path.realpath(out / "current")
+    _export_tiny(out, "int8")
+    second = os.path.realpath(out / "current")
+    assert first != second and os.path.isdir(first)  # the previous set stays for a reader that resolved it
+    for name in ("model.tflite", "labels.txt", "model_card.json"):
+        assert os.readlink(out / name) == os.path.join("current", name)  # documented paths go through `current`
+        assert os.path.realpath(out / name) == os.path.join(second, name)
+    assert json.loads((out / "model_card.json").read_text())["input"]["dtype"] == "int8"
+    _export_tiny(out, "uint8")
+    assert not os.path.exists(first)  # older sets are removed
+
+
+def test_written_files_respect_the_umask(tmp_path):
+    from tflite_export._cli import atomic_write_bytes
+
+    old = os.umask(0o027)
+    try:
+        atomic_write_bytes(tmp_path / "a.bin", b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o640
+
+
+def test_shipped_files_are_readable_by_others(tiny_run):
+    out, _ = tiny_run
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("model.tflite", "labels.txt", "model_card.json", "report.json"):
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+# --------------------------------------------------------------------- 4 and 6. refused up front, before training
+@pytest.mark.parametrize("case,args,needle", [
+    ("one training image", ["--synthetic_size", "1,1"], "at least 2 training images"),
+    ("batches of one", ["--batch_size", "1"], "--batch_size must be >= 2"),
+    ("no calibration images", ["--calibration_images", "0"], "--calibration_images must be at least 1"),
+    ("nothing trained", ["--float_epochs", "0", "--noqat"], "untrained network"),
+    ("image size beyond memory", ["--image_size", "100000"], "reduce --image_size"),
+    ("negative benchmark runs", ["--benchmark_runs", "-1"], "--benchmark_runs"),
+])
+def test_bad_flags_are_refused_before_any_data_is_loaded(pipeline_cli, tmp_path, case, args, needle):
+    out = tmp_path / "out"
+    code, err = pipeline_cli([*TINY, "--float_epochs", "1", "--qat_epochs", "1", "--output_dir", out, *args])
+    assert needle in _error_line(code, err), case
+    assert not out.exists()  # nothing created: not even the data cache
+
+
+def test_output_dir_that_is_a_file_is_refused_up_front(pipeline_cli, tmp_path):
+    out = tmp_path / "taken"
+    out.write_text("not a folder")
+    code, err = pipeline_cli([*TINY, "--float_epochs", "1", "--output_dir", out])
+    assert "exists and is not a directory" in _error_line(code, err)
+    assert out.read_text() == "not a folder"
+
+
+def test_export_cli_out_that_is_a_file_is_refused_before_loading(tmp_path, capsys):
+    from tflite_export import export
+    from tflite_export._cli import run_main
+
+    out = tmp_path / "taken"
+    out.write_text("x")
+    code = run_main(export.main, [str(tmp_path / "missing.h5"), "--out", str(out)], prog="tflite_export.export")
+    line = _error_line(code, capsys.readouterr().err, "tflite_export.export")
+    assert "exists and is not a directory" in line and "missing.h5" not in line  # refused before the model is read
+
+
+@pytest.mark.parametrize("tool", ["benchmark", "evaluate"])
+def test_json_to_an_unwritable_path_is_refused_before_the_work(tiny_models, tmp_path, capsys, tool):
+    from tflite_export import benchmark, evaluate
+    from tflite_export._cli import run_main
+
+    target = tmp_path / "no-such-folder" / "sub" / "out.json"
+    (tmp_path / "no-such-folder").write_text("a file, not a folder")
+    if tool == "benchmark":
+        main, args = benchmark.main, ["--runs", "3"]
+    else:
+        main, args = evaluate.main, ["--dataset", str(_image_folders(tmp_path / "data", "abcd", per_class=1))]
+    code = run_main(main, [str(tiny_models["four"]), *args, "--json", str(target)], prog=tool)
+    captured = capsys.readouterr()
+    line = _error_line(code, captured.err, tool)
+    assert str(target) in line and ".tmp" not in line
+    assert captured.out == ""  # refused before the benchmark or evaluation printed anything
+
+
+def test_conversion_without_calibration_images_is_a_conversion_error():
+    from tflite_export.convert import ConversionError, convert
+
+    with pytest.raises(ConversionError, match="no calibration images"):
+        convert(tiny_classifier_keras(classes=2), lambda: iter(()))
+
+
+# ------------------------------------------------------------------- 4 and 5. models that used to crash the tools
+def test_collapsed_ranges_are_reported_without_running_xnnpack(tmp_path):
+    """A network whose activations died (trained on one image: BatchNorm over one value) has ~4e-9 activation scales;
+    LiteRT's XNNPACK delegate aborted the process on the file. The model is reported, not run."""
+    from keras_models.backend import keras, tf
+    from tflite_export.verify import analyze, problems_of
+
+    model = tiny_classifier_keras(classes=2, softmax=False)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            layer.set_weights([np.zeros_like(w) for w in layer.get_weights()])  # every activation is 0
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = converter.inference_output_type = tf.uint8
+    converter.representative_dataset = lambda: ([np.full((1, 32, 32, 3), 100, np.float32)] for _ in range(2))
+    analysis = analyze(converter.convert())
+    assert analysis.collapsed_ranges and analysis.xnnpack_partitions is None
+    assert "collapsed" in analysis.xnnpack_error
+    assert any("collapsed range" in p for p in problems_of(analysis))
+
+
+@pytest.mark.parametrize("tool", ["inspect", "evaluate", "benchmark"])
+def test_truncated_model_is_one_line_not_struct_error(tiny_models, tmp_path, tool):
+    data = tiny_models["four"].read_bytes()
+    cut = tmp_path / "cut.tflite"
+    cut.write_bytes(data[: len(data) // 2])
+    # A valid data set (4 classes for 4 outputs), so that evaluate gets as far as reading the model.
+    extra = ["--dataset", str(_image_folders(tmp_path / "data", "abcd", per_class=1))] if tool == "evaluate" else []
+    result = subprocess.run([os.sys.executable, "-m", f"tflite_export.{tool}", str(cut), *extra], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    line = _error_line(result.returncode, result.stderr, tool)
+    assert "truncated or corrupt" in line and str(cut) in line
+
+
+def test_out_of_memory_is_one_line_naming_what_to_reduce():
+    from tflite_export._cli import one_line_error
+
+    line = one_line_error(MemoryError("Unable to allocate 27.9 TiB for an array with shape (1000, 100000, 100000, 3)"))
+    assert line.startswith("out of memory") and "image size" in line and "\n" not in line
+
+
+# -------------------------------------------------------------------------------------------------- slow: disk full
+def _small_tmpfs(path: pathlib.Path, size: str):
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root to mount a small tmpfs (a real full disk)")
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+
+
+@pytest.mark.slow
+def test_disk_full_during_a_checkpoint_is_one_line_and_leaves_no_partial_file(tmp_path):
+    disk = tmp_path / "disk"
+    _small_tmpfs(disk, "3m")  # room for the synthetic cache (1.5 MB), not for a checkpoint with optimizer state
+    try:
+        out = disk / "run"
+        result = run_pipeline([*TINY, "--float_epochs", "2", "--qat_epochs", "0", "--noqat", "--output_dir", out])
+        line = _error_line(result.returncode, result.stderr)
+        assert "no space left on device" in line.lower() and str(out) in line, line
+        assert not [p for p in out.glob("**/*") if ".tempstate" in p.name or p.name.endswith("_temp")]
+        assert not (out / "model.tflite").exists()
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+@pytest.mark.slow
+def test_one_image_run_no_longer_reaches_the_native_abort(tmp_path):
+    """Before the up-front check this trained for ~100 s and then died with 'double free or corruption' (exit 134)."""
+    result = run_pipeline([*TINY, "--synthetic_size", "1,1", "--float_epochs", "1", "--qat_epochs", "1",
+                           "--freeze_bn_epochs", "0", "--output_dir", tmp_path / "out"])
+    assert "at least 2 training images" in _error_line(result.returncode, result.stderr)
