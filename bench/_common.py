@@ -45,7 +45,7 @@ def machine() -> dict:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    info = {"cpu": cpu, "nproc": os.cpu_count(), "python": platform.python_version(),
+    info = {"cpu": cpu, "isa": isa_flags(), "nproc": os.cpu_count(), "python": platform.python_version(),
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
     try:
         info["loadavg_at_start"] = os.getloadavg()
@@ -58,6 +58,20 @@ def machine() -> dict:
     except ImportError:
         pass
     return info
+
+
+# The instruction sets that decide XNNPACK's int8 and float kernels on x86 (8-bit dot products need VNNI).
+ISA_FLAGS = ("avx512_vnni", "avx_vnni", "avx512f", "avx2", "fma")
+
+
+def isa_flags() -> str:
+    """Which of ISA_FLAGS the CPU has, e.g. "avx512_vnni avx512f avx2 fma" (every latency table records it)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return "?"
+    return " ".join(flag for flag in ISA_FLAGS if flag in flags) or "none of " + ", ".join(ISA_FLAGS)
 
 
 def git_revision() -> str:

@@ -9,6 +9,7 @@ from keras_models import backend as _backend  # noqa: F401  (must precede Tensor
 from keras_models.mobilenet_v1 import mobilenet_v1
 from keras_models.mobilenet_v2 import mobilenet_v2
 from keras_models.mobilenet_v3 import mobilenet_v3, mobilenet_v3_large, mobilenet_v3_small
+from keras_models.tflite_weights import load_tflite_weights
 from keras_models.weights import WeightsError, load_imagenet, load_weights_file
 
 VARIANTS = {"v1": "MobileNetV1", "v2": "MobileNetV2", "large": "MobileNetV3-Large", "small": "MobileNetV3-Small"}
@@ -44,7 +45,11 @@ def build(
     classifier_activation: str | None = "softmax",
     weights: str | None = None,
 ):
-    """Build a MobileNet. `variant`: v1, v2, large or small. `weights`: None, "imagenet" or a path to a weights file."""
+    """Build a MobileNet. `variant`: v1, v2, large or small.
+
+    `weights`: None, "imagenet" (downloads the official Keras file), a Keras weights file, or a published quantized
+    MobileNet `.tflite` (its ImageNet weights, dequantized; see keras_models.tflite_weights).
+    """
     variant = canonical_variant(variant)
     if minimalistic and variant in ("v1", "v2"):
         raise ValueError("minimalistic applies to MobileNetV3 only (variants large and small)")
@@ -75,6 +80,8 @@ def build(
             minimalistic=minimalistic, depth_multiplier=depth_multiplier,
         )
         load_imagenet(model, variant, config)
+    elif str(weights).endswith(".tflite"):
+        load_tflite_weights(model, weights)
     else:
         load_weights_file(model, weights)
     return model

@@ -58,8 +58,9 @@ def load_imagenet(model: keras.Model, variant: str, config: dict) -> None:
     except Exception as err:  # noqa: BLE001 - any download failure (offline, proxy, HTTP error) means the same to users
         raise WeightsError(
             f"could not download the official Keras ImageNet weights ({type(err).__name__}: {str(err).splitlines()[0]}); "
-            "this machine may be offline: pass a local weights file instead (--weights /path/to/weights.h5) "
-            "or train from scratch (--weights none)"
+            "this machine may be offline: pass a published quantized MobileNet instead (--weights "
+            "PATH.tflite, e.g. Google's v3-small_224_1.0_uint8.tflite, for its ImageNet weights), a local weights file "
+            "(--weights /path/to/weights.h5), or train from scratch (--weights none)"
         ) from None
     copy_weights_by_name(twin, model)
 

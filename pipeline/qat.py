@@ -21,6 +21,8 @@ import tensorflow_model_optimization as tfmot
 # the BatchNorm that follows), which the depthwise config below reuses with another weight quantizer.
 from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_registry import (
     Default8BitConvQuantizeConfig)
+from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_layout_transform import (  # noqa: E501
+    Default8BitQuantizeLayoutTransform)
 
 from keras_models.backend import keras
 
@@ -96,6 +98,17 @@ class _Registry(qk.default_8bit.Default8BitQuantizeRegistry):
         return super().get_quantize_config(layer)
 
 
+class _LayoutTransform(Default8BitQuantizeLayoutTransform):
+    """tfmot's layout transforms, then the squeeze convs' weight quantization restored (`_conv_into_relu`)."""
+
+    def apply(self, model, layer_quantize_map):
+        model, layer_quantize_map = super().apply(model, layer_quantize_map)
+        for name in _conv_into_relu(model):
+            layer_quantize_map.setdefault(name, {})["quantize_config"] = Default8BitConvQuantizeConfig(
+                ["kernel"], ["activation"], False)
+        return model, layer_quantize_map
+
+
 class QuantizeScheme(qk.default_8bit.Default8BitQuantizeScheme):
     """tfmot's default 8-bit scheme (same layout transforms: no fake-quant between a conv, its BatchNorm and its
     ReLU) with depthwise kernels quantized per channel. Set through the registry rather than by annotating the
@@ -103,6 +116,9 @@ class QuantizeScheme(qk.default_8bit.Default8BitQuantizeScheme):
 
     def get_quantize_registry(self):
         return _Registry()
+
+    def get_layout_transformer(self):
+        return _LayoutTransform()
 
 
 # Layer types our builders use that the default 8-bit registry does not cover.
@@ -112,7 +128,8 @@ _OUTPUT_QUANTIZED = (keras.layers.Rescaling, keras.layers.Multiply)
 def quantize_scope():
     """Context in which QAT models can be saved, loaded and cloned."""
     return qk.quantize_scope({"OutputQuantizeConfig": OutputQuantizeConfig,
-                              "DepthwiseConvQuantizeConfig": DepthwiseConvQuantizeConfig})
+                              "DepthwiseConvQuantizeConfig": DepthwiseConvQuantizeConfig,
+                              "Default8BitConvQuantizeConfig": Default8BitConvQuantizeConfig})
 
 
 def _inner(layer):
@@ -136,6 +153,19 @@ def _fused_into_next_relu(model: keras.Model) -> set[str]:
         if consumers and all(isinstance(c, keras.layers.ReLU) for c in consumers):
             fused.add(layer.name)
     return fused
+
+
+def _conv_into_relu(model: keras.Model) -> set[str]:
+    """Names of the Conv2D layers whose only consumer is a ReLU (the squeeze convs of squeeze-and-excite).
+
+    tfmot's `LayerReLUQuantize` transform, meant to keep a fake-quant from between an Add and its ReLU, also matches
+    Conv2D -> ReLU and replaces the conv's whole config with a no-op: its kernel then trains without fake-quant
+    while the file stores it in int8 (tfmot 0.8). That transform's purpose is the output (the ReLU quantizes it),
+    not the quantization of its weights. `_LayoutTransform` gives these convs tfmot's conv config back after the
+    transforms ran: kernel fake-quantized per channel, output left to the ReLU, as for any other conv."""
+    return {layer.name for layer in model.layers
+            if type(layer) is keras.layers.Conv2D and _consumers(layer)
+            and all(isinstance(c, keras.layers.ReLU) for c in _consumers(layer))}
 
 
 def quantize_model(model: keras.Model) -> keras.Model:
@@ -283,6 +313,38 @@ def _assign_clamped_ranges(bounds: list[tuple]) -> int:
     return len(bounds)
 
 
+def _kernel_ranges(qat_model: keras.Model) -> list[tuple]:
+    """(min, max) variables of every per-channel weight fake-quant."""
+    pairs = []
+    for layer in qat_model.layers:
+        for minimum in layer.non_trainable_weights:
+            if minimum.shape.rank == 1 and minimum.name.endswith(("kernel_min:0", "depthwise_kernel_min:0")):
+                maximum = next(w for w in layer.non_trainable_weights
+                               if w.name == minimum.name.replace("_min:0", "_max:0"))
+                pairs.append((minimum, maximum))
+    return pairs
+
+
+def widen_empty_kernel_ranges(qat_model: keras.Model) -> int:
+    """Give every all-zero weight channel the range of its layer's widest channel; returns how many were empty.
+
+    A channel whose weights are all 0 gets the range [0, 0] from tfmot's last-value quantizer, and the converter
+    turns that into a weight scale of 0 and so a bias scale of 0: the channel's bias is lost in the int8 file while
+    the Keras model still adds it (seen on imported weights, where per-tensor uint8 rounding zeroes whole squeeze
+    channels; their ReLU(bias) then became 0). Any non-zero range stores the zeros exactly and keeps the bias.
+    Only the file is affected (the fake-quant of an all-zero channel is 0 either way), so conversion applies it."""
+    empty = 0
+    for minimum, maximum in _kernel_ranges(qat_model):
+        width = tf.maximum(-minimum, maximum)
+        is_empty = width <= 0.0
+        fallback = tf.reduce_max(width)
+        if bool(tf.reduce_any(is_empty)) and float(fallback) > 0.0:
+            empty += int(tf.reduce_sum(tf.cast(is_empty, tf.int32)))
+            minimum.assign(tf.where(is_empty, -fallback, minimum))
+            maximum.assign(tf.where(is_empty, fallback, maximum))
+    return empty
+
+
 class RangeRules(keras.callbacks.Callback):
     """Re-applies `clamp_saturated_ranges` and `align_rescaling_ranges` after every training step (the moving
     averages move the ranges back)."""
@@ -299,3 +361,63 @@ class RangeRules(keras.callbacks.Callback):
 
 def is_qat_model(model: keras.Model) -> bool:
     return any(isinstance(layer, qk.QuantizeWrapper) or type(layer).__name__ == "QuantizeLayer" for layer in model.layers)
+
+
+# Where a TF-slim MobileNetV3 .tflite file (Google's published V3 files) holds the activation that each of our
+# fake-quant ranges covers: our layer name's suffix -> the file's tensor name's suffix, under "MobilenetV3/". The
+# file fuses conv + BatchNorm ("add_fold") and runs h-swish as one op ("hard_swish/mul_1", its output).
+_TF_SLIM_V3_SUFFIXES = (
+    ("/BatchNorm", "/add_fold"),
+    ("/act/div6", "/hard_swish/mul_1"),
+    ("/act", "/Relu"),
+    ("/squeeze_excite/AvgPool", "/squeeze_excite/AvgPool"),
+    ("/squeeze_excite/Relu", "/squeeze_excite/Conv/Relu"),
+    ("/squeeze_excite/Conv_1", "/squeeze_excite/Conv_1/BiasAdd"),
+    ("/squeeze_excite/hard_sigmoid/relu6", "/squeeze_excite/Conv_1/Relu6"),
+    ("/Mul", "/mul"),
+    ("/Add", "/add"),
+)
+_TF_SLIM_V3_NAMES = {"global_pool": "AvgPool2D/AvgPool", "Conv_2": "Conv_2/BiasAdd",
+                     "Logits": "Logits/Conv2d_1c_1x1/BiasAdd"}
+
+
+def tf_slim_v3_tensor(layer_name: str) -> str | None:
+    """The TF-slim MobileNetV3 tensor name that holds `layer_name`'s output, or None if the file has none."""
+    if layer_name in _TF_SLIM_V3_NAMES:
+        return "MobilenetV3/" + _TF_SLIM_V3_NAMES[layer_name]
+    for ours, theirs in _TF_SLIM_V3_SUFFIXES:
+        if layer_name.endswith(ours):
+            return "MobilenetV3/" + layer_name[: -len(ours)] + theirs
+    return None
+
+
+def import_activation_ranges(qat_model: keras.Model, ranges: dict[str, tuple[float, float]],
+                             tensor_name=tf_slim_v3_tensor) -> list[str]:
+    """Set the fake-quant range of every layer whose output the quantized file also holds to the file's range (see
+    keras_models.tflite_weights: a published file's weights were trained under these ranges); returns the layers set.
+
+    The x1/6 of h-swish is a pure scaling: its input (the product) gets the file's h-swish range times 6, so that
+    `align_rescaling_ranges` leaves both as imported. Ranges the file has no tensor for (h-swish's inner relu6(x+3),
+    the input rescaling) keep what calibration gave them."""
+    scalings = {}
+    for layer in qat_model.layers:
+        inner = getattr(layer, "layer", None)
+        if isinstance(inner, keras.layers.Rescaling) and float(inner.offset) == 0.0 and layer.inbound_nodes:
+            scalings[layer.name] = (float(inner.scale), layer.inbound_nodes[0].inbound_layers)
+    imported = []
+    for layer in qat_model.layers:
+        variables = _output_range(layer)
+        name = tensor_name(_inner(layer).name)
+        if variables is None or name not in ranges:
+            continue
+        low, high = ranges[name]
+        variables[0].assign(low)
+        variables[1].assign(high)
+        imported.append(layer.name)
+        if layer.name in scalings:
+            scale, source = scalings[layer.name]
+            source_range = None if isinstance(source, list) else _output_range(source)
+            if source_range is not None:
+                source_range[0].assign(low / scale)
+                source_range[1].assign(high / scale)
+    return imported

@@ -39,6 +39,11 @@ class Recipe:
     # What the stage learns to predict: "labels", or "float model" for QAT that distills the float model's softmax
     # (pipeline.distill). Recorded with the stage's settings so a rerun cannot switch targets halfway.
     targets: str = "labels"
+    # "sgd" (Nesterov momentum), or "adam" for fine-tuning weights read from a quantized file: their BatchNorms are
+    # folded into the kernels (keras_models.tflite_weights), so kernel scales differ by orders of magnitude between
+    # channels and SGD steps sized for one blow up another (NaN within an epoch at 0.005); Adam's steps are not
+    # proportional to the gradient's scale.
+    optimizer: str = "sgd"
 
 
 def make_optimizer(recipe: Recipe, steps_per_epoch: int, epochs: int) -> keras.optimizers.Optimizer:
@@ -51,9 +56,12 @@ def make_optimizer(recipe: Recipe, steps_per_epoch: int, epochs: int) -> keras.o
         warmup_target=recipe.learning_rate if warmup else None,
         warmup_steps=warmup,
     )
-    optimizer = keras.optimizers.SGD(
-        learning_rate=schedule, momentum=recipe.momentum, nesterov=True, weight_decay=recipe.weight_decay
-    )
+    if recipe.optimizer == "adam":
+        optimizer = keras.optimizers.Adam(learning_rate=schedule, weight_decay=recipe.weight_decay)
+    else:
+        optimizer = keras.optimizers.SGD(
+            learning_rate=schedule, momentum=recipe.momentum, nesterov=True, weight_decay=recipe.weight_decay
+        )
     optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "moving_", "min_var", "max_var"])
     return optimizer
 

@@ -10,6 +10,7 @@ Artifacts (model.tflite with metadata, labels.txt, model_card.json, report.json)
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import sys
@@ -53,6 +54,15 @@ flags.DEFINE_float(
 )
 flags.DEFINE_float("dropout", 0.2, "Dropout before the classifier.")
 flags.DEFINE_string("weights", "none", "Initial weights: none, imagenet (downloads the Keras file), or a file path.")
+flags.DEFINE_enum(
+    "recipe", "auto", ["auto", "scratch", "transfer"],
+    "Training recipe. auto: transfer when --weights is given, else scratch. transfer: --head_epochs on the new "
+    "classifier alone (at --learning_rate), then --float_epochs fine-tuning everything but BatchNorm at "
+    "--fine_tune_learning_rate, then QAT "
+    "(pipeline/transfer.py).")
+flags.DEFINE_integer("head_epochs", 5, "Transfer recipe: epochs that train the new classifier on frozen features.")
+flags.DEFINE_float("fine_tune_learning_rate", 1e-4,
+                   "Transfer recipe: peak learning rate (Adam) of fine-tuning; QAT's default is a fifth of it.")
 flags.DEFINE_boolean("qat", True, "Quantization-aware training; --noqat exports with post-training quantization.")
 flags.DEFINE_enum("io", "uint8", ["uint8", "int8"], "Input/output dtype of the TFLite model.")
 flags.DEFINE_enum("hswish", "lowered", ["lowered", "builtin"], "h-swish as ADD/RELU6/MUL ops, or HARD_SWISH.")
@@ -127,18 +137,6 @@ def _save_atomically(model: keras.Model, path: str, **kwargs) -> None:
     if os.path.isdir(path):
         shutil.rmtree(path)
     os.replace(tmp, path)
-
-
-def _install_into_android_app(output_dir: str):
-    """Copy model.tflite, labels.txt and model_card.json into the demo app's assets (android_demo/scripts)."""
-    import importlib.util
-
-    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "android_demo", "scripts",
-                          "install_model.py")
-    spec = importlib.util.spec_from_file_location("install_model", script)
-    installer = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(installer)
-    return installer.install(output_dir)
 
 
 def _synthetic_size() -> tuple[int, int]:
@@ -258,7 +256,9 @@ def run() -> dict:
     import keras_models
     from keras_models.profile import totals
     from pipeline.data import input_pipeline_throughput, load_dataset
+    from pipeline.android import install_into_android_app
     from pipeline.distill import Distiller
+    from pipeline import transfer
     from pipeline.qat import (RangeRules, align_rescaling_ranges, calibrate_activation_ranges, clamp_saturated_ranges,
                               quantize_model, quantize_scope)
     from pipeline.train import (Recipe, auto_batch_norm_momentum, check_same_settings, fine_tune, one_hot, run_stage,
@@ -280,7 +280,11 @@ def run() -> dict:
     # QAT fine-tunes a trained model, so it starts well below the float peak, but not too far: on CIFAR-10
     # (BENCHMARKS.md) 1/20 and 1/40 of it did equally well and 1/200 lost a point. Tied to --learning_rate, it follows
     # the batch size the way the float one does.
-    qat_learning_rate = FLAGS.qat_learning_rate or FLAGS.learning_rate / 20
+    recipe = transfer.resolve_recipe(FLAGS.recipe, FLAGS.weights)
+    if recipe == "transfer":
+        qat_learning_rate = FLAGS.qat_learning_rate or FLAGS.fine_tune_learning_rate / 5
+    else:
+        qat_learning_rate = FLAGS.qat_learning_rate or FLAGS.learning_rate / 20
     # The frozen-BN epochs are the last ones of QAT, never more than all of it.
     freeze_bn_epochs = min(FLAGS.freeze_bn_epochs, FLAGS.qat_epochs)
     os.makedirs(output_dir, exist_ok=True)
@@ -319,12 +323,20 @@ def run() -> dict:
     stage_args = dict(num_train=data.num_train, workdir=output_dir, batch_size=FLAGS.batch_size, verbose=FLAGS.verbose)
     float_recipe = Recipe(learning_rate=FLAGS.learning_rate, weight_decay=FLAGS.weight_decay,
                           label_smoothing=FLAGS.label_smoothing)
+    stages = []
+    if recipe == "transfer":
+        transfer.freeze_all_but(model, transfer.classifier(model))
+        stages.append(run_stage("head", model, train, eval_ds, epochs=FLAGS.head_epochs, recipe=float_recipe,
+                                **stage_args))
+        transfer.unfreeze_all_but_batch_norm(model)
+        float_recipe = dataclasses.replace(float_recipe, learning_rate=FLAGS.fine_tune_learning_rate,
+                                           optimizer="adam")
     float_stage = run_stage("float", model, train, eval_ds, epochs=FLAGS.float_epochs, recipe=float_recipe, **stage_args)
     float_acc = _eval_keras(model, data.eval)
     logging.info("float model: held-out top-1 %.4f", float_acc)
     _save_atomically(model, os.path.join(output_dir, "float_model.h5"))
 
-    stages = [float_stage]
+    stages.append(float_stage)
     export_source, qat_acc = model, None
     if FLAGS.qat and FLAGS.qat_epochs:
         qat_model = quantize_model(model)
@@ -335,6 +347,7 @@ def run() -> dict:
                          "sigmoid saturates, %d x1/6 ranges aligned with their inputs", used, clamped, aligned)
         qat_recipe = Recipe(
             learning_rate=qat_learning_rate, warmup_epochs=0, weight_decay=FLAGS.weight_decay,
+            optimizer=float_recipe.optimizer,
             # The float model's softmax is already a soft target: no label smoothing on top of it.
             label_smoothing=0.0 if FLAGS.qat_distill else FLAGS.label_smoothing,
             targets="float model" if FLAGS.qat_distill else "labels")
@@ -383,7 +396,7 @@ def run() -> dict:
         report = {
             "config": {name: FLAGS[name].value for name in (
                 "variant", "alpha", "minimalistic", "dataset", "image_size", "batch_size", "float_epochs", "qat_epochs",
-                "freeze_bn_epochs", "learning_rate", "qat_learning_rate", "qat_distill", "weight_decay", "label_smoothing", "weights",
+                "freeze_bn_epochs", "recipe", "head_epochs", "fine_tune_learning_rate", "learning_rate", "qat_learning_rate", "qat_distill", "weight_decay", "label_smoothing", "weights",
                 "qat", "io", "hswish", "seed")},
             "model": {"name": model.name, "params": params, "madds": madds, "bn_momentum": bn_momentum},
             "data": {"spec": FLAGS.dataset, "num_train": data.num_train, "num_eval": data.num_eval,
@@ -401,11 +414,12 @@ def run() -> dict:
             "seconds_total": time.perf_counter() - started,
         }
         report["config"]["qat_learning_rate"] = qat_learning_rate  # the one used, default included
+        report["config"]["recipe"] = recipe  # what "auto" became
         report["stages"]["qat_total"] = sum(s.seconds for s in stages if s.name.startswith("qat"))
         report["stages"]["export_and_int8_eval"] = export_seconds
         atomic_write_json(artifacts.path("report.json"), report)
     if FLAGS.android:
-        report["android_assets"] = _install_into_android_app(output_dir)
+        report["android_assets"] = install_into_android_app(output_dir)
     return report
 
 

@@ -23,7 +23,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from keras_models.backend import keras, tf
-from pipeline.qat import is_qat_model, quantize_scope
+from pipeline.qat import is_qat_model, quantize_scope, widen_empty_kernel_ranges
 
 IO_DTYPES = {"uint8": tf.uint8, "int8": tf.int8}
 HSWISH_MODES = ("lowered", "builtin")
@@ -76,6 +76,8 @@ def convert(
         if qat:
             raise ConversionError("--hswish builtin is supported on the post-training path only (use --no-qat)")
         model = _with_fusable_hard_swish(model)
+    if qat:
+        widen_empty_kernel_ranges(model)
 
     height, width, channels = model.input_shape[1:]
     if height is None or width is None:

@@ -1,0 +1,99 @@
+"""Issue #12 must-show: our re-export of Google's V3-Small (pipeline.import_tflite) vs Google's file, side by side.
+
+    nice -n 10 python -m bench.imagenet_import [--out DIR] [--reuse] [--runs 200] [--json OUT]
+
+1. `python -m pipeline.import_tflite` on Google's uint8 V3-Small (ImageNet weights and ranges), calibration images
+   from hymenoptera_data (any photos would do; labels unused), evaluation on ../shared/datasets/imagenet-samples.
+2. Top-1/top-5 of both files by `tflite_export.evaluate` in this process, and how often their top-1 agree.
+3. LiteRT latency of both, interleaved in one `tflite_export.benchmark.benchmark_models` call (1 and 2 threads), with
+   the CPU model and ISA flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+from keras_models import backend  # noqa: F401  (before TensorFlow)
+
+import numpy as np
+
+from bench import _common
+
+
+def top1_predictions(model_path: str, items: list, raw_bytes: bool) -> np.ndarray:
+    """argmax of each image through LiteRT, fed as tflite_export.evaluate feeds it (pixel bytes for uint8 inputs)."""
+    from pipeline.preprocessing import load_eval_image
+    from tflite_export.export import run_tflite
+
+    with open(model_path, "rb") as f:
+        content = f.read()
+    predictions = []
+    for start in range(0, len(items), 50):
+        pixels = np.stack([np.round(load_eval_image(path, 224)) for path, _ in items[start:start + 50]])
+        if raw_bytes:  # Google's input is scale 1/127, zero point 128: pass values that quantize to the bytes
+            pixels = (pixels - 128.0) / 127.0
+        predictions.append(run_tflite(content, pixels).argmax(-1))
+    return np.concatenate(predictions)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.imagenet_import", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=os.path.join(_common.CACHE, "imagenet-small"))
+    parser.add_argument("--reuse", action="store_true", help="keep an existing export in --out")
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+
+    from tflite_export.benchmark import benchmark_models
+    from tflite_export.evaluate import discover_dataset, evaluate_tflite
+
+    google = _common.REFERENCE_V3_SMALL
+    samples = _common.shared_path("datasets", "imagenet-samples")
+    ours = os.path.join(args.out, "model.tflite")
+    import_seconds = None
+    if not (args.reuse and os.path.exists(ours)):
+        cmd = [sys.executable, "-m", "pipeline.import_tflite", "--weights", google,
+               "--labels", _common.shared_path("labels", "imagenet_classes.txt"),
+               "--calibration_dir", _common.shared_path("datasets", "hymenoptera_data"),
+               "--eval_dir", samples, "--output_dir", args.out]
+        print("command:", " ".join(cmd), flush=True)
+        started = time.perf_counter()
+        subprocess.run(cmd, cwd=_common.REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import_seconds = time.perf_counter() - started
+    with open(os.path.join(args.out, "import_report.json")) as f:
+        imported = json.load(f)
+
+    items = discover_dataset(samples)["items"]
+    ours_eval = evaluate_tflite(ours, items, num_classes=1000)
+    google_eval = evaluate_tflite(google, items, num_classes=1000)
+    ours_top1 = top1_predictions(ours, items, raw_bytes=False)
+    google_top1 = top1_predictions(google, items, raw_bytes=True) - 1  # background class at 0
+    agreement = float(np.mean(ours_top1 == google_top1))
+    latency = benchmark_models([ours, google], threads=[1, 2], runs=args.runs, warmup=20)
+
+    def median(path, threads):
+        return next(r["median_ms"] for r in latency if r["model"] == path and r["threads"] == threads)
+
+    print(f"\nmachine: {_common.machine()}  revision {_common.git_revision()}")
+    rows = [["Google uint8 (HARD_SWISH)", f"{100 * google_eval['top1']:.2f}", f"{100 * google_eval['top5']:.2f}", "-",
+             f"{median(google, 1):.2f}", f"{median(google, 2):.2f}", "1.00"],
+            ["ours int8 re-export (lowered)", f"{100 * ours_eval['top1']:.2f}", f"{100 * ours_eval['top5']:.2f}",
+             f"{100 * agreement:.1f}%", f"{median(ours, 1):.2f}", f"{median(ours, 2):.2f}",
+             f"{median(ours, 1) / median(google, 1):.2f}"],
+            ["ours float (Keras, imported weights)", f"{100 * imported['float_top1']:.2f}", "-", "-", "-", "-", "-"]]
+    print(_common.table(["model", "top-1 %", "top-5 %", "top-1 agrees with Google", "1 thread ms", "2 threads ms",
+                         "latency ratio (1 thread)"], rows))
+    print(f"top-1 gap to Google: {100 * (google_eval['top1'] - ours_eval['top1']):.2f} points; "
+          f"import + export took {import_seconds if import_seconds is None else round(import_seconds)} s")
+    _common.write_json(args.json, {"machine": _common.machine(), "revision": _common.git_revision(),
+                                   "ours": ours_eval, "google": google_eval, "agreement": agreement,
+                                   "latency": latency, "import": imported, "import_seconds": import_seconds})
+
+
+if __name__ == "__main__":
+    main()

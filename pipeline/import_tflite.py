@@ -1,0 +1,182 @@
+"""Re-export a published quantized MobileNet through this project's int8 path: ImageNet weights, offline.
+
+    python -m pipeline.import_tflite \\
+        --weights ../shared/reference_models/mobilenet_v3/v3-small_224_1.0_uint8.tflite \\
+        --labels ../shared/labels/imagenet_classes.txt \\
+        --calibration_dir ../shared/datasets/hymenoptera_data \\
+        --eval_dir ../shared/datasets/imagenet-samples --output_dir runs/imagenet-small
+
+The file's weights go into our builder (keras_models.tflite_weights), the model is wrapped for quantization-aware
+training with its BatchNorms frozen (they hold the file's folded biases), and every activation range the file has is
+taken from it (pipeline.qat.import_activation_ranges): the weights were trained under those ranges. The few ranges
+the file has no tensor for (h-swish's inner relu6(x + 3), the input rescaling) are calibrated on `--calibration_dir`
+(any images; labels are not used). The export is the pipeline's: h-swish lowered to ADD/RELU6/MUL, uint8 or int8
+I/O, metadata with the labels, verification. The 1001-class file's background logit is dropped: 1000 classes.
+
+Output: `model.tflite`, `labels.txt`, `model_card.json`, `import_report.json` in --output_dir, and with --android the
+demo app's bundled model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+
+from absl import app, flags
+
+from keras_models import backend  # noqa: F401  (must precede TensorFlow imports)
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("weights", None, "Published quantized MobileNet .tflite (ImageNet weights).")
+flags.DEFINE_string("variant", "small", "Builder the file's graph must match: small, large, v2 or v1.")
+flags.DEFINE_float("alpha", 1.0, "Width multiplier of the file's model.")
+flags.DEFINE_integer("image_size", 224, "Input resolution of the exported model.")
+flags.DEFINE_string("labels", None, "Label file, one class per line: 1000 ImageNet names (or 1001 with background).")
+flags.DEFINE_string("calibration_dir", None, "Folder of images (any layout) for the ranges the file has none for.")
+flags.DEFINE_integer("calibration_images", 64, "Images used from --calibration_dir.")
+flags.DEFINE_string("eval_dir", None, "Optional: class folders or the ImageNet-samples layout, for int8 vs float top-1.")
+flags.DEFINE_enum("io", "uint8", ["uint8", "int8"], "Input/output dtype of the TFLite model.")
+flags.DEFINE_string("output_dir", "runs/imagenet-small", "Where the artifacts go.")
+flags.DEFINE_boolean("android", False, "Also install the model as the demo app's bundled model.")
+flags.mark_flags_as_required(["weights", "labels", "calibration_dir"])
+
+EVAL_BATCH = 50
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportReport:
+    weights: str
+    variant: str
+    classes: int
+    ranges_from_file: int
+    ranges_calibrated: int
+    model_file: str
+    size_bytes: int
+    ops: dict
+    float_top1: float | None
+    int8_top1: float | None
+    agreement: float | None
+    eval_images: int
+    seconds: float
+
+
+def _image_files(folder: str, limit: int) -> list[str]:
+    from pipeline.data import IMAGE_EXTENSIONS
+
+    files = sorted(os.path.join(root, name) for root, _, names in os.walk(folder) for name in names
+                   if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."))
+    if not files:
+        raise ValueError(f"--calibration_dir {folder}: no images ({', '.join(IMAGE_EXTENSIONS)})")
+    step = max(1, len(files) // limit)  # spread over the folder's classes rather than the first sorted ones
+    return files[::step][:limit]
+
+
+def _read_labels(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            labels = [line.strip() for line in f if line.strip()]
+    except OSError as err:
+        raise ValueError(f"--labels {path}: {err.strerror or err}") from None
+    if labels and labels[0].lower() == "background":
+        labels = labels[1:]  # the background logit is dropped (module docstring)
+    return labels
+
+
+def import_and_export() -> ImportReport:
+    import numpy as np
+
+    import keras_models
+    from keras_models.backend import keras
+    from keras_models.tflite_weights import read_tflite
+    from pipeline.preprocessing import load_eval_image
+    from pipeline.qat import (align_rescaling_ranges, calibrate_activation_ranges, import_activation_ranges,
+                              quantize_model)
+    from tflite_export.export import ModelInfo, export_model
+
+    started = time.perf_counter()
+    labels = _read_labels(FLAGS.labels)
+    size = FLAGS.image_size
+    model = keras_models.build(FLAGS.variant, input_shape=(size, size, 3), alpha=FLAGS.alpha,
+                               num_classes=len(labels), weights=FLAGS.weights)
+    graph = read_tflite(FLAGS.weights)
+    for layer in model.layers:  # the BatchNorms hold folded biases: keep them in inference mode (tflite_weights)
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+    qat_model = quantize_model(model)
+
+    calibration = np.stack([load_eval_image(p, size)
+                            for p in _image_files(FLAGS.calibration_dir, FLAGS.calibration_images)])
+    batches = [calibration[i:i + 16] for i in range(0, len(calibration), 16)]
+    calibrate_activation_ranges(qat_model, batches)
+    imported = import_activation_ranges(qat_model, graph.ranges)
+    align_rescaling_ranges(qat_model)
+    total = sum(1 for layer in qat_model.layers if _has_output_range(layer))
+
+    eval_batches = None
+    if FLAGS.eval_dir:
+        from tflite_export.evaluate import discover_dataset
+
+        items = discover_dataset(FLAGS.eval_dir, labels)["items"]
+
+        def eval_batches():
+            for i in range(0, len(items), EVAL_BATCH):
+                chunk = items[i:i + EVAL_BATCH]
+                yield (np.stack([load_eval_image(path, size) for path, _ in chunk]),
+                       np.array([label for _, label in chunk]))
+
+    name = keras_models.VARIANTS[keras_models.canonical_variant(FLAGS.variant)]
+    info = ModelInfo(
+        name=f"{name} {FLAGS.alpha:g} {size}px ImageNet int8",
+        description=(f"{name} with the ImageNet weights and activation ranges of {os.path.basename(FLAGS.weights)} "
+                     "(Google, Apache-2.0), re-exported fully integer with h-swish as ADD/RELU6/MUL; "
+                     f"{len(labels)} ImageNet classes"))
+    report = export_model(qat_model, lambda: (calibration[i:i + 1] for i in range(len(calibration))),
+                          output_dir=FLAGS.output_dir, labels=labels, info=info, io_dtype=FLAGS.io,
+                          eval_batches=eval_batches, reference_model=model)
+    accuracy = report.get("accuracy", {})
+    return ImportReport(
+        weights=FLAGS.weights, variant=FLAGS.variant, classes=len(labels), ranges_from_file=len(imported),
+        ranges_calibrated=total - len(imported), model_file=report["model_file"], size_bytes=report["size_bytes"],
+        ops=report["ops"], float_top1=accuracy.get("keras_top1"), int8_top1=accuracy.get("int8_top1"),
+        agreement=accuracy.get("agreement"), eval_images=accuracy.get("images", 0),
+        seconds=time.perf_counter() - started)
+
+
+def _has_output_range(layer) -> bool:
+    from pipeline.qat import _output_range
+
+    return _output_range(layer) is not None
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from keras_models import WeightsError
+    from tflite_export._cli import atomic_write_json
+    from tflite_export.convert import ConversionError
+    from tflite_export.verify import VerificationError
+
+    try:
+        report = import_and_export()
+        atomic_write_json(os.path.join(FLAGS.output_dir, "import_report.json"), dataclasses.asdict(report))
+        if FLAGS.android:
+            from pipeline.android import install_into_android_app
+
+            install_into_android_app(FLAGS.output_dir)
+    except (WeightsError, ConversionError, VerificationError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(f"\nmodel        {report.model_file}  {report.size_bytes / 1024:.0f} KiB, {report.classes} classes, "
+          f"HARD_SWISH {report.ops.get('HARD_SWISH', 0)}")
+    print(f"ranges       {report.ranges_from_file} from {os.path.basename(report.weights)}, "
+          f"{report.ranges_calibrated} calibrated")
+    if report.eval_images:
+        print(f"top-1        float {report.float_top1:.4f}, int8 {report.int8_top1:.4f} on {report.eval_images} "
+              f"images; int8 agrees with float on {report.agreement:.1%}")
+    print(f"time         {report.seconds:.0f} s")
+
+
+if __name__ == "__main__":
+    app.run(main)
