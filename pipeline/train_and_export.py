@@ -200,6 +200,15 @@ def _validate_flags(output_dir: str) -> None:
                          "untrained network; train at least one epoch or start from --weights")
     if FLAGS.benchmark_runs < 0:
         raise ValueError(f"--benchmark_runs must be >= 0, got {FLAGS.benchmark_runs}")
+    if FLAGS.alpha <= 0:
+        raise ValueError(f"--alpha must be > 0, got {FLAGS.alpha:g}")
+    for name in ("dropout", "label_smoothing"):
+        if not 0 <= FLAGS[name].value < 1:
+            raise ValueError(f"--{name} must be in [0, 1), got {FLAGS[name].value:g}")
+    if FLAGS.weight_decay < 0 or (FLAGS.bn_momentum is not None and not 0 <= FLAGS.bn_momentum < 1):
+        raise ValueError("--weight_decay must be >= 0 and --bn_momentum in [0, 1)")
+    if FLAGS.weights not in ("none", "imagenet") and not os.path.isfile(FLAGS.weights):
+        raise ValueError(f"--weights file not found: {FLAGS.weights}")
     # Memory the input alone needs, before TensorFlow or numpy fail with a traceback: one float32 training batch, and
     # the synthetic set, which is generated in memory as uint8.
     side = FLAGS.image_size

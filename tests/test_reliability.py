@@ -302,6 +302,9 @@ def test_shipped_files_are_readable_by_others(tiny_run):
     ("nothing trained", ["--float_epochs", "0", "--noqat"], "untrained network"),
     ("image size beyond memory", ["--image_size", "100000"], "reduce --image_size"),
     ("negative benchmark runs", ["--benchmark_runs", "-1"], "--benchmark_runs"),
+    ("zero width", ["--alpha", "0"], "--alpha must be > 0"),
+    ("dropout of one and a half", ["--dropout", "1.5"], "--dropout must be in [0, 1)"),
+    ("missing weights file", ["--weights", "/nonexistent/w.h5"], "not found"),
 ])
 def test_bad_flags_are_refused_before_any_data_is_loaded(pipeline_cli, tmp_path, case, args, needle):
     out = tmp_path / "out"
