@@ -16,6 +16,10 @@ import kotlin.system.exitProcess
  *   classify CARD.json LABELS IN_DIR OUT_DIR K each IN_DIR/NAME.output (raw output tensor)
  *                                             -> OUT_DIR/NAME.top.tsv ("index<TAB>score<TAB>label" lines, best first)
  *   modelinfo MODEL.tflite OUT.txt            tensors, metadata and packed labels of a model, as key=value lines
+ *   app-preprocess ASSETS IN_DIR OUT_DIR      as preprocess (.input only), configured the way the app configures
+ *                                             itself from its assets folder (model.tflite, model_card.json,
+ *                                             labels.txt through ModelSpec.resolve) and run through ClassifierCore
+ *   app-classify ASSETS IN_DIR OUT_DIR K      as classify, configured from ASSETS like app-preprocess
  */
 fun main(args: Array<String>) {
     try {
@@ -32,8 +36,16 @@ fun main(args: Array<String>) {
                 modelInfo(File(args[1]), File(args[2]))
             }
 
+            "app-preprocess" -> {
+                appPreprocess(File(args[1]), File(args[2]), File(args[3]))
+            }
+
+            "app-classify" -> {
+                appClassify(File(args[1]), File(args[2]), File(args[3]), args[4].toInt())
+            }
+
             else -> {
-                System.err.println("usage: preprocess|classify|modelinfo ...")
+                System.err.println("usage: preprocess|classify|modelinfo|app-preprocess|app-classify ...")
                 exitProcess(2)
             }
         }
@@ -119,4 +131,61 @@ private fun modelInfo(
     val spec = m.inputSpec()
     sb.append("spec=${spec.width}x${spec.height} ${spec.dtype}\n")
     out.writeText(sb.toString())
+}
+
+/**
+ * The spec the app builds at start-up (the demo's ModelAssets.loadSpec): the model file's tensors and metadata, refined
+ * by model_card.json and labels.txt when they are there. Checking the bundled model through this path, rather than
+ * through the card alone, catches a card or labels file that disagrees with the model the app actually loads.
+ */
+private fun appSpec(assets: File): ModelSpec {
+    fun textOf(name: String): String? = File(assets, name).takeIf { it.isFile }?.readText()
+    val model = TfliteModel.parse(File(assets, "model.tflite").readBytes())
+    return ModelSpec.resolve(model, cardJson = textOf("model_card.json"), labelsText = textOf("labels.txt"))
+}
+
+/** Runs [handle] on every IN_DIR file ending in [suffix], in name order, with the app's core; returns how many. */
+private fun forEachWithAppCore(
+    assets: File,
+    inDir: File,
+    outDir: File,
+    suffix: String,
+    handle: (core: ClassifierCore, file: File, out: File) -> Unit,
+): Int {
+    val core = ClassifierCore(appSpec(assets))
+    outDir.mkdirs()
+    val files = inDir.listFiles { f -> f.name.endsWith(suffix) }!!.sortedBy { it.name }
+    files.forEach { handle(core, it, File(outDir, it.name.removeSuffix(suffix))) }
+    return files.size
+}
+
+private fun appPreprocess(
+    assets: File,
+    inDir: File,
+    outDir: File,
+) {
+    val n =
+        forEachWithAppCore(assets, inDir, outDir, ".rgb") { core, f, out ->
+            File("$out.input").writeBytes(core.inputBytes(readRgb(f)))
+        }
+    println("preprocessed $n images")
+}
+
+private fun appClassify(
+    assets: File,
+    inDir: File,
+    outDir: File,
+    k: Int,
+) {
+    val n =
+        forEachWithAppCore(assets, inDir, outDir, ".output") { core, f, out ->
+            val scores = core.scores(f.readBytes())
+            // core.top gives the names the screen shows; TopK (which core.top uses) gives their indices to compare.
+            val lines =
+                TopK.topK(scores, k).zip(core.top(scores, k)).joinToString("") { (ranked, shown) ->
+                    "${ranked.index}\t${shown.second}\t${shown.first}\n"
+                }
+            File("$out.top.tsv").writeText(lines)
+        }
+    println("classified $n outputs")
 }
