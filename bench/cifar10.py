@@ -30,8 +30,10 @@ def parse_args(argv=None):
     p.add_argument("--float_epochs", type=int, default=50)
     p.add_argument("--qat_epochs", type=int, default=6)
     p.add_argument("--freeze_bn_epochs", type=int, default=2)
-    p.add_argument("--learning_rate", type=float, default=0.2, help="0.1 at batch 64 (pipeline default), scaled linearly")
-    p.add_argument("--output_dir", default=None, help="default ~/.cache/mobilenet-bench/runs/cifar10-small-<size>-e<float_epochs>")
+    p.add_argument("--learning_rate", type=float, default=0.2,
+                   help="0.1 at batch 64 (pipeline default), scaled linearly")
+    p.add_argument("--output_dir", default=None,
+                   help="default ~/.cache/mobilenet-bench/runs/cifar10-small-<size>-e<float_epochs>")
     p.add_argument("--report_only", action="store_true", help="only print the table from an existing output_dir")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("extra", nargs="*", help="more pipeline flags after --, e.g. -- --seed 1")
@@ -93,20 +95,25 @@ def print_table(r: dict) -> None:
             print(f"  {stage}: " + " ".join(f"{v:.3f}" for v in c))
         return
     c = r["config"]
-    print(f"\nCIFAR-10, MobileNetV3-Small alpha {c['alpha']:g} from scratch at {c['image_size']} px, batch {c['batch_size']}, "
-          f"{c['float_epochs']} float + {c['qat_epochs']} QAT epochs ({c['freeze_bn_epochs']} BN-frozen), lr {c['learning_rate']:g}")
+    print(f"\nCIFAR-10, MobileNetV3-Small alpha {c['alpha']:g} from scratch at {c['image_size']} px, batch "
+          f"{c['batch_size']}, {c['float_epochs']} float + {c['qat_epochs']} QAT epochs ({c['freeze_bn_epochs']} "
+          f"BN-frozen), lr {c['learning_rate']:g}")
     rows = [
         ["float (Keras)", f"{100 * r['float_top1']:.2f}", ""],
-        ["QAT (Keras, fake-quant)", f"{100 * r['qat_keras_top1']:.2f}" if r.get("qat_keras_top1") is not None else "-", ""],
-        ["int8 (LiteRT, uint8 I/O)", f"{100 * r['int8_top1']:.2f}", f"agreement with float {100 * r['agreement']:.2f}%"],
+        ["QAT (Keras, fake-quant)", f"{100 * r['qat_keras_top1']:.2f}" if r.get("qat_keras_top1") is not None else "-",
+         ""],
+        ["int8 (LiteRT, uint8 I/O)", f"{100 * r['int8_top1']:.2f}",
+         f"agreement with float {100 * r['agreement']:.2f}%"],
         ["gap float - int8", f"{r['gap_points']:+.2f} points", "target <= 0.5"],
     ]
     print(_common.table(["model", f"top-1 % on {r['int8_images']} {r['eval_split']} images", "note"], rows))
     stages = r["stages_s"]
     print(f"time: pipeline {r['pipeline_seconds'] / 60:.1f} min (float {stages.get('float', 0) / 60:.1f}, "
-          f"QAT {stages.get('qat_total', stages.get('qat', 0)) / 60:.1f})" + (f", wall {r['wall_seconds'] / 60:.1f} min" if r.get("wall_seconds") else "")
+          f"QAT {stages.get('qat_total', stages.get('qat', 0)) / 60:.1f})"
+          + (f", wall {r['wall_seconds'] / 60:.1f} min" if r.get("wall_seconds") else "")
           + (f", peak RSS {r['peak_rss_gib']:.2f} GiB" if r.get("peak_rss_gib") else ""))
-    print(f"training img/s: float {r['float_train_img_s'] or float('nan'):.0f}, QAT {r['qat_train_img_s'] or float('nan'):.0f}")
+    print(f"training img/s: float {r['float_train_img_s'] or float('nan'):.0f}, QAT "
+          f"{r['qat_train_img_s'] or float('nan'):.0f}")
     for stage, curve in r["val_accuracy_per_epoch"].items():
         print(f"val_accuracy {stage}: " + " ".join(f"{v:.3f}" for v in curve))
     for row in r.get("latency") or []:
@@ -142,7 +149,8 @@ def main(argv=None):
             print(f"pipeline exited with code {code}; see {output_dir}/run.log", file=sys.stderr)
     result = summarize(output_dir, extra)
     print_table(result)
-    _common.write_json(args.json or (os.path.join(output_dir, "bench_cifar10.json") if not args.report_only else None), result)
+    _common.write_json(args.json or (os.path.join(output_dir, "bench_cifar10.json") if not args.report_only else None),
+                       result)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ def main(argv=None):
     report = _common.load_report(args.float_run)
     h5 = os.path.join(args.float_run, "float_model.h5")
     if report is None or not os.path.exists(h5):
-        raise SystemExit(f"error: {args.float_run} is not a finished pipeline run (needs report.json and float_model.h5)")
+        raise SystemExit(f"error: {args.float_run} is not a finished pipeline run (needs report.json and "
+                         "float_model.h5)")
 
     from keras_models.backend import keras, tf
     from pipeline.data import load_dataset
@@ -45,7 +46,8 @@ def main(argv=None):
 
     c = report["config"]
     seed = c["seed"] if args.seed is None else args.seed
-    output_dir = f"{args.float_run.rstrip('/')}-finetune-{schedule['name']}" + (f"-seed{args.seed}" if args.seed is not None else "")
+    output_dir = (f"{args.float_run.rstrip('/')}-finetune-{schedule['name']}"
+                  + (f"-seed{args.seed}" if args.seed is not None else ""))
     os.makedirs(output_dir, exist_ok=True)
     keras.utils.set_random_seed(seed)
     data = load_dataset(c["dataset"], image_size=c["image_size"], batch_size=c["batch_size"], seed=seed,
@@ -56,7 +58,8 @@ def main(argv=None):
     recipe = Recipe(learning_rate=schedule["learning_rate"], warmup_epochs=0, weight_decay=c["weight_decay"],
                     label_smoothing=c["label_smoothing"])  # the pipeline's QAT recipe (labels as targets)
     stages = fine_tune("finetune", model, one_hot(data.train, classes), one_hot(data.eval, classes),
-                       epochs=schedule["epochs"], freeze_bn_epochs=schedule["frozen"], recipe=recipe, num_train=data.num_train,
+                       epochs=schedule["epochs"], freeze_bn_epochs=schedule["frozen"], recipe=recipe,
+                       num_train=data.num_train,
                        workdir=output_dir, batch_size=c["batch_size"])
 
     labels, before, after = [], [], []

@@ -19,12 +19,11 @@ import argparse
 import os
 import tempfile
 
-from keras_models import backend  # noqa: F401  (before TensorFlow)
-from keras_models.backend import tf
-
 import numpy as np
 
 from bench import _common
+from keras_models import backend  # noqa: F401  (before TensorFlow)
+from keras_models.backend import tf
 
 
 def float_tflite(model) -> bytes:
@@ -54,7 +53,8 @@ def build_models(size: int, num_classes: int, outdir: str, calibration: int = 8)
     model = keras_models.build("small", input_shape=(size, size, 3), alpha=1.0, num_classes=num_classes)
     rng = np.random.default_rng(0)
     calib = [rng.uniform(0, 255, size=(1, size, size, 3)).astype(np.float32) for _ in range(calibration)]
-    representative = lambda: iter(calib)
+    def representative():
+        return iter(calib)
     files = {}
     for name, make in (
         ("ours float32", lambda: float_tflite(model)),
@@ -112,12 +112,15 @@ def main(argv=None):
             name = names[[files[n] for n in names].index(r["model"])]
             d = info[name]
             rows.append([name, r["threads"], f"{r['median_ms']:.2f}", f"{r['p10_ms']:.2f}-{r['p90_ms']:.2f}",
-                         f"{r['ratio_vs_first']:.3f}", f"{r['p10_ms'] / first_p10[r['threads']]:.3f}", f"{d['size_kib']:.0f}", d["hard_swish"], d["xnnpack_partitions"],
+                         f"{r['ratio_vs_first']:.3f}", f"{r['p10_ms'] / first_p10[r['threads']]:.3f}",
+                         f"{d['size_kib']:.0f}", d["hard_swish"], d["xnnpack_partitions"],
                          ", ".join(f"{k} {v}" for k, v in sorted(d["undelegated"].items())) or "-"])
             r["name"] = name
         base = "Google ref" if size == 224 else "ours float32"
-        print(f"\n{size}x{size} px, {args.runs} interleaved runs after {args.warmup} warm-up, ratio vs {base} (same thread count)")
-        print(_common.table(["model", "threads", "median ms", "p10-p90 ms", f"median ratio vs {base}", "p10 ratio", "KiB", "HARD_SWISH",
+        print(f"\n{size}x{size} px, {args.runs} interleaved runs after {args.warmup} warm-up, ratio vs {base} (same "
+              "thread count)")
+        print(_common.table(["model", "threads", "median ms", "p10-p90 ms", f"median ratio vs {base}", "p10 ratio",
+                             "KiB", "HARD_SWISH",
                              "XNNPACK partitions", "not delegated"], rows))
         out["sizes"][size] = {"results": results, "models": info}
         if size == 224:
@@ -126,9 +129,11 @@ def main(argv=None):
                 for r in results:
                     if r["threads"] == t and r["name"].startswith("ours int8"):
                         verdict = "meets" if r["median_ms"] / ref["median_ms"] <= 0.35 else "MISSES"
-                        print(f"issue #4: {r['name']} / Google, {t} thread(s): median {r['median_ms'] / ref['median_ms']:.3f}x "
+                        print(f"issue #4: {r['name']} / Google, {t} thread(s): median "
+                              f"{r['median_ms'] / ref['median_ms']:.3f}x "
                               f"({verdict} <= 0.35x), p10 {r['p10_ms'] / ref['p10_ms']:.3f}x")
-    print(f"\nmachine: {machine['cpu']}, {machine['nproc']} cores, load average at start {machine.get('loadavg_at_start')}, "
+    print(f"\nmachine: {machine['cpu']}, {machine['nproc']} cores, load average at start "
+          f"{machine.get('loadavg_at_start')}, "
           f"{machine['date']}")
     _common.write_json(args.json, out)
 

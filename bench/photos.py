@@ -80,14 +80,17 @@ def main(argv=None):
     if run["exit_code"] or report is None:
         sys.exit(f"pipeline failed (exit {run['exit_code']}); see {run['log']}")
     d = report["data"]
-    print(f"\nhymenoptera_data ({', '.join(d['classes'])}): {d['num_train']} train / {d['num_eval']} {d['eval_split']}, "
-          f"V3-Small 1.0 from scratch at {args.image_size} px, {args.float_epochs} float + {args.qat_epochs} QAT epochs")
+    print(f"\nhymenoptera_data ({', '.join(d['classes'])}): {d['num_train']} train / {d['num_eval']} "
+          f"{d['eval_split']}, "
+          f"V3-Small 1.0 from scratch at {args.image_size} px, {args.float_epochs} float + {args.qat_epochs} QAT "
+          "epochs")
     print(_common.table(["model", f"top-1 % on {d['num_eval']} val photos"], _common.accuracy_rows(report)))
     print(f"time: wall {run['wall_seconds']:.0f} s (pipeline {report['seconds_total']:.0f} s), "
           f"peak RSS {run['peak_rss_gib']:.2f} GiB, skipped files {len(d['skipped_files'])}")
     probe = batch_norm_probe(output_dir, data, args.image_size)
     print_probe(probe)
-    print(f"machine: {machine['cpu']}, {machine['nproc']} cores, load average at start {machine.get('loadavg_at_start')}, "
+    print(f"machine: {machine['cpu']}, {machine['nproc']} cores, load average at start "
+          f"{machine.get('loadavg_at_start')}, "
           f"started {machine['date']}")
     _common.write_json(args.json, {"machine": machine, "revision": _common.git_revision(), "run": run,
                                    "accuracy": report["accuracy"], "export_accuracy": report["export"].get("accuracy"),

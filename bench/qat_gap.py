@@ -23,10 +23,9 @@ import os
 
 import numpy as np
 
+from bench import _common
 from keras_models import backend  # noqa: F401  (before TensorFlow)
 from keras_models.backend import keras
-
-from bench import _common
 
 
 def _activations(*fragments: str, exclude: str | None = None):

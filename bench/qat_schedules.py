@@ -37,7 +37,8 @@ def parse_schedule(text: str) -> dict:
             raise ValueError
         epochs, frozen, lr = int(fields[0]), int(fields[1]), float(fields[2])
     except ValueError:
-        raise SystemExit(f"error: schedule {text!r} is not QAT_EPOCHS:FREEZE_BN_EPOCHS:LEARNING_RATE[:kd] or ptq")
+        raise SystemExit(
+            f"error: schedule {text!r} is not QAT_EPOCHS:FREEZE_BN_EPOCHS:LEARNING_RATE[:kd] or ptq") from None
     if epochs < 1 or not 0 <= frozen <= epochs or lr <= 0:
         raise SystemExit(f"error: schedule {text!r}: need QAT epochs >= 1, 0 <= frozen <= epochs, learning rate > 0")
     return {"name": f"e{epochs}f{frozen}lr{lr:g}" + ("kd" if distill else ""),
@@ -104,7 +105,8 @@ def main(argv=None):
 
     c = float_report["config"]
     print(f"\nQAT schedules on one float model: {c['variant']} {c['alpha']:g} at {c['image_size']} px, "
-          f"{c['float_epochs']} float epochs on {c['dataset']}; float top-1 {100 * float_report['accuracy']['float_keras']:.2f}%")
+          f"{c['float_epochs']} float epochs on {c['dataset']}; float top-1 "
+          f"{100 * float_report['accuracy']['float_keras']:.2f}%")
     table = []
     for r in rows:
         if not r["complete"]:
@@ -118,7 +120,8 @@ def main(argv=None):
         ])
     print(_common.table(["schedule", "held-out top-1 after each QAT epoch", "QAT Keras %", "int8 %",
                          "gap (points)", "agreement", "QAT min"], table))
-    print(f"machine: {machine['cpu']}, {machine['nproc']} cores, load average at start {machine.get('loadavg_at_start')}")
+    print(f"machine: {machine['cpu']}, {machine['nproc']} cores, load average at start "
+          f"{machine.get('loadavg_at_start')}")
     _common.write_json(args.json, {"machine": machine, "revision": revision, "command": _common.command_line(),
                                    "float_run": args.float_run, "rows": rows})
 

@@ -24,10 +24,9 @@ import argparse
 import json
 import os
 
+from bench import _common
 from keras_models import backend  # noqa: F401  (before TensorFlow)
 from keras_models.backend import keras
-
-from bench import _common
 
 
 def gate_first_hard_swish(x, name: str | None = None):
@@ -62,7 +61,7 @@ def gate_levels(content: bytes) -> tuple[float, float] | None:
 
     interpreter = Interpreter(model_content=content)
     interpreter.allocate_tensors()
-    w = interpreter._interpreter  # pybind wrapper: node names and outputs (as tflite_export.verify uses it)
+    w = interpreter._interpreter  # noqa: SLF001 - pybind wrapper: node names and outputs (as tflite_export.verify uses it)
     details = {d["index"]: d for d in interpreter.get_tensor_details()}
     levels = []
     for i in range(w.NumNodes()):
@@ -96,10 +95,12 @@ def main(argv=None):
     c = report["config"]
     data = load_dataset(c["dataset"], image_size=c["image_size"], batch_size=c["batch_size"], seed=c["seed"])
     float_model = keras.models.load_model(h5, compile=False)
-    config = dict(input_shape=(c["image_size"], c["image_size"], 3), alpha=c["alpha"], num_classes=len(data.class_names),
+    config = dict(input_shape=(c["image_size"], c["image_size"], 3), alpha=c["alpha"],
+                  num_classes=len(data.class_names),
                   minimalistic=c["minimalistic"], dropout=0.0)
     variant, copied = gate_first_model(float_model, config)
-    rep = lambda: data.representative(args.calibration_images)
+    def rep():
+        return data.representative(args.calibration_images)
     rows, results = [], {}
     qat_file = os.path.join(args.run_dir, "model.tflite")
     if os.path.exists(qat_file) and report["config"].get("qat"):

@@ -5,7 +5,8 @@
 Same data pipeline (pipeline.data synthetic set: cached images -> seeded augmentation -> batches, one-hot labels),
 same recipe (pipeline.train.Recipe defaults via compile_model: SGD Nesterov, warm-up + cosine, label smoothing, weight
 decay), same BatchNorm momentum (0.99), same loop: the compiled Keras train function that `model.fit` runs each step,
-fed from one persistent iterator per model. Models (all V3-Small 1.0, the synthetic set's 8 classes, dropout 0.2, raw [0,255] input):
+fed from one persistent iterator per model. Models (all V3-Small 1.0, the synthetic set's 8 classes, dropout 0.2,
+raw [0,255] input):
   ours          keras_models.build("small")
   keras.apps    tf_keras.applications.MobileNetV3Small(weights=None, include_preprocessing=True)
   ours QAT      pipeline.qat.quantize_model(ours)
@@ -19,12 +20,11 @@ import argparse
 import os
 import time
 
-from keras_models import backend  # noqa: F401  (before TensorFlow)
-from keras_models.backend import keras, tf
-
 import numpy as np
 
 from bench import _common
+from keras_models import backend  # noqa: F401  (before TensorFlow)
+from keras_models.backend import keras, tf
 
 
 def make_models(size: int, num_classes: int):
@@ -32,9 +32,11 @@ def make_models(size: int, num_classes: int):
     from pipeline.qat import quantize_model
 
     ours = keras_models.build("small", input_shape=(size, size, 3), alpha=1.0, num_classes=num_classes, dropout=0.2)
-    apps = keras.applications.MobileNetV3Small(input_shape=(size, size, 3), alpha=1.0, weights=None, classes=num_classes,
+    apps = keras.applications.MobileNetV3Small(input_shape=(size, size, 3), alpha=1.0, weights=None,
+                                               classes=num_classes,
                                                dropout_rate=0.2, include_preprocessing=True)
-    qat_source = keras_models.build("small", input_shape=(size, size, 3), alpha=1.0, num_classes=num_classes, dropout=0.2)
+    qat_source = keras_models.build("small", input_shape=(size, size, 3), alpha=1.0, num_classes=num_classes,
+                                    dropout=0.2)
     qat = quantize_model(qat_source)
     return {"ours": ours, "keras.apps": apps, "ours QAT": qat}
 
@@ -63,7 +65,8 @@ def main(argv=None):
     p.add_argument("--image_size", type=int, default=64)
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--rounds", type=int, default=40)
-    p.add_argument("--steps", type=int, default=3, help="timed steps per model per round (short rounds: load changes hit all models alike)")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per model per round (short rounds: load changes "
+                                                        "hit all models alike)")
     p.add_argument("--warmup_steps", type=int, default=5)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -109,21 +112,26 @@ def main(argv=None):
                       flush=True)
 
     med = {n: float(np.median(rates[n])) for n in names}
-    ratio = lambda a, b: float(np.median(np.array(rates[a]) / np.array(rates[b])))
+    def ratio(a, b):
+        return float(np.median(np.array(rates[a]) / np.array(rates[b])))
     # Pooled: all images over all timed seconds (rates are per round with equal image counts -> harmonic mean).
     pooled = {n: float(len(rates[n]) / np.sum(1.0 / np.array(rates[n]))) for n in names}
-    rows = [[n, f"{params[n]:,}", f"{med[n]:.0f}", f"{pooled[n]:.0f}", f"{np.percentile(rates[n], 10):.0f}-{np.percentile(rates[n], 90):.0f}"]
+    rows = [[n, f"{params[n]:,}", f"{med[n]:.0f}", f"{pooled[n]:.0f}",
+             f"{np.percentile(rates[n], 10):.0f}-{np.percentile(rates[n], 90):.0f}"]
             for n in names]
-    print(f"\nTraining throughput, V3-Small 1.0 at {args.image_size} px, batch {args.batch_size}, {num_classes} classes, "
+    print(f"\nTraining throughput, V3-Small 1.0 at {args.image_size} px, batch {args.batch_size}, {num_classes} "
+          "classes, "
           f"{args.rounds} alternating rounds x {args.steps} steps")
     print(_common.table(["model", "params", "median img/s (rounds)", "pooled img/s", "p10-p90 img/s"], rows))
     r_apps = ratio("ours", "keras.apps")
     r_qat = ratio("ours", "ours QAT")
     print(_common.table(["ratio (median of per-round ratios)", "value", "target"], [
         ["ours / keras.apps (img/s)", f"{r_apps:.3f} (pooled {pooled['ours'] / pooled['keras.apps']:.3f})", ">= 1.0"],
-        ["QAT step time / float step time (ours)", f"{r_qat:.2f}x (pooled {pooled['ours'] / pooled['ours QAT']:.2f}x)", "-"],
+        ["QAT step time / float step time (ours)", f"{r_qat:.2f}x (pooled {pooled['ours'] / pooled['ours QAT']:.2f}x)",
+         "-"],
     ]))
-    print(f"machine: {machine['cpu']}, {machine['nproc']} cores, load average at start {machine.get('loadavg_at_start')}, "
+    print(f"machine: {machine['cpu']}, {machine['nproc']} cores, load average at start "
+          f"{machine.get('loadavg_at_start')}, "
           f"{machine['date']}")
     result = {"machine": machine, "revision": _common.git_revision(), "command": _common.command_line(),
               "config": vars(args), "params": params, "rates_img_s": rates, "median_img_s": med, "pooled_img_s": pooled,

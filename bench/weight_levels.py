@@ -3,7 +3,8 @@
     python -m bench.weight_levels ~/.cache/mobilenet-bench/runs/*/model.tflite [--json OUT]
 
 Int8 weights are symmetric, levels -127..127, one scale per output channel. A channel whose largest weight is stored
-as 127 uses its whole range; one whose largest is 40 rounds its weights onto 81 levels instead of 255 (about 1.6 bits fewer). tfmot's
+as 127 uses its whole range; one whose largest is 40 rounds its weights onto 81 levels instead of 255 (about 1.6
+bits fewer). tfmot's
 QAT gave a depthwise kernel one range for all its channels (tensorflow/model-optimization#808) and the converter kept
 that grid, so only the largest channel of each kernel reached 127; `pipeline.qat.QuantizeScheme` gives each channel
 its own. For every file: the depthwise channels, the median and smallest "largest |level|" over them, and the
@@ -19,7 +20,6 @@ import numpy as np
 
 from bench import _common
 
-
 OPS = {"DEPTHWISE_CONV_2D": "depthwise", "CONV_2D": "conv"}
 
 
@@ -30,10 +30,10 @@ def largest_levels(path: str) -> dict[str, np.ndarray]:
     try:
         interpreter = Interpreter(model_path=path)
     except ValueError as e:
-        raise SystemExit(f"error: {path} is not a .tflite model ({str(e).splitlines()[0]})")
+        raise SystemExit(f"error: {path} is not a .tflite model ({str(e).splitlines()[0]})") from None
     tensors = interpreter.get_tensor_details()
     levels = {key: [] for key in OPS.values()}
-    for node in interpreter._get_ops_details():
+    for node in interpreter._get_ops_details():  # noqa: SLF001 - LiteRT's only view of each op's inputs
         if node["op_name"] not in OPS:
             continue
         weights = tensors[node["inputs"][1]]

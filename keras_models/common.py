@@ -12,7 +12,9 @@ POOLINGS = (None, "avg", "max")
 def check_common_args(
     *, input_shape, alpha: float, num_classes: int, include_top: bool, dropout: float, pooling
 ) -> tuple[int | None, int | None, int]:
-    """Validate arguments every builder takes; returns (height, width, channels). Raises ValueError saying what is allowed."""
+    """Validate arguments every builder takes; returns (height, width, channels).
+
+    Raises ValueError saying what is allowed."""
     if input_shape is None:
         input_shape = (None, None, 3)
     if len(input_shape) != 3:

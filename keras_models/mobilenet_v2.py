@@ -65,7 +65,8 @@ def mobilenet_v2(
         pooling=pooling,
     )
     inputs, x = image_input(input_shape, include_preprocessing)
-    x = layers.Conv2D(make_divisible(STEM_FILTERS * alpha), 3, strides=2, padding="same", use_bias=False, name="Conv1")(x)
+    x = layers.Conv2D(make_divisible(STEM_FILTERS * alpha), 3, strides=2, padding="same", use_bias=False,
+                      name="Conv1")(x)
     x = batch_norm("bn_Conv1")(x)
     x = relu6(x, name="Conv1_relu")
 

@@ -59,7 +59,8 @@ def format_table(model: keras.Model) -> str:
     costs = layer_costs(model)
     rows = [f"{'layer':45s} {'kind':22s} {'output':>16s} {'params':>10s} {'MAdds':>12s}"]
     for c in costs:
-        rows.append(f"{c.name:45s} {c.kind:22s} {'x'.join(map(str, c.output_shape)):>16s} {c.params:>10,d} {c.madds:>12,d}")
+        rows.append(f"{c.name:45s} {c.kind:22s} {'x'.join(map(str, c.output_shape)):>16s} {c.params:>10,d} "
+                    f"{c.madds:>12,d}")
     params, madds = totals(model)
     rows.append(f"{'total':45s} {'':22s} {'':>16s} {params:>10,d} {madds:>12,d}")
     rows.append(f"{model.name}: {params / 1e6:.3f}M params, {madds / 1e6:.1f}M MAdds")
@@ -80,7 +81,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         extra = {"minimalistic": True} if args.minimalistic else {}
-        model = build(args.variant, input_shape=(args.size, args.size, 3), alpha=args.alpha, num_classes=args.classes, **extra)
+        model = build(args.variant, input_shape=(args.size, args.size, 3), alpha=args.alpha, num_classes=args.classes,
+                      **extra)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

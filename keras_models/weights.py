@@ -17,7 +17,8 @@ class WeightsError(ValueError):
 
 
 def copy_weights_by_name(source: keras.Model, target: keras.Model) -> int:
-    """Copy every layer's weights from `source` to the same-named layer of `target`; returns the number of layers copied.
+    """Copy every layer's weights from `source` to the same-named layer of `target`; returns the number of layers
+    copied.
 
     Raises WeightsError when a same-named layer has weights of a different shape (a different architecture).
     """
@@ -57,7 +58,8 @@ def load_imagenet(model: keras.Model, variant: str, config: dict) -> None:
         raise WeightsError(f"no official ImageNet weights for this configuration: {err}") from None
     except Exception as err:  # noqa: BLE001 - any download failure (offline, proxy, HTTP error) means the same to users
         raise WeightsError(
-            f"could not download the official Keras ImageNet weights ({type(err).__name__}: {str(err).splitlines()[0]}); "
+            f"could not download the official Keras ImageNet weights ({type(err).__name__}: "
+            f"{str(err).splitlines()[0]}); "
             "this machine may be offline: pass a published quantized MobileNet instead (--weights "
             "PATH.tflite, e.g. Google's v3-small_224_1.0_uint8.tflite, for its ImageNet weights), a local weights file "
             "(--weights /path/to/weights.h5), or train from scratch (--weights none)"
@@ -75,4 +77,5 @@ def load_weights_file(model: keras.Model, path: str) -> None:
         else:
             model.load_weights(path).expect_partial()
     except Exception as err:  # noqa: BLE001 - corrupt/incompatible files raise many types; report one line
-        raise WeightsError(f"could not load weights from {path}: {type(err).__name__}: {str(err).splitlines()[0]}") from None
+        raise WeightsError(f"could not load weights from {path}: {type(err).__name__}: "
+                           f"{str(err).splitlines()[0]}") from None

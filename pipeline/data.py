@@ -481,7 +481,7 @@ def _load_tfds(name, *, image_size, batch_size, seed, holdout_fraction) -> Datas
         raise DataError(f"tensorflow-datasets is not installed, so {name!r} cannot be loaded; {ALTERNATIVES}") from None
     try:
         builder = tfds.builder(name)
-    except Exception as e:  # DatasetNotFoundError lists every data set: keep only its first line
+    except Exception as e:  # noqa: BLE001 - DatasetNotFoundError lists every data set: keep only its first line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(
             f"{name!r} is neither an existing folder nor a TFDS dataset ({first}); {ALTERNATIVES}") from None
@@ -494,7 +494,7 @@ def _load_tfds(name, *, image_size, batch_size, seed, holdout_fraction) -> Datas
             )
         try:
             builder.download_and_prepare()
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - downloads fail in many ways; users get the first line of any
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             raise DataError(f"could not download TFDS dataset {name!r}: {first}; {ALTERNATIVES}") from None
     info = builder.info

@@ -66,7 +66,8 @@ def train_augment(
 def round_half_away_from_zero(values: np.ndarray) -> np.ndarray:
     """TFLite's rounding (std::round), unlike numpy's round-half-to-even.
 
-    Decided on the fractional part rather than as floor(|x| + 0.5): the addition rounds 0.49999997f up to 1.0 in float32.
+    Decided on the fractional part rather than as floor(|x| + 0.5): the addition rounds 0.49999997f up to 1.0 in
+    float32.
     """
     magnitude = np.abs(values)
     whole = np.floor(magnitude)

@@ -19,7 +19,7 @@ import time
 from absl import logging
 
 from keras_models.backend import keras, tf
-from tflite_export._cli import atomic_write_json
+from tflite_export._cli import atomic_write_json, header
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +137,7 @@ def run_stage(
     name: str,
     model: keras.Model,
     train: tf.data.Dataset,
-    eval: tf.data.Dataset,
+    eval: tf.data.Dataset,  # noqa: A002 - the held-out split, named like Dataset.eval; the builtin is not used here
     *,
     epochs: int,
     num_train: int,
@@ -152,7 +152,8 @@ def run_stage(
     done = os.path.join(checkpoints, f"{name}.weights.h5")
     settings_file = os.path.join(checkpoints, f"{name}.settings.json")
     settings = {"epochs": epochs, "batch_size": batch_size, "num_train": num_train, **dataclasses.asdict(recipe)}
-    check_same_settings(settings_file, settings, f"a {name} stage trained", workdir)
+    # Stages recorded before Recipe.optimizer existed were trained with SGD.
+    check_same_settings(settings_file, settings, f"a {name} stage trained", workdir, defaults={"optimizer": "sgd"})
     if os.path.exists(done):
         model.load_weights(done)
         logging.info("%s: already finished in an earlier run, loaded %s", name, done)
@@ -171,6 +172,7 @@ def run_stage(
         keras.callbacks.TensorBoard(os.path.join(workdir, "logs", name), update_freq="epoch", profile_batch=0),
         *callbacks,
     ]
+    header(f"{name} training: {epochs} epoch(s)")
     started = time.perf_counter()
     try:
         history = model.fit(train, validation_data=eval, epochs=epochs, callbacks=callbacks, verbose=verbose)
@@ -208,15 +210,18 @@ def _remove_partial_checkpoints(backup_dir: str) -> None:
                 shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 
-def check_same_settings(path: str, settings: dict, what: str, workdir: str, recorded: dict | None = None) -> None:
+def check_same_settings(path: str, settings: dict, what: str, workdir: str, recorded: dict | None = None,
+                        defaults: dict | None = None) -> None:
     """Checkpoints and weights only make sense with the settings that made them (a cosine schedule resumed with another
     epoch count is a different schedule; finished weights are not retrained; 32 px weights are no 64 px model).
-    Compares `settings` with those recorded in `path` (or given as `recorded`); raises ValueError on a mismatch."""
+    Compares `settings` with those recorded in `path` (or given as `recorded`); raises ValueError on a mismatch.
+    `defaults`: values of settings that records written before the setting existed lack (they were made with them)."""
     if recorded is None:
         if not os.path.exists(path):
             return  # a fresh stage, or weights put there by hand (bench.qat_schedules copies a finished float stage)
         with open(path) as f:
             recorded = json.load(f)
+    recorded = {**(defaults or {}), **recorded}
     changed = [f"{key} {recorded.get(key)} -> {value}" for key, value in settings.items() if recorded.get(key) != value]
     if changed:
         raise ValueError(
@@ -244,7 +249,7 @@ def fine_tune(
     name: str,
     trainee: keras.Model,
     train: tf.data.Dataset,
-    eval: tf.data.Dataset,
+    eval: tf.data.Dataset,  # noqa: A002 - the held-out split, named like Dataset.eval; the builtin is not used here
     *,
     epochs: int,
     freeze_bn_epochs: int,

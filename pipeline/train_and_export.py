@@ -18,7 +18,7 @@ import time
 
 from absl import app, flags, logging
 
-from keras_models import backend  # noqa: F401  (must precede TensorFlow imports)
+from keras_models import backend
 from keras_models.backend import keras, tf
 
 FLAGS = flags.FLAGS
@@ -73,7 +73,10 @@ flags.DEFINE_integer("calibration_images", 200, "Images for int8 calibration.")
 flags.DEFINE_integer("calibration_batches", 10, "Training batches that initialize QAT's activation ranges.")
 flags.DEFINE_integer("benchmark_runs", 100, "LiteRT latency runs for the report (0 to skip).")
 flags.DEFINE_boolean("android", False, "Copy the exported model into android_demo/app/src/main/assets.")
-flags.DEFINE_integer("verbose", 2, "Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch.")
+flags.DEFINE_integer(
+    "verbose", 1,
+    "Progress output: 0 none, 1 progress bars (Keras per epoch; calibration, conversion, evaluation), 2 one line per "
+    "epoch and the other bars. -v 1 (absl's verbosity) also shows TensorFlow's own logs.")
 
 
 def _default_output_dir() -> str:
@@ -81,9 +84,11 @@ def _default_output_dir() -> str:
     return os.path.join("runs", f"{FLAGS.variant}-{dataset}")
 
 
-def _eval_keras(model: keras.Model, eval_ds: tf.data.Dataset) -> float:
+def _eval_keras(model: keras.Model, eval_ds: tf.data.Dataset, desc: str) -> float:
+    from tflite_export._cli import progress
+
     correct = total = 0
-    for images, labels in eval_ds:
+    for images, labels in progress(eval_ds, desc=desc, unit="batch"):
         predictions = tf.argmax(model(images, training=False), axis=-1, output_type=tf.int32)
         correct += int(tf.reduce_sum(tf.cast(predictions == tf.cast(labels, tf.int32), tf.int32)))
         total += int(labels.shape[0])
@@ -93,17 +98,23 @@ def _eval_keras(model: keras.Model, eval_ds: tf.data.Dataset) -> float:
 def _summary(report: dict) -> str:
     acc = report["export"].get("accuracy", {})
     lines = [
-        f"model        {report['model']['name']}  ({report['model']['params']:,} params, {report['model']['madds'] / 1e6:.1f}M MAdds at {report['config']['image_size']}px)",
-        f"data         {report['data']['spec']}: {report['data']['num_train']} train / {report['data']['num_eval']} eval ({report['data']['eval_split']}), {len(report['data']['classes'])} classes",
+        f"model        {report['model']['name']}  ({report['model']['params']:,} params, "
+        f"{report['model']['madds'] / 1e6:.1f}M MAdds at {report['config']['image_size']}px)",
+        f"data         {report['data']['spec']}: {report['data']['num_train']} train / {report['data']['num_eval']} "
+        f"eval ({report['data']['eval_split']}), {len(report['data']['classes'])} classes",
         f"float top-1  {report['accuracy']['float_keras']:.4f}   (Keras, held-out split)",
     ]
     if report["accuracy"].get("qat_keras") is not None:
         lines.append(f"QAT top-1    {report['accuracy']['qat_keras']:.4f}   (Keras with fake-quant)")
     lines += [
-        f"int8 top-1   {acc.get('int8_top1', float('nan')):.4f}   (LiteRT, {acc.get('images', 0)} images; agrees with float on {acc.get('agreement', float('nan')):.1%})",
-        f"file         {report['export']['model_file']}  {report['export']['size_bytes'] / 1024:.0f} KiB, {report['export']['io_dtype']} I/O, "
-        f"{sum(report['export']['ops'].values())} ops, HARD_SWISH {report['export']['ops'].get('HARD_SWISH', 0)}, float tensors {report['export']['float_tensors']}",
-        "ops          " + ", ".join(f"{k} {v}" for k, v in sorted(report["export"]["ops"].items(), key=lambda kv: -kv[1])),
+        f"int8 top-1   {acc.get('int8_top1', float('nan')):.4f}   (LiteRT, {acc.get('images', 0)} images; agrees with "
+        f"float on {acc.get('agreement', float('nan')):.1%})",
+        f"file         {report['export']['model_file']}  {report['export']['size_bytes'] / 1024:.0f} KiB, "
+        f"{report['export']['io_dtype']} I/O, "
+        f"{sum(report['export']['ops'].values())} ops, HARD_SWISH {report['export']['ops'].get('HARD_SWISH', 0)}, "
+        f"float tensors {report['export']['float_tensors']}",
+        "ops          " + ", ".join(f"{k} {v}" for k, v in sorted(report["export"]["ops"].items(),
+                                                                  key=lambda kv: -kv[1])),
     ]
     for row in report.get("latency", []):
         lines.append(f"latency      {row['threads']} thread(s): median {row['median_ms']:.2f} ms (LiteRT, XNNPACK)")
@@ -113,11 +124,13 @@ def _summary(report: dict) -> str:
         return f"{images_per_s:.0f} img/s" if images_per_s else "not measured in this run"
 
     lines.append(
-        f"throughput   input pipeline {rate(t['input_pipeline_images_per_s'])} vs float training {rate(t['float_train_images_per_s'])}"
+        f"throughput   input pipeline {rate(t['input_pipeline_images_per_s'])} vs float training "
+        f"{rate(t['float_train_images_per_s'])}"
         + (f", QAT {rate(t['qat_train_images_per_s'])}" if report["accuracy"].get("qat_keras") is not None else "")
     )
     lines.append(f"time         {report['seconds_total']:.0f} s total (float {report['stages'].get('float', 0):.0f} s, "
-                 f"QAT {report['stages']['qat_total']:.0f} s, export + int8 evaluation {report['stages']['export_and_int8_eval']:.0f} s)")
+                 f"QAT {report['stages']['qat_total']:.0f} s, export + int8 evaluation "
+                 f"{report['stages']['export_and_int8_eval']:.0f} s)")
     return "\n".join(lines)
 
 
@@ -143,7 +156,8 @@ def _synthetic_size() -> tuple[int, int]:
     try:
         train, test = (int(v) for v in FLAGS.synthetic_size)
     except ValueError:
-        raise ValueError(f"--synthetic_size takes two integers 'train,test', got {','.join(FLAGS.synthetic_size)}") from None
+        raise ValueError(f"--synthetic_size takes two integers 'train,test', got "
+                         f"{','.join(FLAGS.synthetic_size)}") from None
     if train < 1 or test < 1:
         raise ValueError("--synthetic_size counts must be positive")
     return train, test
@@ -212,7 +226,8 @@ def _validate_flags(output_dir: str) -> None:
     # Memory the input alone needs, before TensorFlow or numpy fail with a traceback: one float32 training batch, and
     # the synthetic set, which is generated in memory as uint8.
     side = FLAGS.image_size
-    needed = {"one float32 training batch (--batch_size x --image_size^2 x 3 x 4 bytes)": FLAGS.batch_size * side * side * 12}
+    needed = {
+        "one float32 training batch (--batch_size x --image_size^2 x 3 x 4 bytes)": FLAGS.batch_size * side * side * 12}
     if FLAGS.dataset == "synthetic":
         train, test = _synthetic_size()
         if train < MIN_TRAIN_IMAGES:
@@ -264,16 +279,29 @@ def run() -> dict:
     """The whole job; returns the report. User errors raise exceptions with one-line messages."""
     import keras_models
     from keras_models.profile import totals
-    from pipeline.data import input_pipeline_throughput, load_dataset
-    from pipeline.android import install_into_android_app
-    from pipeline.distill import Distiller
     from pipeline import transfer
-    from pipeline.qat import (RangeRules, align_rescaling_ranges, calibrate_activation_ranges, clamp_saturated_ranges,
-                              quantize_model, quantize_scope)
-    from pipeline.train import (Recipe, auto_batch_norm_momentum, check_same_settings, fine_tune, one_hot, run_stage,
-                                set_batch_norm_momentum)
+    from pipeline.android import install_into_android_app
+    from pipeline.data import input_pipeline_throughput, load_dataset
+    from pipeline.distill import Distiller
+    from pipeline.qat import (
+        RangeRules,
+        align_rescaling_ranges,
+        calibrate_activation_ranges,
+        clamp_saturated_ranges,
+        quantize_model,
+        quantize_scope,
+    )
+    from pipeline.train import (
+        Recipe,
+        auto_batch_norm_momentum,
+        check_same_settings,
+        fine_tune,
+        one_hot,
+        run_stage,
+        set_batch_norm_momentum,
+    )
+    from tflite_export._cli import artifact_set, atomic_write_json, header, progress
     from tflite_export.export import MODEL_FILE, ModelInfo, export_model
-    from tflite_export._cli import artifact_set, atomic_write_json
 
     started = time.perf_counter()
     variant = keras_models.canonical_variant(FLAGS.variant)
@@ -299,6 +327,7 @@ def run() -> dict:
     os.makedirs(output_dir, exist_ok=True)
     keras.utils.set_random_seed(FLAGS.seed)
 
+    header(f"data: {FLAGS.dataset}")
     data = load_dataset(
         FLAGS.dataset, image_size=FLAGS.image_size, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
         on_bad_image=FLAGS.on_bad_image, cache_dir=os.path.join(output_dir, "cache"),
@@ -340,19 +369,23 @@ def run() -> dict:
         transfer.unfreeze_all_but_batch_norm(model)
         float_recipe = dataclasses.replace(float_recipe, learning_rate=FLAGS.fine_tune_learning_rate,
                                            optimizer="adam")
-    float_stage = run_stage("float", model, train, eval_ds, epochs=FLAGS.float_epochs, recipe=float_recipe, **stage_args)
-    float_acc = _eval_keras(model, data.eval)
+    float_stage = run_stage("float", model, train, eval_ds, epochs=FLAGS.float_epochs, recipe=float_recipe,
+                            **stage_args)
+    float_acc = _eval_keras(model, data.eval, "float evaluation")
     logging.info("float model: held-out top-1 %.4f", float_acc)
     _save_atomically(model, os.path.join(output_dir, "float_model.h5"))
 
     stages.append(float_stage)
     export_source, qat_acc = model, None
     if FLAGS.qat and FLAGS.qat_epochs:
+        header("quantization-aware training: fake-quant model and activation ranges")
         qat_model = quantize_model(model)
         if not os.path.exists(os.path.join(output_dir, "checkpoints", "qat.weights.h5")):
-            used = calibrate_activation_ranges(qat_model, (images for images, _ in data.train.take(FLAGS.calibration_batches)))
+            batches = progress(data.train.take(FLAGS.calibration_batches), desc="QAT range calibration", unit="batch")
+            used = calibrate_activation_ranges(qat_model, (images for images, _ in batches))
             clamped, aligned = clamp_saturated_ranges(qat_model), align_rescaling_ranges(qat_model)
-            logging.info("QAT: activation ranges calibrated on %d training batches, %d clamped where h-swish or the hard "
+            logging.info("QAT: activation ranges calibrated on %d training batches, %d clamped where h-swish or the "
+                         "hard "
                          "sigmoid saturates, %d x1/6 ranges aligned with their inputs", used, clamped, aligned)
         qat_recipe = Recipe(
             learning_rate=qat_learning_rate, warmup_epochs=0, weight_decay=FLAGS.weight_decay,
@@ -365,7 +398,7 @@ def run() -> dict:
             stages += fine_tune("qat", qat_trainee, train, eval_ds, epochs=FLAGS.qat_epochs,
                                 freeze_bn_epochs=freeze_bn_epochs, recipe=qat_recipe, batch_norm_model=qat_model,
                                 callbacks=(RangeRules(qat_model),), **stage_args)
-            qat_acc = _eval_keras(qat_model, data.eval)
+            qat_acc = _eval_keras(qat_model, data.eval, "QAT evaluation")
             # HDF5 cannot hold tfmot's shared quantizer variables; the SavedModel format round-trips them.
             _save_atomically(qat_model, os.path.join(output_dir, "qat_model"), save_format="tf")
         logging.info("QAT model: held-out top-1 %.4f", qat_acc)
@@ -379,23 +412,27 @@ def run() -> dict:
     )
     # Model, labels, card and report are staged together and published as one set when the last is written: a failure
     # (disk full, a failed check) leaves the previous run's set in place, never a new card beside an old model.
+    header(f"int8 export ({'QAT ranges' if export_source is not model else 'post-training calibration'}), "
+           "verification and int8 evaluation")
     with artifact_set(output_dir) as artifacts:
         export_started = time.perf_counter()
         export_report = export_model(
             export_source,
-            lambda: data.representative(FLAGS.calibration_images),
+            lambda: progress(data.representative(FLAGS.calibration_images), desc="int8 calibration",
+                             total=min(FLAGS.calibration_images, data.num_train)),
             output_dir=output_dir,
             labels=classes,
             info=info,
             io_dtype=FLAGS.io,
             hswish=FLAGS.hswish,
-            eval_batches=lambda: data.eval.as_numpy_iterator(),
+            eval_batches=lambda: progress(data.eval, desc="int8 evaluation", unit="batch"),
             reference_model=model,
             artifacts=artifacts,
         )
         export_seconds = time.perf_counter() - export_started
         latency = []
         if FLAGS.benchmark_runs:
+            header(f"latency: {FLAGS.benchmark_runs} LiteRT runs at 1 and 2 threads")
             from tflite_export.benchmark import benchmark_models
 
             for row in benchmark_models([artifacts.path(MODEL_FILE)], threads=[1, 2], runs=FLAGS.benchmark_runs,
@@ -405,7 +442,8 @@ def run() -> dict:
         report = {
             "config": {name: FLAGS[name].value for name in (
                 "variant", "alpha", "minimalistic", "dataset", "image_size", "batch_size", "float_epochs", "qat_epochs",
-                "freeze_bn_epochs", "recipe", "head_epochs", "fine_tune_learning_rate", "learning_rate", "qat_learning_rate", "qat_distill", "weight_decay", "label_smoothing", "weights",
+                "freeze_bn_epochs", "recipe", "head_epochs", "fine_tune_learning_rate", "learning_rate",
+                "qat_learning_rate", "qat_distill", "weight_decay", "label_smoothing", "weights",
                 "qat", "io", "hswish", "seed")},
             "model": {"name": model.name, "params": params, "madds": madds, "bn_momentum": bn_momentum},
             "data": {"spec": FLAGS.dataset, "num_train": data.num_train, "num_eval": data.num_eval,
@@ -437,10 +475,14 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from keras_models import WeightsError
     from pipeline.data import DataError
+    from tflite_export._cli import one_line_error, set_progress
     from tflite_export.convert import ConversionError
     from tflite_export.verify import VerificationError
 
-    from tflite_export._cli import one_line_error
+    # Without -v the console shows the stages, progress and results, not TensorFlow's own logs.
+    if FLAGS.verbosity >= 1:
+        backend.show_library_logs()
+    set_progress(FLAGS.verbose > 0)
 
     try:
         report = run()

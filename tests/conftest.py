@@ -31,7 +31,7 @@ def shared():
 
 TINY = [
     "--variant", "small", "--alpha", "0.35", "--image_size", "32", "--synthetic_size", "320,160", "--batch_size", "32",
-    "--calibration_images", "32", "--benchmark_runs", "5", "--verbose", "0",
+    "--calibration_images", "32", "--benchmark_runs", "5",
 ]
 
 
@@ -47,9 +47,11 @@ def run_pipeline(args) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-    """One small but complete pipeline run (float, QAT, frozen-BN QAT, export), shared by the tests that inspect it."""
+    """One small but complete pipeline run (float, QAT, frozen-BN QAT, export), shared by the tests that inspect it.
+    It uses the default console, which tests/test_console.py checks."""
     out = tmp_path_factory.mktemp("tiny_run")
-    result = run_pipeline([*TINY, "--float_epochs", "2", "--qat_epochs", "2", "--freeze_bn_epochs", "1", "--output_dir", str(out)])
+    result = run_pipeline([*TINY, "--float_epochs", "2", "--qat_epochs", "2", "--freeze_bn_epochs", "1",
+                           "--output_dir", str(out)])
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result
 
@@ -68,7 +70,8 @@ def tiny_classifier_keras(*, softmax: bool = True, classes: int = 4, batch_size:
     return keras.Model(inputs, x)
 
 
-def tiny_classifier_tflite(*, integer_io: bool = True, io_type: str = "uint8", softmax: bool = True, classes: int = 4) -> bytes:
+def tiny_classifier_tflite(*, integer_io: bool = True, io_type: str = "uint8", softmax: bool = True,
+                           classes: int = 4) -> bytes:
     """`tiny_classifier_keras`, post-training full-integer quantized (a few seconds)."""
     converter = tf.lite.TFLiteConverter.from_keras_model(tiny_classifier_keras(softmax=softmax, classes=classes))
     converter.optimizations = [tf.lite.Optimize.DEFAULT]

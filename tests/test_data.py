@@ -218,7 +218,7 @@ def test_bad_file_is_an_error_naming_it(tmp_path):
 def test_structural_problems_are_clear_errors(tmp_path, layout, expected):
     root = tmp_path / "data"
     root.mkdir()
-    for name, n in layout.items():
+    for name in layout:
         (root / name).mkdir()
     _make_class_folders(root, {k: n for k, n in layout.items() if n})
     with pytest.raises(DataError, match=expected) as info:

@@ -92,11 +92,12 @@ def test_qat_rounds_every_h_swish_se_and_residual_tensor_the_int8_file_holds(flo
             pytest.fail(f"{layer.name} was left unwrapped by QAT")
     # 19 h-swish (mul, div6 each) + 9 SE (div6, gate) + input rescale + residual adds; an add3 in each of the 28.
     assert fused == HSWISH_COUNT + 9 and checked >= 2 * HSWISH_COUNT + 2 * 9 + 1
-    assert any(isinstance(getattr(l, "quantize_config", None), OutputQuantizeConfig) for l in qat.layers)
+    assert any(isinstance(getattr(layer, "quantize_config", None), OutputQuantizeConfig) for layer in qat.layers)
     # Weights: symmetric, one range per output channel, as int8 TFLite kernels have: Conv2D (tfmot's default) and
     # DepthwiseConv2D (ours; tfmot's gives one range per kernel).
     for name, channels in (("quant_Conv_1", qat.get_layer("quant_Conv_1").layer.filters),
-                           ("quant_expanded_conv_3/depthwise", qat.get_layer("quant_expanded_conv_3/depthwise").input_shape[-1])):
+                           ("quant_expanded_conv_3/depthwise",
+                            qat.get_layer("quant_expanded_conv_3/depthwise").input_shape[-1])):
         kernel, quantizer, quantizer_vars = qat.get_layer(name)._weight_vars[0]
         assert quantizer.per_axis and quantizer.symmetric and quantizer.narrow_range, name
         assert quantizer_vars["min_var"].shape == (channels,) == quantizer_vars["max_var"].shape, name
@@ -125,7 +126,8 @@ def test_export_cli_converts_saved_float_and_qat_models(tiny_run, tmp_path):
     run_dir, _ = tiny_run
     for source, name in ((run_dir / "float_model.h5", "ptq"), (run_dir / "qat_model", "qat")):
         out = tmp_path / name
-        result = run_module("tflite_export.export", source, "--dataset", "synthetic", "--out", out, "--calibration-images", "16")
+        result = run_module("tflite_export.export", source, "--dataset", "synthetic", "--out", out,
+                            "--calibration-images", "16")
         assert result.returncode == 0, result.stderr[-2000:]
         analysis = verify(str(out / "model.tflite"))
         assert analysis.has_metadata and (out / "labels.txt").read_text().split()[0] == "circle"

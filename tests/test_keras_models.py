@@ -1,4 +1,5 @@
-"""keras_models: faithful to the papers (MAdds) and to keras.applications (params, layer names, outputs, weight files)."""
+"""keras_models: faithful to the papers (MAdds) and to keras.applications (params, layer names, outputs, weight
+files)."""
 
 from __future__ import annotations
 
@@ -43,8 +44,8 @@ def test_param_count_equals_keras_applications(variant, kw):
     reference = _reference(variant, input_shape=(224, 224, 3), **kw)
     assert ours.count_params() == reference.count_params()
     # Same weight names and shapes, layer by layer: this is what loading official .h5 files by name relies on.
-    ref_shapes = {l.name: [w.shape for w in l.get_weights()] for l in reference.layers if l.weights}
-    our_shapes = {l.name: [w.shape for w in l.get_weights()] for l in ours.layers if l.weights}
+    ref_shapes = {layer.name: [w.shape for w in layer.get_weights()] for layer in reference.layers if layer.weights}
+    our_shapes = {layer.name: [w.shape for w in layer.get_weights()] for layer in ours.layers if layer.weights}
     assert our_shapes == ref_shapes
 
 
@@ -98,7 +99,7 @@ def test_same_weights_same_outputs(variant):
         variant, input_shape=shape, include_preprocessing=in_model_rescale, classifier_activation=None, alpha=1.0
     )
     copied = keras_models.weights.copy_weights_by_name(reference, ours)
-    assert copied == len([l for l in ours.layers if l.weights])
+    assert copied == len([layer for layer in ours.layers if layer.weights])
     images = np.random.default_rng(1).uniform(0, 255, (4, *shape)).astype(np.float32)
     if not in_model_rescale:
         images = images / 127.5 - 1.0
@@ -124,7 +125,7 @@ def test_official_keras_v1_weight_file_loads_by_name():
 
 def test_h_swish_is_built_from_standard_layers_and_matches_keras():
     model = keras_models.build("small", input_shape=(64, 64, 3), alpha=0.5, num_classes=3)
-    kinds = {type(l).__name__ for l in model.layers}
+    kinds = {type(layer).__name__ for layer in model.layers}
     assert "TFOpLambda" not in kinds and "Lambda" not in kinds
     x = keras.Input((8,))
     ours = keras.Model(x, keras_models.blocks.hard_swish(x))

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from keras_models.backend import keras
-from tests.conftest import REPO, TINY, run_pipeline as _run
+from tests.conftest import REPO, TINY
+from tests.conftest import run_pipeline as _run
 from tflite_export.verify import analyze
 
 
@@ -56,6 +57,7 @@ def test_tiny_run_int8_depthwise_weights_are_the_ones_qat_trained_against(tiny_r
     in (the file computes what QAT trained against), and every channel spans the int8 range: its largest weight is
     +-127. With tfmot's default depthwise quantizer (one range per kernel) only the kernel's largest channel did."""
     from ai_edge_litert.interpreter import Interpreter
+
     from pipeline.qat import quantize_scope
 
     out, _ = tiny_run
@@ -117,7 +119,8 @@ def test_tiny_run_writes_labels_card_and_report(tiny_run):
     card = json.loads((out / "model_card.json").read_text())
     report = json.loads((out / "report.json").read_text())
     assert labels == card["classes"] == report["data"]["classes"] and len(labels) == 8
-    assert card["input"] == {**card["input"], "height": 32, "width": 32, "dtype": "uint8", "scale": 1.0, "zero_point": 0}
+    assert card["input"] == {**card["input"], "height": 32, "width": 32, "dtype": "uint8", "scale": 1.0,
+                             "zero_point": 0}
     acc = report["export"]["accuracy"]
     assert acc["images"] == 160 and 0.0 <= acc["int8_top1"] <= 1.0
     assert report["throughput"]["input_pipeline_images_per_s"] > 0
@@ -132,7 +135,8 @@ def test_tiny_run_writes_labels_card_and_report(tiny_run):
 
 def test_rerun_of_a_finished_run_skips_training(tiny_run, tmp_path):
     out, _ = tiny_run
-    result = _run([*TINY, "--float_epochs", "2", "--qat_epochs", "2", "--freeze_bn_epochs", "1", "--output_dir", str(out)])
+    result = _run([*TINY, "--float_epochs", "2", "--qat_epochs", "2", "--freeze_bn_epochs", "1", "--output_dir",
+                   str(out)])
     assert result.returncode == 0, result.stderr[-2000:]
     assert "float: already finished in an earlier run" in result.stderr
     assert "qat_bn_frozen: already finished in an earlier run" in result.stderr
@@ -144,7 +148,8 @@ def test_rerun_of_a_finished_run_skips_training(tiny_run, tmp_path):
 def test_rerun_with_other_epochs_stops_instead_of_reusing_the_old_stage(tiny_run):
     out, _ = tiny_run
     before = {p: p.stat().st_mtime_ns for p in out.glob("**/*") if p.is_file()}
-    result = _run([*TINY, "--float_epochs", "5", "--qat_epochs", "2", "--freeze_bn_epochs", "1", "--output_dir", str(out)])
+    result = _run([*TINY, "--float_epochs", "5", "--qat_epochs", "2", "--freeze_bn_epochs", "1", "--output_dir",
+                   str(out)])
     assert result.returncode == 2, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "float stage trained with other settings (epochs 2 -> 5)" in last, last

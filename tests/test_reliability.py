@@ -205,7 +205,8 @@ def test_evaluate_still_accepts_1001_outputs_with_background_on_1000_imagenet_cl
 
 
 def test_export_cli_refuses_classes_it_cannot_match_to_the_outputs(tiny_run, tmp_path, capsys):
-    """wnid folders and a label file of names: the accuracy check would compare unrelated indices (it printed 0.0000)."""
+    """wnid folders and a label file of names: the accuracy check would compare unrelated indices (it printed
+    0.0000)."""
     from tflite_export import export
     from tflite_export._cli import run_main
 

@@ -9,13 +9,12 @@ import zipfile
 
 import numpy as np
 import pytest
-
 from ai_edge_litert.interpreter import Interpreter
 
+from tests.conftest import tiny_classifier_tflite
 from tflite_export._cli import ModelError
 from tflite_export.metadata import MetadataError, metadata_to_json_dict, read_metadata, write_metadata
 from tflite_export.verify import analyze
-from tests.conftest import tiny_classifier_tflite
 
 LABELS = ["ant", "bee", "wasp, yellowjacket", "hornet"]
 FIELDS = dict(name="Tiny classifier", description="A 4-class test model.", version="0.1.0", author="MobileNet team",

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from keras_models.backend import keras, tf
-from tflite_export import benchmark, evaluate, inspect as inspect_tool
+from tests.conftest import run_module, tiny_classifier_tflite
+from tflite_export import benchmark, evaluate
+from tflite_export import inspect as inspect_tool
 from tflite_export._cli import ModelError, run_main
 from tflite_export.verify import VerificationError, analyze, verify
-from tests.conftest import run_module, tiny_classifier_tflite
 
 V3_SMALL = ("reference_models", "mobilenet_v3", "v3-small_224_1.0_uint8.tflite")
 

@@ -12,7 +12,8 @@ import secrets
 import shutil
 import struct
 import sys
-from typing import Callable, Iterator, Sequence
+import threading
+from typing import Callable, Iterable, Iterator, Sequence
 
 EXIT_OK = 0
 EXIT_FAIL = 1  # the tool ran but a check it was asked to enforce failed
@@ -89,7 +90,7 @@ def _check_structure(data: bytes, origin: str) -> None:
             model.OperatorCodes(i).BuiltinCode()
         for i in range(model.MetadataLength()):
             model.Metadata(i).Name()
-    except (struct.error, IndexError, TypeError, ValueError, AttributeError, UnicodeError) as exc:
+    except (struct.error, IndexError, TypeError, ValueError, AttributeError, UnicodeError):
         raise ModelError(f"{origin}: truncated or corrupt TFLite flatbuffer ({len(data):,} bytes, "
                          "tables point past the end)") from None
 
@@ -264,7 +265,8 @@ def one_line_error(exc: BaseException) -> str:
     """The message of an expected failure as one line; disk-full and out-of-memory errors say what to do."""
     if isinstance(exc, MemoryError):
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return f"out of memory{': ' + detail if detail else ''}; use a smaller input (image size, batch size, image count)"
+        return (f"out of memory{': ' + detail if detail else ''}; use a smaller input (image size, batch size, image "
+                "count)")
     message = str(exc).strip().replace("\n", "; ") or type(exc).__name__
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC and "no space" not in message.lower():
         message = f"no space left on device: {message}"
@@ -279,3 +281,51 @@ def parse_int_list(text: str) -> list[int]:
     if not values or any(v < 1 for v in values):
         raise ValueError(f"expected positive integers, got {text!r}")
     return values
+
+
+# Progress bars (tqdm) are drawn unless a tool turns them off (the pipeline's --verbose 0).
+_progress_enabled = True
+
+
+def set_progress(enabled: bool) -> None:
+    global _progress_enabled
+    _progress_enabled = bool(enabled)
+
+
+def progress(iterable: Iterable, *, desc: str, total: int | None = None, unit: str = "img"):
+    """`iterable` with a tqdm bar (count, rate, ETA when `total` is known) on the real stderr, so it stays visible
+    while TensorFlow's native logs are captured (calibration runs inside the converter call)."""
+    from tqdm import tqdm
+
+    from keras_models.backend import console
+
+    return tqdm(iterable, desc=desc, total=total, unit=unit, file=console, disable=not _progress_enabled)
+
+
+@contextlib.contextmanager
+def elapsed(desc: str, seconds: float = 1.0) -> Iterator[None]:
+    """A tqdm line with the time spent so far, redrawn every `seconds` during one call that reports no progress of its
+    own (TFLite conversion): it claims no percentage and no ETA."""
+    from tqdm import tqdm
+
+    from keras_models.backend import console
+
+    with tqdm(desc=desc, bar_format="{desc}: {elapsed} elapsed", file=console, disable=not _progress_enabled) as bar:
+        stop = threading.Event()
+
+        def tick():
+            while not stop.wait(seconds):
+                bar.refresh()
+
+        ticker = threading.Thread(target=tick, daemon=True)
+        ticker.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            ticker.join()
+
+
+def header(title: str) -> None:
+    """The line that opens a stage of a long command on the console (stdout, beside Keras' progress and the summary)."""
+    print(f"\n== {title}", flush=True)

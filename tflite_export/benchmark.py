@@ -18,7 +18,14 @@ from typing import Sequence
 
 import numpy as np
 
-from tflite_export._cli import EXIT_OK, atomic_write_json, check_writable_file, load_model_bytes, parse_int_list, run_main
+from tflite_export._cli import (
+    EXIT_OK,
+    atomic_write_json,
+    check_writable_file,
+    load_model_bytes,
+    parse_int_list,
+    run_main,
+)
 
 PROG = "python -m tflite_export.benchmark"
 

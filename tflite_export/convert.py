@@ -22,8 +22,9 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from keras_models.backend import keras, tf
+from keras_models.backend import keras, native_logs_captured, tf
 from pipeline.qat import is_qat_model, quantize_scope, widen_empty_kernel_ranges
+from tflite_export._cli import elapsed
 
 IO_DTYPES = {"uint8": tf.uint8, "int8": tf.int8}
 HSWISH_MODES = ("lowered", "builtin")
@@ -102,8 +103,10 @@ def convert(
     converter.inference_input_type = IO_DTYPES[io_dtype]
     converter.inference_output_type = IO_DTYPES[io_dtype]
     try:
-        content = converter.convert()
-    except Exception as err:  # noqa: BLE001 - the converter raises many types; one line is what users need
+        # The converter logs its settings natively on every call (shown with the pipeline's -v 1, or on failure).
+        with elapsed("converting to int8 TFLite"), native_logs_captured():
+            content = converter.convert()
+    except Exception as err:  # the converter raises many types; one line is what users need
         message = str(err).strip().splitlines()
         raise ConversionError(f"TFLite conversion failed: {message[0] if message else type(err).__name__}") from err
     # With no calibration image the converter does not fail: it leaves float tensors that only verification notices.

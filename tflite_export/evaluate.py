@@ -153,9 +153,10 @@ def evaluate_tflite(
     """Top-1/top-5 of a TFLite classifier over (image path, class index) pairs.
 
     mean/std: None -> the model's metadata, else 127.5/127.5. input_mode: "auto" (uint8 input = pixel bytes, see the
-    module doc) or "quantize" (quantize_input with mean/std for any integer input). label_offset: None -> 1 when the model has exactly one
-    output more than `num_classes` (background class), else 0. Returns a dict with top1, top5 (fractions), n,
-    correct_top1, correct_top5, mean, std, normalization_source, label_offset, input (shape/dtype/quantization),
+    module doc) or "quantize" (quantize_input with mean/std for any integer input). label_offset: None -> 1 when the
+    model has exactly one output more than `num_classes` (background class), else 0. Returns a dict with top1, top5
+    (fractions), n, correct_top1, correct_top5, mean, std, normalization_source, label_offset, input
+    (shape/dtype/quantization),
     seconds.
     """
     from ai_edge_litert.interpreter import Interpreter
@@ -293,7 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "label_offset": classes["label_offset"], "num_classes": len(dataset["class_names"])})
     print(f"normalization: mean={result['mean']} std={result['std']} ({result['normalization_source']}); "
           f"input {result['input']['dtype']} fed as {result['input_feed']}")
-    print(f"dataset: {result['dataset']} ({result['layout']}, {result['num_classes']} classes, {result['class_mapping']}"
+    print(f"dataset: {result['dataset']} ({result['layout']}, {result['num_classes']} classes, "
+          f"{result['class_mapping']}"
           f"{', labels shifted by 1 for the background class' if result['label_offset'] else ''})")
     print(f"top-1: {100 * result['top1']:.2f}%  top-5: {100 * result['top5']:.2f}%  "
           f"({result['n']} images, {result['seconds']:.1f} s)")

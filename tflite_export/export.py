@@ -23,9 +23,16 @@ from keras_models.backend import keras
 from pipeline.preprocessing import dequantize, quantize_input
 from tflite_export import metadata as tflite_metadata
 from tflite_export import verify as tflite_verify
+from tflite_export._cli import (
+    ArtifactSet,
+    artifact_set,
+    atomic_write_bytes,
+    atomic_write_json,
+    check_writable_dir,
+    run_main,
+)
 from tflite_export.convert import ConversionError, RepresentativeData, convert
 from tflite_export.evaluate import map_classes_to_outputs
-from tflite_export._cli import ArtifactSet, artifact_set, atomic_write_bytes, atomic_write_json, check_writable_dir, run_main
 
 MODEL_FILE = "model.tflite"
 LABELS_FILE = "labels.txt"
@@ -197,7 +204,8 @@ def _load_keras_model(path: str) -> keras.Model:
         with quantize_scope():
             return keras.models.load_model(path, compile=False)
     except Exception as err:  # noqa: BLE001 - corrupt files raise many types
-        raise ConversionError(f"could not load a Keras model from {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+        raise ConversionError(f"could not load a Keras model from {path}: "
+                              f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     # Everything that can be refused without the model is refused before loading and converting it (~40 s).
     check_writable_dir(args.out, "--out")
     if args.calibration_images < MIN_CALIBRATION_IMAGES:
-        raise ValueError(f"--calibration-images must be at least {MIN_CALIBRATION_IMAGES}, got {args.calibration_images}")
+        raise ValueError(f"--calibration-images must be at least {MIN_CALIBRATION_IMAGES}, got "
+                         f"{args.calibration_images}")
     labels = None
     if args.labels:
         try:
@@ -252,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"classes: {classes['mapping']}")
     acc = report.get("accuracy", {})
-    print(f"wrote {report['model_file']} ({report['size_bytes']:,} bytes); int8 top-1 {acc.get('int8_top1', float('nan')):.4f}, "
+    print(f"wrote {report['model_file']} ({report['size_bytes']:,} bytes); int8 top-1 "
+          f"{acc.get('int8_top1', float('nan')):.4f}, "
           f"keras top-1 {acc.get('keras_top1', float('nan')):.4f}, agreement {acc.get('agreement', float('nan')):.4f}")
     return 0
 

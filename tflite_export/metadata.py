@@ -58,7 +58,8 @@ def _metadata_schema():
     file needs nothing but `flatbuffers`, so it is loaded from the installed package directly.
     """
     spec = importlib.util.find_spec("mediapipe")  # locates the package without executing its __init__
-    path = os.path.join(os.path.dirname(spec.origin), "tasks", "metadata", "metadata_schema_py_generated.py") if spec else ""
+    path = os.path.join(os.path.dirname(spec.origin), "tasks", "metadata",
+                        "metadata_schema_py_generated.py") if spec else ""
     if not os.path.isfile(path):
         raise MetadataError(
             "the TFLite metadata schema comes from the 'mediapipe' package, which is not installed: "

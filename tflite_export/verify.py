@@ -244,7 +244,7 @@ def _xnnpack_analysis(data: bytes) -> dict:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return dict(xnnpack_partitions=None, xnnpack_undelegated={}, xnnpack_undelegated_edge={},
                     xnnpack_error=f"LiteRT could not load the model: {first}")
-    w = interpreter._interpreter  # the pybind wrapper: NodeName/NodeInputs/NodeOutputs cover the delegate nodes too
+    w = interpreter._interpreter  # noqa: SLF001 - the pybind wrapper: NodeName/NodeInputs/NodeOutputs cover the delegate nodes too
     n = w.NumNodes()
     names = [w.NodeName(i) for i in range(n)]
     node_inputs = [[int(t) for t in w.NodeInputs(i)] for i in range(n)]
@@ -344,7 +344,8 @@ def problems_of(
                         "network's activations died, typically from training on too few images")
     if analysis.dynamic_tensors:
         problems.append(f"dynamic shapes (shape_signature -1, fixed batch 1 expected): {analysis.dynamic_tensors[0]}"
-                        + (f" and {len(analysis.dynamic_tensors) - 1} more" if len(analysis.dynamic_tensors) > 1 else ""))
+                        + (f" and {len(analysis.dynamic_tensors) - 1} more"
+                           if len(analysis.dynamic_tensors) > 1 else ""))
     for name in _FIXED_BATCH_FORBIDDEN_OPS:
         if hist.get(name):
             problems.append(f"{hist[name]} {name} op(s) (dynamic-shape arithmetic; fixed batch 1 expected)")
