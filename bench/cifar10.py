@@ -49,7 +49,7 @@ def stage_curves(log_path: str) -> dict[str, list[float]]:
         return curves
     with open(log_path, errors="replace") as f:
         for line in f:
-            m = re.search(r"\b(float|qat|qat_bn_frozen): epoch (\d+) done", line)
+            m = re.search(r"\b(head|float|qat|qat_bn_frozen): epoch (\d+) done", line)
             if m:
                 stage = m.group(1)
                 continue

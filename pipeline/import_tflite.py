@@ -36,13 +36,22 @@ flags.DEFINE_integer("image_size", 224, "Input resolution of the exported model.
 flags.DEFINE_string("labels", None, "Label file, one class per line: 1000 ImageNet names (or 1001 with background).")
 flags.DEFINE_string("calibration_dir", None, "Folder of images (any layout) for the ranges the file has none for.")
 flags.DEFINE_integer("calibration_images", 64, "Images used from --calibration_dir.")
-flags.DEFINE_string("eval_dir", None, "Optional: class folders or the ImageNet-samples layout, for int8 vs float top-1.")
+flags.DEFINE_string(
+    "distill_dir", None,
+    "Optional: folder of unlabeled photos (any layout) on which the int8 model is fine-tuned to give the file's own "
+    "outputs, with the file's ranges held (a few minutes; BENCHMARKS.md has what it gains). Not the --eval_dir.")
+flags.DEFINE_integer("distill_epochs", 2, "Epochs over the --distill_dir views.")
+flags.DEFINE_integer("distill_views", 3, "Views per photo: the evaluation crop, then random crops and flips.")
+flags.DEFINE_float("distill_learning_rate", 2e-5, "Adam learning rate of the distillation.")
+flags.DEFINE_string("eval_dir", None,
+                    "Optional: class folders or the ImageNet-samples layout, for int8 vs float top-1.")
 flags.DEFINE_enum("io", "uint8", ["uint8", "int8"], "Input/output dtype of the TFLite model.")
 flags.DEFINE_string("output_dir", "runs/imagenet-small", "Where the artifacts go.")
 flags.DEFINE_boolean("android", False, "Also install the model as the demo app's bundled model.")
 flags.mark_flags_as_required(["weights", "labels", "calibration_dir"])
 
 EVAL_BATCH = 50
+REPORT_FILE = "import_report.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +61,7 @@ class ImportReport:
     classes: int
     ranges_from_file: int
     ranges_calibrated: int
+    distilled_images: int
     model_file: str
     size_bytes: int
     ops: dict
@@ -62,13 +72,15 @@ class ImportReport:
     seconds: float
 
 
-def _image_files(folder: str, limit: int) -> list[str]:
+def _image_files(folder: str, limit: int | None = None) -> list[str]:
     from pipeline.data import IMAGE_EXTENSIONS
 
     files = sorted(os.path.join(root, name) for root, _, names in os.walk(folder) for name in names
                    if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."))
     if not files:
-        raise ValueError(f"--calibration_dir {folder}: no images ({', '.join(IMAGE_EXTENSIONS)})")
+        raise ValueError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)})")
+    if limit is None:
+        return files
     step = max(1, len(files) // limit)  # spread over the folder's classes rather than the first sorted ones
     return files[::step][:limit]
 
@@ -84,35 +96,42 @@ def _read_labels(path: str) -> list[str]:
     return labels
 
 
-def import_and_export() -> ImportReport:
+def import_and_export(artifacts) -> ImportReport:
+    """Import, export into `artifacts` (a tflite_export._cli.ArtifactSet); returns the report."""
     import numpy as np
 
     import keras_models
     from keras_models.backend import keras
-    from keras_models.tflite_weights import read_tflite
+    from keras_models.tflite_weights import load_tflite_weights
     from pipeline.preprocessing import load_eval_image
-    from pipeline.qat import (align_rescaling_ranges, calibrate_activation_ranges, import_activation_ranges,
-                              quantize_model)
+    from pipeline.qat import (
+        activation_range_count,
+        align_rescaling_ranges,
+        calibrate_activation_ranges,
+        import_activation_ranges,
+        quantize_model,
+    )
     from tflite_export.export import ModelInfo, export_model
 
     started = time.perf_counter()
     labels = _read_labels(FLAGS.labels)
     size = FLAGS.image_size
+    calibration_files = _image_files(FLAGS.calibration_dir, FLAGS.calibration_images)  # fail before the slow part
     model = keras_models.build(FLAGS.variant, input_shape=(size, size, 3), alpha=FLAGS.alpha,
-                               num_classes=len(labels), weights=FLAGS.weights)
-    graph = read_tflite(FLAGS.weights)
+                               num_classes=len(labels))
+    graph = load_tflite_weights(model, FLAGS.weights)
     for layer in model.layers:  # the BatchNorms hold folded biases: keep them in inference mode (tflite_weights)
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
     qat_model = quantize_model(model)
 
-    calibration = np.stack([load_eval_image(p, size)
-                            for p in _image_files(FLAGS.calibration_dir, FLAGS.calibration_images)])
+    calibration = np.stack([load_eval_image(p, size) for p in calibration_files])
     batches = [calibration[i:i + 16] for i in range(0, len(calibration), 16)]
     calibrate_activation_ranges(qat_model, batches)
     imported = import_activation_ranges(qat_model, graph.ranges)
     align_rescaling_ranges(qat_model)
-    total = sum(1 for layer in qat_model.layers if _has_output_range(layer))
+    distilled = _distill(qat_model, len(labels)) if FLAGS.distill_dir else 0
+    total = activation_range_count(qat_model)
 
     eval_batches = None
     if FLAGS.eval_dir:
@@ -134,39 +153,70 @@ def import_and_export() -> ImportReport:
                      f"{len(labels)} ImageNet classes"))
     report = export_model(qat_model, lambda: (calibration[i:i + 1] for i in range(len(calibration))),
                           output_dir=FLAGS.output_dir, labels=labels, info=info, io_dtype=FLAGS.io,
-                          eval_batches=eval_batches, reference_model=model)
+                          eval_batches=eval_batches, reference_model=model, artifacts=artifacts)
     accuracy = report.get("accuracy", {})
     return ImportReport(
         weights=FLAGS.weights, variant=FLAGS.variant, classes=len(labels), ranges_from_file=len(imported),
-        ranges_calibrated=total - len(imported), model_file=report["model_file"], size_bytes=report["size_bytes"],
-        ops=report["ops"], float_top1=accuracy.get("keras_top1"), int8_top1=accuracy.get("int8_top1"),
+        ranges_calibrated=total - len(imported), distilled_images=distilled, model_file=report["model_file"],
+        size_bytes=report["size_bytes"], ops=report["ops"], float_top1=accuracy.get("keras_top1"),
+        int8_top1=accuracy.get("int8_top1"),
         agreement=accuracy.get("agreement"), eval_images=accuracy.get("images", 0),
         seconds=time.perf_counter() - started)
 
 
-def _has_output_range(layer) -> bool:
-    from pipeline.qat import _output_range
+def _distill(qat_model, classes: int) -> int:
+    """Fine-tune the QAT model towards the file's own outputs on --distill_dir photos; returns how many views.
 
-    return _output_range(layer) is not None
+    Our int8 graph rounds differently from the file (h-swish as ADD/RELU6/MUL rounds its gate once more, weights per
+    channel instead of per tensor), and the file's weights were trained for its rounding; a short fine-tune with the
+    file as teacher lets the weights adapt to ours. The ranges stay the file's (KeepRanges), BatchNorm stays frozen."""
+    import numpy as np
+
+    from keras_models.backend import keras, tf
+    from pipeline.distill import tflite_soft_targets
+    from pipeline.preprocessing import decode_rgb, load_eval_image, train_augment
+    from pipeline.qat import KeepRanges, quantize_scope
+
+    files = _image_files(FLAGS.distill_dir)
+    size = FLAGS.image_size
+    views = []
+    for view in range(FLAGS.distill_views):
+        for index, path in enumerate(files):
+            if view == 0:
+                views.append(load_eval_image(path, size))
+            else:
+                image = decode_rgb(tf.io.read_file(path))
+                views.append(train_augment(image, size, seed=tf.constant([view, index])).numpy())
+    images = np.round(np.stack(views))  # the pixel bytes both models see
+    targets = tflite_soft_targets(FLAGS.weights, images, classes)
+    with quantize_scope():
+        qat_model.compile(optimizer=keras.optimizers.Adam(FLAGS.distill_learning_rate),
+                          loss=keras.losses.CategoricalCrossentropy())
+        qat_model.fit(images, targets, batch_size=16, epochs=FLAGS.distill_epochs, shuffle=True,
+                      callbacks=[KeepRanges(qat_model)], verbose=1)
+    return len(images)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from keras_models import WeightsError
-    from tflite_export._cli import atomic_write_json
+    from tflite_export._cli import artifact_set, atomic_write_json, one_line_error
     from tflite_export.convert import ConversionError
     from tflite_export.verify import VerificationError
 
     try:
-        report = import_and_export()
-        atomic_write_json(os.path.join(FLAGS.output_dir, "import_report.json"), dataclasses.asdict(report))
+        # The report lands with the model, labels and card as one set (a rerun never leaves an old report beside a
+        # new model).
+        with artifact_set(FLAGS.output_dir) as artifacts:
+            report = import_and_export(artifacts)
+            atomic_write_json(artifacts.path(REPORT_FILE), dataclasses.asdict(report))
         if FLAGS.android:
             from pipeline.android import install_into_android_app
 
             install_into_android_app(FLAGS.output_dir)
     except (WeightsError, ConversionError, VerificationError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line_error(err)}", file=sys.stderr)
         sys.exit(2)
     print(f"\nmodel        {report.model_file}  {report.size_bytes / 1024:.0f} KiB, {report.classes} classes, "
           f"HARD_SWISH {report.ops.get('HARD_SWISH', 0)}")
@@ -175,6 +225,8 @@ def main(argv):
     if report.eval_images:
         print(f"top-1        float {report.float_top1:.4f}, int8 {report.int8_top1:.4f} on {report.eval_images} "
               f"images; int8 agrees with float on {report.agreement:.1%}")
+    if report.distilled_images:
+        print(f"distilled    {report.distilled_images} views of --distill_dir, {FLAGS.distill_epochs} epochs")
     print(f"time         {report.seconds:.0f} s")
 
 

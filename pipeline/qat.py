@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
+from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_layout_transform import (  # noqa: E501
+    Default8BitQuantizeLayoutTransform,
+)
+
 # Not exported by tfmot: the config class its registry uses for convolutions (weights per channel, output left to
 # the BatchNorm that follows), which the depthwise config below reuses with another weight quantizer.
 from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_registry import (
-    Default8BitConvQuantizeConfig)
-from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_layout_transform import (  # noqa: E501
-    Default8BitQuantizeLayoutTransform)
+    Default8BitConvQuantizeConfig,
+)
 
 from keras_models.backend import keras
 
@@ -190,8 +193,8 @@ def calibrate_activation_ranges(qat_model: keras.Model, batches) -> int:
     tfmot starts every activation range at [-6, 6] and moves it with an EMA of decay 0.999: after 400 steps the
     initial value still weighs 67%, so a short QAT fine-tune trains against ranges that clip wide activations (the
     h-swish product reaches ~24) and waste resolution on narrow ones (BN outputs of ~2.5). Measured on CIFAR-10: the
-    float model's 72.6% held-out top-1 fell to 63% in the first QAT epoch and ended at 69.2% int8. A few forward passes in
-    which the EMA becomes a running mean (decay i/(i+1) at batch i) start QAT from calibrated ranges instead, as
+    float model's 72.6% held-out top-1 fell to 63% in the first QAT epoch and ended at 69.2% int8. A few forward passes
+    in which the EMA becomes a running mean (decay i/(i+1) at batch i) start QAT from calibrated ranges instead, as
     post-training quantization would. tfmot has no option for this, so its `MovingAvgQuantize` is wrapped for the
     duration of the calibration; the model runs eagerly so that every call goes through the wrapper.
     """
@@ -224,6 +227,11 @@ def _output_range(layer):
         return None
     maximum = next(w for w in layer.non_trainable_weights if w.name == minimum.name.replace("_min:0", "_max:0"))
     return minimum, maximum
+
+
+def activation_range_count(qat_model: keras.Model) -> int:
+    """How many layers' outputs have a fake-quant range."""
+    return sum(_output_range(layer) is not None for layer in qat_model.layers)
 
 
 def scaled_range_pairs(qat_model: keras.Model) -> list[tuple]:
@@ -360,7 +368,8 @@ class RangeRules(keras.callbacks.Callback):
 
 
 def is_qat_model(model: keras.Model) -> bool:
-    return any(isinstance(layer, qk.QuantizeWrapper) or type(layer).__name__ == "QuantizeLayer" for layer in model.layers)
+    return any(isinstance(layer, qk.QuantizeWrapper) or type(layer).__name__ == "QuantizeLayer"
+               for layer in model.layers)
 
 
 # Where a TF-slim MobileNetV3 .tflite file (Google's published V3 files) holds the activation that each of our
@@ -392,13 +401,13 @@ def tf_slim_v3_tensor(layer_name: str) -> str | None:
 
 
 def import_activation_ranges(qat_model: keras.Model, ranges: dict[str, tuple[float, float]],
-                             tensor_name=tf_slim_v3_tensor) -> list[str]:
+                             tensor_name=tf_slim_v3_tensor, skip: tuple[str, ...] = ()) -> list[str]:
     """Set the fake-quant range of every layer whose output the quantized file also holds to the file's range (see
     keras_models.tflite_weights: a published file's weights were trained under these ranges); returns the layers set.
 
     The x1/6 of h-swish is a pure scaling: its input (the product) gets the file's h-swish range times 6, so that
     `align_rescaling_ranges` leaves both as imported. Ranges the file has no tensor for (h-swish's inner relu6(x+3),
-    the input rescaling) keep what calibration gave them."""
+    the input rescaling) keep what calibration gave them, and so do the layers named in `skip` (a new classifier)."""
     scalings = {}
     for layer in qat_model.layers:
         inner = getattr(layer, "layer", None)
@@ -408,7 +417,7 @@ def import_activation_ranges(qat_model: keras.Model, ranges: dict[str, tuple[flo
     for layer in qat_model.layers:
         variables = _output_range(layer)
         name = tensor_name(_inner(layer).name)
-        if variables is None or name not in ranges:
+        if variables is None or name not in ranges or _inner(layer).name in skip:
             continue
         low, high = ranges[name]
         variables[0].assign(low)
@@ -421,3 +430,18 @@ def import_activation_ranges(qat_model: keras.Model, ranges: dict[str, tuple[flo
                 source_range[0].assign(low / scale)
                 source_range[1].assign(high / scale)
     return imported
+
+
+class KeepRanges(keras.callbacks.Callback):
+    """Holds every activation range at the value it had when this callback was made (imported from a file): the
+    moving averages of a short fine-tune would otherwise pull them away from the ranges the weights were trained
+    under."""
+
+    def __init__(self, qat_model: keras.Model):
+        super().__init__()
+        self.saved = [(variable, variable.numpy()) for layer in qat_model.layers
+                      for variable in (_output_range(layer) or ())]
+
+    def on_train_batch_end(self, batch, logs=None):
+        for variable, value in self.saved:
+            variable.assign(value)

@@ -279,6 +279,7 @@ def run() -> dict:
     """The whole job; returns the report. User errors raise exceptions with one-line messages."""
     import keras_models
     from keras_models.profile import totals
+    from keras_models.tflite_weights import read_tflite
     from pipeline import transfer
     from pipeline.android import install_into_android_app
     from pipeline.data import input_pipeline_throughput, load_dataset
@@ -288,6 +289,7 @@ def run() -> dict:
         align_rescaling_ranges,
         calibrate_activation_ranges,
         clamp_saturated_ranges,
+        import_activation_ranges,
         quantize_model,
         quantize_scope,
     )
@@ -383,6 +385,11 @@ def run() -> dict:
         if not os.path.exists(os.path.join(output_dir, "checkpoints", "qat.weights.h5")):
             batches = progress(data.train.take(FLAGS.calibration_batches), desc="QAT range calibration", unit="batch")
             used = calibrate_activation_ranges(qat_model, (images for images, _ in batches))
+            if str(FLAGS.weights).endswith(".tflite"):
+                # The backbone's weights were trained under the file's activation ranges: start QAT from them.
+                imported = import_activation_ranges(qat_model, read_tflite(FLAGS.weights).ranges,
+                                                    skip=(transfer.classifier(model).name,))
+                logging.info("QAT: %d activation ranges taken from %s", len(imported), FLAGS.weights)
             clamped, aligned = clamp_saturated_ranges(qat_model), align_rescaling_ranges(qat_model)
             logging.info("QAT: activation ranges calibrated on %d training batches, %d clamped where h-swish or the "
                          "hard "

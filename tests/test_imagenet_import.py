@@ -128,7 +128,8 @@ def test_transfer_recipe_runs_end_to_end_with_frozen_batch_norm(tmp_path):
     out = tmp_path / "run"
     result = run_pipeline([
         "--weights", shared_path("reference_models", *V3_SMALL), "--dataset", folder, "--image_size", "32",
-        "--batch_size", "8", "--head_epochs", "1", "--float_epochs", "1", "--noqat", "--calibration_images", "8", "--benchmark_runs", "0", "--verbose", "0", "--output_dir", out])
+        "--batch_size", "8", "--head_epochs", "1", "--float_epochs", "1", "--noqat", "--calibration_images", "8",
+        "--benchmark_runs", "0", "--verbose", "0", "--output_dir", out])
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["config"]["recipe"] == "transfer" and set(report["stages"]) >= {"head", "float"}
@@ -137,3 +138,83 @@ def test_transfer_recipe_runs_end_to_end_with_frozen_batch_norm(tmp_path):
     float_model = keras.models.load_model(out / "float_model.h5", compile=False)
     _, _, mean, variance = float_model.get_layer("expanded_conv_5/expand/BatchNorm").get_weights()
     assert np.all(mean == 0) and np.allclose(variance + 1e-3, 1)
+
+
+def test_distillation_targets_are_the_files_probabilities_without_background():
+    from pipeline.distill import tflite_soft_targets
+
+    path = shared_path("reference_models", *V3_SMALL)
+    photos = sorted(shared_path("datasets", "test-photos").iterdir())[:3]
+    pixels = np.stack([np.round(load_eval_image(str(p), 224)) for p in photos])
+    targets = tflite_soft_targets(str(path), pixels, classes=1000)
+    assert targets.shape == (3, 1000) and np.allclose(targets.sum(-1), 1, atol=1e-5)
+    np.testing.assert_array_equal(targets.argmax(-1), _file_top1(path, pixels) - 1)
+
+
+def test_keep_ranges_holds_imported_ranges_through_training_steps():
+    from pipeline.qat import KeepRanges, _output_range, quantize_model
+
+    qat = quantize_model(keras_models.build("small", input_shape=(32, 32, 3), alpha=0.35, num_classes=4))
+    minimum, _ = _output_range(qat.get_layer("quant_expanded_conv_3/squeeze_excite/Mul"))
+    minimum.assign(-1.5)
+    keep = KeepRanges(qat)
+    qat(np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32), training=True)
+    assert float(minimum) != -1.5  # the moving average moved it ...
+    keep.on_train_batch_end(0)
+    assert float(minimum) == -1.5  # ... and the callback put the imported value back
+
+
+def test_every_imported_layer_reproduces_the_files_output_from_the_files_input():
+    """Layer by layer, not end to end: each conv (+ BatchNorm, + ReLU where the file fuses one) fed the file's own
+    int8 input tensor gives the file's output tensor up to the file's rounding: about a quarter of a quantization step
+    on average (uniform rounding error), never much more than one. A wrong layout, stride, padding or folded bias is
+    off by many steps."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    path = shared_path("reference_models", *V3_SMALL)
+    model = keras_models.build("small", num_classes=1001, weights=str(path))
+    interpreter = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True,
+                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter.allocate_tensors()
+    photo = shared_path("datasets", "test-photos", "grace_hopper.jpg")
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"],
+                           np.round(load_eval_image(str(photo), 224)).astype(np.uint8)[None])
+    interpreter.invoke()
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+
+    def dequantized(index):
+        scale, zero_point = tensors[index]["quantization"]
+        return (interpreter.get_tensor(index).astype(np.float32) - zero_point) * scale, scale
+
+    ops = [op for op in interpreter._get_ops_details() if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D")]
+    layers = [layer for layer in model.layers if type(layer) in (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)]
+    assert len(ops) == len(layers) == 54
+    for layer, op in zip(layers, ops):
+        x, _ = dequantized(op["inputs"][0])
+        expected, step = dequantized(op["outputs"][0])
+        source = layer.inbound_nodes[0].inbound_layers
+        if isinstance(source, keras.layers.ZeroPadding2D):
+            x = source(x)
+        y = layer(x)
+        consumer = layer.outbound_nodes[0].outbound_layer
+        if isinstance(consumer, keras.layers.BatchNormalization):
+            y = consumer(y, training=False)
+        if tensors[op["outputs"][0]]["name"].endswith("/Relu"):
+            y = np.maximum(y, 0)
+        steps = np.abs(np.asarray(y).reshape(expected.shape) - expected) / step
+        assert steps.mean() < 0.35 and steps.max() < 1.5, f"{layer.name}: {steps.mean():.2f} steps from the file on " \
+                                                          f"average, {steps.max():.2f} at most"
+
+
+def test_import_cli_refuses_a_mismatched_file_in_one_line_and_writes_nothing(tmp_path):
+    from tests.conftest import run_module
+
+    out = tmp_path / "out"
+    result = run_module("pipeline.import_tflite", "--weights", shared_path("reference_models", *V2),
+                        "--variant", "small", "--labels", shared_path("labels", "imagenet_classes.txt"),
+                        "--calibration_dir", shared_path("datasets", "test-photos"), "--output_dir", out)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "does not match the model" in lines[0], lines
+    # No artifact, not even a partial one.
+    assert not any(path.is_file() or path.is_symlink() for path in out.rglob("*"))
