@@ -95,7 +95,8 @@ def print_table(r: dict) -> None:
             print(f"  {stage}: " + " ".join(f"{v:.3f}" for v in c))
         return
     c = r["config"]
-    print(f"\nCIFAR-10, MobileNetV3-Small alpha {c['alpha']:g} from scratch at {c['image_size']} px, batch "
+    start = "from scratch" if c.get("weights", "none") == "none" else f"from {os.path.basename(c['weights'])}"
+    print(f"\nCIFAR-10, MobileNetV3-Small alpha {c['alpha']:g} {start} at {c['image_size']} px, batch "
           f"{c['batch_size']}, {c['float_epochs']} float + {c['qat_epochs']} QAT epochs ({c['freeze_bn_epochs']} "
           f"BN-frozen), lr {c['learning_rate']:g}")
     rows = [
