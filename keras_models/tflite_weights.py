@@ -57,7 +57,6 @@ class TfliteConv:
 
 @dataclasses.dataclass(frozen=True)
 class TfliteGraph:
-    path: str
     convs: list[TfliteConv]
     ranges: dict[str, tuple[float, float]]  # every quantized activation tensor: name -> (min, max) it can represent
 
@@ -121,7 +120,7 @@ def read_tflite(path: str) -> TfliteGraph:
         bounds = _representable_range(tensor)
         if bounds is not None:
             ranges[tensor["name"]] = bounds
-    return TfliteGraph(path, convs, ranges)
+    return TfliteGraph(convs, ranges)
 
 
 # The classifier layer of each builder (keras.applications' names): a 1x1 conv, or V2's Dense.

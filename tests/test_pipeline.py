@@ -228,7 +228,6 @@ def folder_with(tmp_path):
         ("offline TFDS name", ["--dataset", "tfds:cifar10"], "synthetic"),
         ("single class", ["--dataset", "{one_class}"], "class"),
         ("empty class folder", ["--dataset", "{empty_class}"], "contains no images"),
-        ("missing weights file", ["--weights", "/nonexistent/w.h5"], "not found"),
         ("negative QAT learning rate", ["--qat_learning_rate", "-0.01"], "must be > 0"),
     ],
 )
