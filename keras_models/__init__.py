@@ -8,7 +8,7 @@ camera's bytes as they are).
 from keras_models import backend as _backend  # noqa: F401  (must precede TensorFlow imports)
 from keras_models.mobilenet_v1 import mobilenet_v1
 from keras_models.mobilenet_v2 import mobilenet_v2
-from keras_models.mobilenet_v3 import mobilenet_v3, mobilenet_v3_large, mobilenet_v3_small
+from keras_models.mobilenet_v3 import ArchTable, ArchTableError, mobilenet_v3, mobilenet_v3_large, mobilenet_v3_small
 from keras_models.tflite_weights import load_tflite_weights
 from keras_models.weights import WeightsError, load_imagenet, load_weights_file
 
@@ -44,8 +44,12 @@ def build(
     depth_multiplier: int = 1,
     classifier_activation: str | None = "softmax",
     weights: str | None = None,
+    arch: ArchTable | str | None = None,
 ):
     """Build a MobileNet. `variant`: v1, v2, large or small.
+
+    `arch`: MobileNetV3 only, an `ArchTable` (or the path of one saved as JSON) giving every layer's width, e.g. a
+    pipeline.netadapt result; then `alpha` stays 1 and `minimalistic` False.
 
     `weights`: None, "imagenet" (downloads the official Keras file), a Keras weights file, or a published quantized
     MobileNet `.tflite` (its ImageNet weights, dequantized; see keras_models.tflite_weights).
@@ -55,6 +59,13 @@ def build(
         raise ValueError("minimalistic applies to MobileNetV3 only (variants large and small)")
     if depth_multiplier != 1 and variant != "v1":
         raise ValueError("depth_multiplier applies to MobileNetV1 only")
+    if arch is not None:
+        if variant in ("v1", "v2"):
+            raise ValueError("an architecture table (arch) applies to MobileNetV3 only (variants large and small)")
+        if weights == "imagenet":
+            raise ValueError("imagenet weights exist for the paper's widths only, not for an architecture table")
+        if not isinstance(arch, ArchTable):
+            arch = ArchTable.load(str(arch))
     common = dict(
         input_shape=input_shape,
         alpha=alpha,
@@ -70,7 +81,7 @@ def build(
     elif variant == "v2":
         model = mobilenet_v2(**common)
     else:
-        model = mobilenet_v3(variant, minimalistic=minimalistic, **common)
+        model = mobilenet_v3(variant, minimalistic=minimalistic, arch=arch, **common)
 
     if weights in (None, "none", ""):
         return model
@@ -88,6 +99,6 @@ def build(
 
 
 __all__ = [
-    "VARIANTS", "WeightsError", "build", "canonical_variant", "mobilenet_v1", "mobilenet_v2", "mobilenet_v3",
-    "mobilenet_v3_large", "mobilenet_v3_small",
+    "ArchTable", "ArchTableError", "VARIANTS", "WeightsError", "build", "canonical_variant", "mobilenet_v1",
+    "mobilenet_v2", "mobilenet_v3", "mobilenet_v3_large", "mobilenet_v3_small",
 ]

@@ -3,10 +3,17 @@
 The tables below are Tables 1 and 2 of the paper. Layer names and weight shapes equal keras.applications'
 MobileNetV3Large/Small, so official Keras weight files load by name; the only difference is how h-swish is written
 (see blocks.hard_swish), which keeps the int8 TFLite model free of HARD_SWISH ops.
+
+Every model is built from an `ArchTable`: the paper's rows with explicit channel counts (stem, each bneck's expansion
+and output, the last stage's two widths). `ArchTable.paper(model_type, alpha, minimalistic)` applies the width
+multiplier the way keras.applications does; a table with other per-layer widths (pipeline.netadapt's result) goes
+through the same builder, is saved as JSON and printed like the paper's tables.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from typing import NamedTuple
 
 from keras_models.backend import keras
@@ -73,12 +80,129 @@ def minimalistic_row(row: Bneck) -> Bneck:
     return row._replace(kernel=3, se=False, nl="RE")
 
 
-def _bneck(x, row: Bneck, in_filters_at_1: int, alpha: float, block_id: int):
+class ArchTableError(ValueError):
+    """An architecture table that cannot be built; the message says which entry and why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchTable:
+    """A MobileNetV3 with explicit widths: the stem conv, the bneck rows (exp and out are channel counts, not
+    alpha=1 values), the last stage's 1x1 conv (`last_conv`, BatchNorm) and the pooled 1x1 conv (`last_point`).
+
+    The first bneck has no expand conv: its `exp` is the stem width. A bneck has a residual connection when its stride
+    is 1 and its input and output widths are equal (the paper's rule). SE squeezes to make_divisible(exp / 4).
+    """
+
+    model_type: str  # "large" or "small": names the model
+    stem: int
+    blocks: tuple[Bneck, ...]
+    last_conv: int
+    last_point: int
+    head_nl: str = "HS"  # non-linearity of the stem and the last stage (RE for the minimalistic models)
+    minimalistic: bool = False  # names the model "..._minimalistic"
+
+    @classmethod
+    def paper(cls, model_type: str, alpha: float = 1.0, minimalistic: bool = False) -> ArchTable:
+        """Table 1 or 2 at width multiplier `alpha`, with the channel counts keras.applications builds."""
+        if model_type not in TABLES:
+            raise ValueError(f"model_type must be one of {sorted(TABLES)}, got {model_type!r}")
+        rows = [minimalistic_row(r) for r in TABLES[model_type]] if minimalistic else TABLES[model_type]
+        blocks, in_filters, in_filters_at_1 = [], STEM_FILTERS, STEM_FILTERS  # the stem is not width-scaled
+        for row in rows:
+            # Expansion is kept as the paper's ratio exp/in so that width-scaled models match keras.applications.
+            expanded = make_divisible(in_filters * (row.exp / in_filters_at_1))
+            out = make_divisible(row.out * alpha)
+            blocks.append(row._replace(exp=expanded, out=out))
+            in_filters, in_filters_at_1 = out, row.out
+        last_point = LAST_POINT_FILTERS[model_type]
+        return cls(model_type=model_type, stem=STEM_FILTERS, blocks=tuple(blocks),
+                   last_conv=make_divisible(in_filters * 6),
+                   last_point=make_divisible(last_point * alpha) if alpha > 1.0 else last_point,
+                   head_nl="RE" if minimalistic else "HS", minimalistic=minimalistic)
+
+    def in_filters(self, index: int) -> int:
+        return self.stem if index == 0 else self.blocks[index - 1].out
+
+    def residual(self, index: int) -> bool:
+        row = self.blocks[index]
+        return row.stride == 1 and self.in_filters(index) == row.out
+
+    def validate(self) -> None:
+        if self.model_type not in TABLES:
+            raise ArchTableError(f"model_type must be one of {sorted(TABLES)}, got {self.model_type!r}")
+        if not self.blocks:
+            raise ArchTableError("an architecture table needs at least one bneck")
+        if self.head_nl not in ACTIVATIONS:
+            raise ArchTableError(f"head_nl must be one of {sorted(ACTIVATIONS)}, got {self.head_nl!r}")
+        for name in ("stem", "last_conv", "last_point"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ArchTableError(f"{name} must be a positive channel count, got {getattr(self, name)!r}")
+        for i, row in enumerate(self.blocks):
+            if min(row.exp, row.out) < 1 or row.stride not in (1, 2) or row.kernel < 1 or row.nl not in ACTIVATIONS:
+                raise ArchTableError(f"bneck {i} {tuple(row)}: channels must be >= 1, stride 1 or 2, nl one of "
+                                     f"{sorted(ACTIVATIONS)}")
+        if self.blocks[0].exp != self.stem:
+            raise ArchTableError(f"the first bneck has no expand conv: its exp ({self.blocks[0].exp}) must equal the "
+                                 f"stem width ({self.stem})")
+
+    def to_json(self) -> dict:
+        return {"model_type": self.model_type, "stem": self.stem, "head_nl": self.head_nl,
+                "minimalistic": self.minimalistic, "last_conv": self.last_conv, "last_point": self.last_point,
+                "bnecks": [dict(row._asdict()) for row in self.blocks]}
+
+    @classmethod
+    def from_json(cls, payload: dict) -> ArchTable:
+        try:
+            table = cls(model_type=payload["model_type"], stem=int(payload["stem"]),
+                        blocks=tuple(Bneck(int(b["kernel"]), int(b["exp"]), int(b["out"]), bool(b["se"]), str(b["nl"]),
+                                           int(b["stride"])) for b in payload["bnecks"]),
+                        last_conv=int(payload["last_conv"]), last_point=int(payload["last_point"]),
+                        head_nl=str(payload.get("head_nl", "HS")), minimalistic=bool(payload.get("minimalistic")))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ArchTableError(f"not an architecture table: {type(err).__name__} {err}") from None
+        table.validate()
+        return table
+
+    @classmethod
+    def load(cls, path: str) -> ArchTable:
+        """Read a table saved as JSON (`to_json`; pipeline.netadapt writes them)."""
+        try:
+            with open(path) as f:
+                payload = json.load(f)
+        except (OSError, ValueError) as err:
+            raise ArchTableError(f"cannot read an architecture table from {path}: {err}") from None
+        if not isinstance(payload, dict):
+            raise ArchTableError(f"{path} does not hold an architecture table (a JSON object)")
+        return cls.from_json(payload)
+
+    def key(self) -> str:
+        """A short stable name of the widths (cache key)."""
+        widths = [self.stem, *(w for row in self.blocks for w in (row.exp, row.out)), self.last_conv, self.last_point]
+        return "-".join(str(w) for w in widths)
+
+    def format(self, image_size: int = 224, num_classes: int = 1000) -> str:
+        """The table in the paper's layout (Input, Operator, exp size, #out, SE, NL, s)."""
+        rows = [("Input", "Operator", "exp size", "#out", "SE", "NL", "s")]
+        size = -(-image_size // 2)
+        rows.append((f"{image_size}^2 x 3", "conv2d, 3x3", "-", str(self.stem), "", self.head_nl, "2"))
+        channels = self.stem
+        for row in self.blocks:
+            rows.append((f"{size}^2 x {channels}", f"bneck, {row.kernel}x{row.kernel}", str(row.exp), str(row.out),
+                         "yes" if row.se else "", row.nl, str(row.stride)))
+            size, channels = -(-size // row.stride), row.out
+        rows += [(f"{size}^2 x {channels}", "conv2d, 1x1", "-", str(self.last_conv), "", self.head_nl, "1"),
+                 (f"{size}^2 x {self.last_conv}", "pool, global", "-", "-", "", "", "1"),
+                 (f"1^2 x {self.last_conv}", "conv2d 1x1, NBN", "-", str(self.last_point), "", self.head_nl, "1"),
+                 (f"1^2 x {self.last_point}", "conv2d 1x1, NBN", "-", str(num_classes), "", "", "1")]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def _bneck(x, row: Bneck, block_id: int):
     shortcut = x
     in_filters = x.shape[-1]
-    # Expansion is kept as the paper's ratio exp/in so that width-scaled models match keras.applications exactly.
-    expanded = make_divisible(in_filters * (row.exp / in_filters_at_1))
-    filters = make_divisible(row.out * alpha)
+    expanded = row.exp
+    filters = row.out
     activation = ACTIVATIONS[row.nl]
     prefix = f"expanded_conv_{block_id}/" if block_id else "expanded_conv/"
 
@@ -112,6 +236,7 @@ def mobilenet_v3(
     input_shape=(224, 224, 3),
     alpha: float = 1.0,
     minimalistic: bool = False,
+    arch: ArchTable | None = None,
     num_classes: int = 1000,
     include_top: bool = True,
     dropout: float = 0.2,
@@ -119,39 +244,38 @@ def mobilenet_v3(
     include_preprocessing: bool = True,
     classifier_activation_name: str | None = "softmax",
 ) -> keras.Model:
-    """MobileNetV3-`model_type` ("large" or "small") with width multiplier `alpha`; any input size >= 32."""
-    if model_type not in TABLES:
-        raise ValueError(f"model_type must be one of {sorted(TABLES)}, got {model_type!r}")
+    """MobileNetV3-`model_type` ("large" or "small") with width multiplier `alpha`, or the explicit widths of `arch`
+    (then `alpha` must be 1 and `minimalistic` False: the table says it all); any input size >= 32."""
     check_common_args(
         input_shape=input_shape, alpha=alpha, num_classes=num_classes, include_top=include_top, dropout=dropout,
         pooling=pooling,
     )
-    table = [minimalistic_row(r) for r in TABLES[model_type]] if minimalistic else TABLES[model_type]
-    stem_activation = ACTIVATIONS["RE" if minimalistic else "HS"]
+    if arch is None:
+        arch = ArchTable.paper(model_type, alpha, minimalistic)
+    else:
+        if alpha != 1.0 or minimalistic:
+            raise ValueError("an architecture table gives every width: pass alpha=1 and minimalistic=False with it")
+        if model_type != arch.model_type:
+            raise ValueError(f"the architecture table is a {arch.model_type} model, not {model_type}")
+        arch.validate()
+    stem_activation = ACTIVATIONS[arch.head_nl]
 
     inputs, x = image_input(input_shape, include_preprocessing)
-    # The stem is not width-scaled (as in the reference implementation).
-    x = layers.Conv2D(STEM_FILTERS, 3, strides=2, padding="same", use_bias=False, name="Conv")(x)
+    x = layers.Conv2D(arch.stem, 3, strides=2, padding="same", use_bias=False, name="Conv")(x)
     x = batch_norm("Conv/BatchNorm")(x)
     x = stem_activation(x, name="Conv/act")
 
-    in_filters_at_1 = STEM_FILTERS
-    for block_id, row in enumerate(table):
-        x = _bneck(x, row, in_filters_at_1, alpha, block_id)
-        in_filters_at_1 = row.out
+    for block_id, row in enumerate(arch.blocks):
+        x = _bneck(x, row, block_id)
 
-    last_conv_filters = make_divisible(x.shape[-1] * 6)
-    x = layers.Conv2D(last_conv_filters, 1, padding="same", use_bias=False, name="Conv_1")(x)
+    x = layers.Conv2D(arch.last_conv, 1, padding="same", use_bias=False, name="Conv_1")(x)
     x = batch_norm("Conv_1/BatchNorm")(x)
     x = stem_activation(x, name="Conv_1/act")
 
     if include_top:
-        last_point_filters = LAST_POINT_FILTERS[model_type]
-        if alpha > 1.0:
-            last_point_filters = make_divisible(last_point_filters * alpha)
         # Efficient last stage: pool first, so the wide 1x1 conv runs on a 1x1 map.
         x = layers.GlobalAveragePooling2D(keepdims=True, name="global_pool")(x)
-        x = layers.Conv2D(last_point_filters, 1, padding="same", use_bias=True, name="Conv_2")(x)
+        x = layers.Conv2D(arch.last_point, 1, padding="same", use_bias=True, name="Conv_2")(x)
         x = stem_activation(x, name="Conv_2/act")
         if dropout > 0:
             x = layers.Dropout(dropout, name="dropout")(x)
@@ -160,7 +284,7 @@ def mobilenet_v3(
         x = classifier_activation(x, classifier_activation_name, "Predictions")
     else:
         x = features_head(x, pooling=pooling)
-    suffix = "_minimalistic" if minimalistic else ""
+    suffix = "_minimalistic" if arch.minimalistic else ""
     return keras.Model(inputs, x, name=f"MobilenetV3{model_type}{suffix}")
 
 
