@@ -10,11 +10,11 @@ measured width, a multiple of 8, whose int8 model is at least `--delta_ratio` x 
 current model. Latency: every candidate is cut from the current model (BatchNorm statistics re-estimated on one
 batch, so its int8 ranges are those of a trained model and XNNPACK takes the whole graph), exported to int8 TFLite by
 the project's own converter (post-training calibration on a few training images) with lowered h-swish, and timed by
-tflite_export.benchmark on 1 thread (XNNPACK), interleaved with the current model in the same round; a candidate's
-latency is its ratio to the current model's (files are cached by architecture). The width to try is guessed from a
-slope (the group's share of the multiply-adds at first, then its last measured saving per channel) and corrected by
-measurement, at most `--latency_rounds` rounds; a group whose narrowest width is estimated to save less than half
-of delta is not measured.
+tflite_export.benchmark on 1 thread (XNNPACK), interleaved run by run with the current model (a pair at a time); a
+candidate's latency is its ratio to the current model's (files are cached by architecture). The width to try is
+guessed from a slope (the group's share of the multiply-adds at first, then its last measured saving per channel) and
+corrected by measurement, at most `--latency_rounds` rounds; a group whose narrowest width is estimated to save less
+than half of delta is not measured.
 
 Each proposal inherits the current weights (filter importance: the L1 norm of each output filter with its BatchNorm
 folded in, the filter as the int8 file holds it, summed over the convs that write the group's channels; the kept
@@ -276,10 +276,20 @@ class LatencyMeter:
         return path
 
     def time(self, paths: list[str]) -> list[float]:
-        """Median ms of each file, 1 thread, interleaved (tflite_export.benchmark)."""
+        """Latency of each file as (its median / the first file's median, timed as a pair) x the first file's median:
+        1 thread, the two interleaved run by run (tflite_export.benchmark).
+
+        Pairs, not all files at once: interleaving a dozen models evicts each one's weights from the caches between
+        its runs, which inflates the bigger model's time. Measured at 64 px: six one-group cuts of V3-Small timed
+        among 12 files came out 0.84-0.88 x the start model, the same files timed in pairs 0.92-0.95 x."""
         from tflite_export.benchmark import benchmark_models
 
-        return [r["median_ms"] for r in benchmark_models(paths, threads=(1,), runs=self.runs, warmup=self.warmup)]
+        if len(paths) == 1:
+            return [benchmark_models(paths, threads=(1,), runs=self.runs, warmup=self.warmup)[0]["median_ms"]]
+        pairs = [benchmark_models([paths[0], path], threads=(1,), runs=self.runs, warmup=self.warmup)
+                 for path in paths[1:]]
+        first_ms = float(np.median([pair[0]["median_ms"] for pair in pairs]))
+        return [first_ms] + [pair[1]["ratio_vs_first"] * first_ms for pair in pairs]
 
 
 def recalibrate_batch_norm(model: keras.Model, images) -> None:
@@ -346,6 +356,8 @@ def propose_widths(current: ArchTable, current_model: keras.Model, meter: Latenc
 
     groups = groups or width_groups(current)
     current_path = meter.export(current, current_model)
+    if current_path is None:
+        raise ValueError("the current model's int8 file has collapsed activation ranges: it cannot be timed")
     widths = {g.name: group_width(current, g) for g in groups}
     pending: dict[str, int] = {}  # group -> width to measure this round
     tried: dict[str, dict[int, float]] = {g.name: {} for g in groups}  # group -> {width: ratio}
@@ -884,7 +896,8 @@ flags.DEFINE_float("learning_rate", 2e-4, "Peak learning rate (Adam, cosine) of 
 flags.DEFINE_float("weight_decay", 4e-5, "Decoupled weight decay.")
 flags.DEFINE_float("dropout", 0.2, "Dropout before the classifier.")
 flags.DEFINE_integer("holdout_images", 1000, "Training images the proposals are scored on.")
-flags.DEFINE_integer("latency_runs", 100, "Timed LiteRT runs per model and round.")
+flags.DEFINE_integer("latency_runs", 300,
+                     "Timed LiteRT runs per model and round (cheap next to converting the candidates).")
 flags.DEFINE_integer("latency_rounds", 3, "Measurement rounds per iteration to find each group's width.")
 flags.DEFINE_integer("latency_calibration_images", 4, "Calibration images of the latency-only int8 exports.")
 flags.DEFINE_integer("calibration_images", 200, "Calibration images of the final int8 exports.")
