@@ -6,7 +6,8 @@ measured side by side on this machine.
     python -m bench.netadapt --report_only    # the table from a finished run's report.json
 
 Start: the V3-Small trained on CIFAR-10 from the ImageNet weights at 96 px by `bench.cifar10` (the command is in
-BENCHMARKS.md, "CIFAR-10 from the ImageNet start"; ~/.cache/mobilenet-bench/runs/cifar10-imagenet-96), rebuilt at --image_size and fine-tuned --start_steps there.
+BENCHMARKS.md, "CIFAR-10 from the ImageNet start"; ~/.cache/mobilenet-bench/runs/cifar10-imagenet-96), rebuilt at
+--image_size and fine-tuned --start_steps there.
 Runs `python -m pipeline.netadapt` in a subprocess with the settings below (a rerun resumes): the search stops at
 the latency of alpha 0.75 (or after --max_iterations); the first iteration at or below each alpha model's latency
 and the last one are finished (long fine-tune + QAT + int8 export) beside alpha 0.75 and 0.5, cut from the same start
