@@ -873,37 +873,41 @@ def plot(report: dict, path: str) -> None:
 
 # --------------------------------------------------------------------------------------------------------------- CLI
 
-flags.DEFINE_string("run_dir", None,
-                    "A finished pipeline.train_and_export run folder (float_model.h5, run_config.json).")
-flags.DEFINE_string("output_dir", None, "Where the search goes (default <run_dir>-netadapt). Rerun to resume.")
-flags.DEFINE_float("target_ms", None, "Latency target in ms (int8, 1 thread, this machine).")
-flags.DEFINE_float("target_ratio", None, "Latency target as a fraction of the start model's.")
-flags.DEFINE_float("target_alpha", None, "Latency target: that of the same variant at this width multiplier.")
-flags.DEFINE_float("delta_ratio", 0.05, "Latency each iteration must save, as a fraction of the current latency "
-                   "(the paper: 0.01; bigger saves iterations here).")
-flags.DEFINE_integer("finetune_steps", 40, "Short fine-tune of each proposal (T, steps).")
-flags.DEFINE_integer("start_steps", 0, "Fine-tune steps of the start model before the search (e.g. at a new "
-                     "--image_size).")
-flags.DEFINE_integer("final_steps", 300, "Float fine-tune steps of the final models (before QAT).")
-flags.DEFINE_integer("qat_steps", 200, "QAT steps of the final models (the second half with BatchNorm frozen).")
-flags.DEFINE_integer("max_iterations", 30, "Stop after this many iterations even if the target is not met.")
-flags.DEFINE_boolean("search_only", False, "Stop after the search (rerun without it to go on to the final stage).")
-flags.DEFINE_list("alphas", [], "Width multipliers to compare with (cut from the same start, same training steps).")
-flags.DEFINE_string("dataset", None, "Data set (default: the run's).")
-flags.DEFINE_integer("image_size", None, "Resolution (default: the run's).")
-flags.DEFINE_integer("batch_size", 64, "Batch size of every fine-tune.")
-flags.DEFINE_float("learning_rate", 2e-4, "Peak learning rate (Adam, cosine) of the fine-tunes; QAT uses a fifth.")
-flags.DEFINE_float("weight_decay", 4e-5, "Decoupled weight decay.")
-flags.DEFINE_float("dropout", 0.2, "Dropout before the classifier.")
-flags.DEFINE_integer("holdout_images", 1000, "Training images the proposals are scored on.")
-flags.DEFINE_integer("latency_runs", 300,
-                     "Timed LiteRT runs per model and round (cheap next to converting the candidates).")
-flags.DEFINE_integer("latency_rounds", 3, "Measurement rounds per iteration to find each group's width.")
-flags.DEFINE_integer("latency_calibration_images", 4, "Calibration images of the latency-only int8 exports.")
-flags.DEFINE_integer("calibration_images", 200, "Calibration images of the final int8 exports.")
-flags.DEFINE_integer("calibration_batches", 10, "Training batches that initialize QAT's activation ranges.")
-flags.DEFINE_float("reward_w", MNASNET_W, "Exponent w of the MnasNet reward (MobileNetV3-Small's search used -0.15).")
-flags.DEFINE_integer("seed", 0, "Random seed.")
+def define_flags() -> None:
+    """The command's flags. Defined when it runs, not on import: tests import this module beside
+    pipeline.train_and_export, whose flags (--dataset, --image_size, ...) share names with these."""
+    flags.DEFINE_string("run_dir", None,
+                        "A finished pipeline.train_and_export run folder (float_model.h5, run_config.json).")
+    flags.DEFINE_string("output_dir", None, "Where the search goes (default <run_dir>-netadapt). Rerun to resume.")
+    flags.DEFINE_float("target_ms", None, "Latency target in ms (int8, 1 thread, this machine).")
+    flags.DEFINE_float("target_ratio", None, "Latency target as a fraction of the start model's.")
+    flags.DEFINE_float("target_alpha", None, "Latency target: that of the same variant at this width multiplier.")
+    flags.DEFINE_float("delta_ratio", 0.05, "Latency each iteration must save, as a fraction of the current latency "
+                       "(the paper: 0.01; bigger saves iterations here).")
+    flags.DEFINE_integer("finetune_steps", 40, "Short fine-tune of each proposal (T, steps).")
+    flags.DEFINE_integer("start_steps", 0, "Fine-tune steps of the start model before the search (e.g. at a new "
+                         "--image_size).")
+    flags.DEFINE_integer("final_steps", 300, "Float fine-tune steps of the final models (before QAT).")
+    flags.DEFINE_integer("qat_steps", 200, "QAT steps of the final models (the second half with BatchNorm frozen).")
+    flags.DEFINE_integer("max_iterations", 30, "Stop after this many iterations even if the target is not met.")
+    flags.DEFINE_boolean("search_only", False, "Stop after the search (rerun without it to go on to the final stage).")
+    flags.DEFINE_list("alphas", [], "Width multipliers to compare with (cut from the same start, same training steps).")
+    flags.DEFINE_string("dataset", None, "Data set (default: the run's).")
+    flags.DEFINE_integer("image_size", None, "Resolution (default: the run's).")
+    flags.DEFINE_integer("batch_size", 64, "Batch size of every fine-tune.")
+    flags.DEFINE_float("learning_rate", 2e-4, "Peak learning rate (Adam, cosine) of the fine-tunes; QAT uses a fifth.")
+    flags.DEFINE_float("weight_decay", 4e-5, "Decoupled weight decay.")
+    flags.DEFINE_float("dropout", 0.2, "Dropout before the classifier.")
+    flags.DEFINE_integer("holdout_images", 1000, "Training images the proposals are scored on.")
+    flags.DEFINE_integer("latency_runs", 300,
+                         "Timed LiteRT runs per model and round (cheap next to converting the candidates).")
+    flags.DEFINE_integer("latency_rounds", 3, "Measurement rounds per iteration to find each group's width.")
+    flags.DEFINE_integer("latency_calibration_images", 4, "Calibration images of the latency-only int8 exports.")
+    flags.DEFINE_integer("calibration_images", 200, "Calibration images of the final int8 exports.")
+    flags.DEFINE_integer("calibration_batches", 10, "Training batches that initialize QAT's activation ranges.")
+    flags.DEFINE_float("reward_w", MNASNET_W,
+                       "Exponent w of the MnasNet reward (MobileNetV3-Small's search used -0.15).")
+    flags.DEFINE_integer("seed", 0, "Random seed.")
 
 
 def _settings() -> dict:
@@ -1031,4 +1035,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
