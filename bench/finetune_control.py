@@ -42,7 +42,7 @@ def main(argv=None):
     from keras_models.backend import keras, tf
     from pipeline.data import load_dataset
     from pipeline.train import Recipe, fine_tune, one_hot
-    from tflite_export._cli import atomic_write_json
+    from tflite_export.files import atomic_write_json
 
     c = report["config"]
     seed = c["seed"] if args.seed is None else args.seed

@@ -86,7 +86,7 @@ def main(argv=None):
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     from pipeline.data import load_dataset
-    from pipeline.qat import quantize_scope
+    from tflite_export.quantization import quantize_scope
 
     report = _common.load_report(args.run_dir)
     qat_dir, h5 = os.path.join(args.run_dir, "qat_model"), os.path.join(args.run_dir, "float_model.h5")

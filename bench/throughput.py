@@ -72,8 +72,8 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     from pipeline.data import load_dataset
-    from pipeline.qat import quantize_scope
     from pipeline.train import Recipe, compile_model, one_hot, set_batch_norm_momentum
+    from tflite_export.quantization import quantize_scope
 
     machine = _common.machine()  # load average before the measurement
     keras.utils.set_random_seed(0)

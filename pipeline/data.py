@@ -4,8 +4,8 @@
     model.fit(ds.train, validation_data=ds.eval, epochs=...)        # no .repeat(): one pass = one epoch
     converter.representative_dataset = lambda: ds.representative(200)
 
-Every image goes through `pipeline.preprocessing` (decode_rgb -> train_augment / eval_resize), float32 pixels in
-[0, 255]; labels are int32 class indices into `class_names`.
+Every image goes through `tflite_export.preprocessing` (decode_rgb, eval_resize) and `pipeline.augment`
+(train_augment), float32 pixels in [0, 255]; labels are int32 class indices into `class_names`.
 
 Folder layout: `ROOT/<class>/*.{jpg,jpeg,png,bmp,gif,webp}` (any case, sub-folders of a class folder included), or
 the same under `ROOT/train/` plus `ROOT/test/` or `ROOT/val/` (`validation/` also accepted; test wins when both exist).
@@ -37,17 +37,19 @@ import numpy as np
 from absl import logging
 
 from keras_models.backend import tf
-from pipeline import preprocessing, synthetic
+from pipeline import augment, synthetic
+from tflite_export import preprocessing
+from tflite_export.cli import first_line
+from tflite_export.files import IMAGE_EXTENSIONS, is_image_file
 
 AUTOTUNE = tf.data.AUTOTUNE
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")  # what tf.io.decode_image reads
 EVAL_SPLIT_DIRS = ("test", "val", "validation")  # first present wins
 ON_BAD_IMAGE = ("skip", "error")
 # The training cache keeps images shrunk (aspect kept) so their shorter side is at most this times the model size.
 TRAIN_CACHE_SCALE = 1.5
 CACHE_BUDGET_BYTES = 2 * 1024**3  # per split; above it the split is decoded afresh every epoch
 # Random-resized-crop area for the synthetic set: its objects fill part of the picture, and the ImageNet-style range
-# (preprocessing.TRAIN_CROP_AREA) could crop a whole object away and leave a wrongly labelled picture.
+# (augment.TRAIN_CROP_AREA) could crop a whole object away and leave a wrongly labelled picture.
 SYNTHETIC_CROP_AREA = (0.6, 1.0)
 ALTERNATIVES = "use --dataset synthetic or --dataset /path/to/folder"
 TFDS_SHUFFLE_BUFFER = 10_000  # images, for TFDS sets too large to cache (a full-size buffer would not fit either)
@@ -152,7 +154,7 @@ def _train_pipeline(
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2, drop_remainder=True)
     ds = tf.data.Dataset.zip((images, seeds))
     ds = ds.map(
-        lambda element, s: (preprocessing.train_augment(element[0], image_size, s, crop_area),
+        lambda element, s: (augment.train_augment(element[0], image_size, s, crop_area),
                             element[1]),
         num_parallel_calls=AUTOTUNE,
         deterministic=True,
@@ -223,10 +225,6 @@ def _looks_like_path(spec: str) -> bool:
     return os.sep in spec or "/" in spec or spec.startswith((".", "~"))
 
 
-def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
-
-
 def _scan_split(split_dir: str) -> dict[str, list[str]]:
     """{class name: sorted image paths} for the class folders of one split; DataError for an empty class folder."""
     try:
@@ -240,7 +238,7 @@ def _scan_split(split_dir: str) -> dict[str, list[str]]:
         files = []
         for dirpath, dirnames, filenames in os.walk(entry.path):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            files.extend(os.path.join(dirpath, f) for f in sorted(filenames) if _is_image(f))
+            files.extend(os.path.join(dirpath, f) for f in sorted(filenames) if is_image_file(f))
         if not files:
             raise DataError(
                 f"class folder {entry.path} contains no images ({'/'.join(e[1:] for e in IMAGE_EXTENSIONS)}); "
@@ -248,7 +246,7 @@ def _scan_split(split_dir: str) -> dict[str, list[str]]:
             )
         classes[entry.name] = files
     if not classes:
-        loose = any(_is_image(e.name) for e in entries if e.is_file())
+        loose = any(is_image_file(e.name) for e in entries if e.is_file())
         hint = " (the images must be inside one sub-folder per class)" if loose else ""
         raise DataError(
             f"no images found in {split_dir}: expected {os.path.join(split_dir, '<class>', '*.jpg')} "
@@ -410,7 +408,7 @@ def _load_folder(root, *, image_size, batch_size, seed, holdout_fraction, on_bad
         files = files.shuffle(len(train_paths), seed=seed, reshuffle_each_iteration=True)
         images, shuffled = files.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True), True
     train = _train_pipeline(images, len(train_paths), image_size=image_size, batch_size=batch_size, seed=seed,
-                            crop_area=preprocessing.TRAIN_CROP_AREA, shuffled=shuffled)
+                            crop_area=augment.TRAIN_CROP_AREA, shuffled=shuffled)
 
     # Evaluation: exactly decode_rgb -> eval_resize on the original file; cache the smaller of the two stages.
     decoded_bytes = sum(3 * size_of[p][0] * size_of[p][1] for p in eval_paths)
@@ -482,9 +480,8 @@ def _load_tfds(name, *, image_size, batch_size, seed, holdout_fraction) -> Datas
     try:
         builder = tfds.builder(name)
     except Exception as e:  # noqa: BLE001 - DatasetNotFoundError lists every data set: keep only its first line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(
-            f"{name!r} is neither an existing folder nor a TFDS dataset ({first}); {ALTERNATIVES}") from None
+            f"{name!r} is neither an existing folder nor a TFDS dataset ({first_line(e)}); {ALTERNATIVES}") from None
     if not builder.is_prepared():
         # tfds would retry an unreachable download host for minutes; find out in seconds instead.
         if not _network_reachable():
@@ -495,8 +492,7 @@ def _load_tfds(name, *, image_size, batch_size, seed, holdout_fraction) -> Datas
         try:
             builder.download_and_prepare()
         except Exception as e:  # noqa: BLE001 - downloads fail in many ways; users get the first line of any
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-            raise DataError(f"could not download TFDS dataset {name!r}: {first}; {ALTERNATIVES}") from None
+            raise DataError(f"could not download TFDS dataset {name!r}: {first_line(e, 300)}; {ALTERNATIVES}") from None
     info = builder.info
     keys = info.supervised_keys
     if not keys or len(keys) != 2:
@@ -538,7 +534,7 @@ def _load_tfds(name, *, image_size, batch_size, seed, holdout_fraction) -> Datas
     if fits(num_train):
         train_images = train_images.cache()
     train = _train_pipeline(train_images, num_train, image_size=image_size, batch_size=batch_size, seed=seed,
-                            crop_area=preprocessing.TRAIN_CROP_AREA,
+                            crop_area=augment.TRAIN_CROP_AREA,
                             shuffle_buffer=None if fits(num_train) else TFDS_SHUFFLE_BUFFER)
     evaluation = _eval_pipeline(split(eval_split), image_size=image_size, batch_size=batch_size,
                                 cache="decoded" if fits(num_eval) else "")

@@ -19,7 +19,8 @@ import time
 from absl import logging
 
 from keras_models.backend import keras, tf
-from tflite_export._cli import atomic_write_json, header
+from tflite_export.cli import header
+from tflite_export.files import atomic_output, atomic_write_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,9 +189,8 @@ def run_stage(
         raise
     seconds = time.perf_counter() - started
 
-    tmp = done + ".tmp.weights.h5"
-    model.save_weights(tmp)
-    os.replace(tmp, done)
+    with atomic_output(done) as tmp:
+        model.save_weights(str(tmp))
     shutil.rmtree(backup_dir, ignore_errors=True)
     # Steady-state rate: skip the first epoch, which includes tracing and cache filling.
     steady = log.epoch_seconds[1:] or log.epoch_seconds

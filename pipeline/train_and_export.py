@@ -85,7 +85,7 @@ def _default_output_dir() -> str:
 
 
 def _eval_keras(model: keras.Model, eval_ds: tf.data.Dataset, desc: str) -> float:
-    from tflite_export._cli import progress
+    from tflite_export.cli import progress
 
     correct = total = 0
     for images, labels in progress(eval_ds, desc=desc, unit="batch"):
@@ -135,21 +135,15 @@ def _summary(report: dict) -> str:
 
 
 def _save_atomically(model: keras.Model, path: str, **kwargs) -> None:
-    """Save next to `path` and rename, so an interrupted save never leaves a half-written model."""
-    import shutil
+    """Save beside `path` and rename, so an interrupted save never leaves a half-written model."""
+    from tflite_export.cli import first_line
+    from tflite_export.files import atomic_output
 
-    tmp = path + ".tmp" + (os.path.splitext(path)[1] or "")
     try:
-        model.save(tmp, include_optimizer=False, **kwargs)
-    except BaseException as err:
-        # A save cut short (disk full) must not leave a half-written model next to the real one.
-        shutil.rmtree(tmp, ignore_errors=True) if os.path.isdir(tmp) else (os.path.exists(tmp) and os.unlink(tmp))
-        if isinstance(err, tf.errors.ResourceExhaustedError):
-            raise OSError(errno.ENOSPC, f"cannot write {path}: {str(err).strip().splitlines()[0]}") from None
-        raise
-    if os.path.isdir(path):
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+        with atomic_output(path) as tmp:
+            model.save(str(tmp), include_optimizer=False, **kwargs)
+    except tf.errors.ResourceExhaustedError as err:  # how TensorFlow reports a full disk
+        raise OSError(errno.ENOSPC, f"cannot write {path}: {first_line(err)}") from None
 
 
 def _synthetic_size() -> tuple[int, int]:
@@ -187,7 +181,7 @@ def _available_memory_bytes() -> int | None:
 
 def _validate_flags(output_dir: str) -> None:
     """Every check that needs no data, before any data is loaded or anything trained (one-line ValueErrors)."""
-    from tflite_export._cli import check_writable_dir
+    from tflite_export.files import check_writable_dir
 
     check_writable_dir(output_dir, "--output_dir")
     if FLAGS.image_size < 32:
@@ -291,7 +285,6 @@ def run() -> dict:
         clamp_saturated_ranges,
         import_activation_ranges,
         quantize_model,
-        quantize_scope,
     )
     from pipeline.train import (
         Recipe,
@@ -302,8 +295,10 @@ def run() -> dict:
         run_stage,
         set_batch_norm_momentum,
     )
-    from tflite_export._cli import artifact_set, atomic_write_json, header, progress
-    from tflite_export.export import MODEL_FILE, ModelInfo, export_model
+    from tflite_export.cli import header, progress
+    from tflite_export.export import ModelInfo, export_model
+    from tflite_export.files import MODEL_FILE, artifact_set, atomic_write_json
+    from tflite_export.quantization import quantize_scope
 
     started = time.perf_counter()
     variant = keras_models.canonical_variant(FLAGS.variant)
@@ -482,7 +477,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from keras_models import WeightsError
     from pipeline.data import DataError
-    from tflite_export._cli import one_line_error, set_progress
+    from tflite_export.cli import one_line_error, set_progress
     from tflite_export.convert import ConversionError
     from tflite_export.verify import VerificationError
 

@@ -15,6 +15,7 @@ import pytest
 from keras_models.backend import keras
 from tests.conftest import REPO, TINY
 from tests.conftest import run_pipeline as _run
+from tflite_export.model_card import ModelCard
 from tflite_export.verify import analyze
 
 
@@ -58,7 +59,7 @@ def test_tiny_run_int8_depthwise_weights_are_the_ones_qat_trained_against(tiny_r
     +-127. With tfmot's default depthwise quantizer (one range per kernel) only the kernel's largest channel did."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from pipeline.qat import quantize_scope
+    from tflite_export.quantization import quantize_scope
 
     out, _ = tiny_run
     with quantize_scope():
@@ -116,11 +117,11 @@ def test_tiny_run_gates_see_no_levels_where_they_saturate(tiny_run):
 def test_tiny_run_writes_labels_card_and_report(tiny_run):
     out, result = tiny_run
     labels = (out / "labels.txt").read_text().split()
-    card = json.loads((out / "model_card.json").read_text())
+    card = ModelCard.read(out / "model_card.json")
     report = json.loads((out / "report.json").read_text())
-    assert labels == card["classes"] == report["data"]["classes"] and len(labels) == 8
-    assert card["input"] == {**card["input"], "height": 32, "width": 32, "dtype": "uint8", "scale": 1.0,
-                             "zero_point": 0}
+    assert labels == card.classes == report["data"]["classes"] and len(labels) == 8
+    assert (card.input.height, card.input.width, card.input.dtype, card.input.scale, card.input.zero_point) == (
+        32, 32, "uint8", 1.0, 0)
     acc = report["export"]["accuracy"]
     assert acc["images"] == 160 and 0.0 <= acc["int8_top1"] <= 1.0
     assert report["throughput"]["input_pipeline_images_per_s"] > 0

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO, TINY, run_pipeline, tiny_classifier_keras, tiny_classifier_tflite
+from tflite_export.model_card import ModelCard
 
 
 # ------------------------------------------------------------------------------------------------------------ helpers
@@ -138,7 +139,7 @@ def test_legacy_run_directory_is_checked_against_its_report(tiny_run, pipeline_c
 # ------------------------------------------------------------------------- 2. classes checked against the model
 def test_evaluate_refuses_a_label_file_of_the_wrong_length(tiny_models, tmp_path, capsys):
     from tflite_export import evaluate
-    from tflite_export._cli import run_main
+    from tflite_export.cli import run_main
 
     data = _image_folders(tmp_path / "data", ["a", "b", "c", "d"], per_class=1)
     labels = tmp_path / "labels.txt"
@@ -152,7 +153,7 @@ def test_evaluate_refuses_a_label_file_of_the_wrong_length(tiny_models, tmp_path
 
 def test_evaluate_refuses_class_folders_missing_from_the_labels(tiny_models, tmp_path, capsys):
     from tflite_export import evaluate
-    from tflite_export._cli import run_main
+    from tflite_export.cli import run_main
 
     data = _image_folders(tmp_path / "data", ["a", "b", "c", "zebra"], per_class=1)
     labels = tmp_path / "labels.txt"
@@ -165,7 +166,7 @@ def test_evaluate_refuses_class_folders_missing_from_the_labels(tiny_models, tmp
 def test_evaluate_refuses_a_class_count_that_is_not_the_output_count(tiny_models, tmp_path, capsys):
     """2 classes on a 4-output model used to score a number; now it says what to pass."""
     from tflite_export import evaluate
-    from tflite_export._cli import run_main
+    from tflite_export.cli import run_main
 
     data = _image_folders(tmp_path / "data", ["x", "y"], per_class=1)
     code = run_main(evaluate.main, [str(tiny_models["four"]), "--dataset", str(data)], prog="evaluate")
@@ -175,7 +176,7 @@ def test_evaluate_refuses_a_class_count_that_is_not_the_output_count(tiny_models
 
 def test_evaluate_refuses_a_two_output_model_on_imagenet(tiny_models, shared, capsys):
     from tflite_export import evaluate
-    from tflite_export._cli import run_main
+    from tflite_export.cli import run_main
 
     code = run_main(evaluate.main, [str(tiny_models["two"]), "--dataset", str(shared("datasets", "imagenet-samples"))],
                     prog="evaluate")
@@ -184,7 +185,7 @@ def test_evaluate_refuses_a_two_output_model_on_imagenet(tiny_models, shared, ca
 
 def test_evaluate_refuses_googles_1001_labels_on_a_two_class_folder(shared, capsys):
     from tflite_export import evaluate
-    from tflite_export._cli import run_main
+    from tflite_export.cli import run_main
 
     model = shared("reference_models", "mobilenet_v3", "v3-small_224_1.0_uint8.tflite")
     labels = next(p for p in shared("labels").iterdir() if len(p.read_text().splitlines()) == 1001)
@@ -195,7 +196,7 @@ def test_evaluate_refuses_googles_1001_labels_on_a_two_class_folder(shared, caps
 
 def test_evaluate_still_accepts_1001_outputs_with_background_on_1000_imagenet_classes(shared, capsys):
     from tflite_export import evaluate
-    from tflite_export._cli import run_main
+    from tflite_export.cli import run_main
 
     model = shared("reference_models", "mobilenet_v3", "v3-small_224_1.0_uint8.tflite")
     code = run_main(evaluate.main, [str(model), "--dataset", str(shared("datasets", "imagenet-samples")),
@@ -208,7 +209,7 @@ def test_export_cli_refuses_classes_it_cannot_match_to_the_outputs(tiny_run, tmp
     """wnid folders and a label file of names: the accuracy check would compare unrelated indices (it printed
     0.0000)."""
     from tflite_export import export
-    from tflite_export._cli import run_main
+    from tflite_export.cli import run_main
 
     run_dir, _ = tiny_run
     data = _image_folders(tmp_path / "data", ["n01440764", "n01443537"], per_class=2)
@@ -235,14 +236,14 @@ def _export_tiny(out, io_dtype: str, **kwargs) -> dict:
 
 def test_failed_export_leaves_the_previous_set_whole(tmp_path, monkeypatch):
     """A rerun with --io int8 whose model write failed (disk full) left an int8 card beside the old uint8 model."""
-    from tflite_export import _cli, export
+    from tflite_export import export, files
 
     out = tmp_path / "run"
     _export_tiny(out, "uint8")
     before = {name: (out / name).read_bytes() for name in ("model.tflite", "labels.txt", "model_card.json")}
-    assert json.loads(before["model_card.json"])["input"]["dtype"] == "uint8"
+    assert ModelCard.from_json(before["model_card.json"]).input.dtype == "uint8"
 
-    real_write = _cli.atomic_write_bytes
+    real_write = files.atomic_write_bytes
 
     def disk_full_on_model(path, data):
         if str(path).endswith("model.tflite"):
@@ -254,7 +255,7 @@ def test_failed_export_leaves_the_previous_set_whole(tmp_path, monkeypatch):
         _export_tiny(out, "int8")
     assert {name: (out / name).read_bytes() for name in before} == before
     assert len(list((out / ".artifacts").iterdir())) == 1  # the failed staging directory is gone
-    assert not list(out.glob("**/*.tmp"))
+    assert not list(out.glob("**/.tmp-*"))
 
 
 def test_export_publishes_the_set_with_one_swap_and_normal_modes(tmp_path):
@@ -271,13 +272,13 @@ def test_export_publishes_the_set_with_one_swap_and_normal_modes(tmp_path):
     for name in ("model.tflite", "labels.txt", "model_card.json"):
         assert os.readlink(out / name) == os.path.join("current", name)  # documented paths go through `current`
         assert os.path.realpath(out / name) == os.path.join(second, name)
-    assert json.loads((out / "model_card.json").read_text())["input"]["dtype"] == "int8"
+    assert ModelCard.read(out / "model_card.json").input.dtype == "int8"
     _export_tiny(out, "uint8")
     assert not os.path.exists(first)  # older sets are removed
 
 
 def test_written_files_respect_the_umask(tmp_path):
-    from tflite_export._cli import atomic_write_bytes
+    from tflite_export.files import atomic_write_bytes
 
     old = os.umask(0o027)
     try:
@@ -324,11 +325,12 @@ def test_output_dir_that_is_a_file_is_refused_up_front(pipeline_cli, tmp_path):
 
 def test_export_cli_out_that_is_a_file_is_refused_before_loading(tmp_path, capsys):
     from tflite_export import export
-    from tflite_export._cli import run_main
+    from tflite_export.cli import run_main
 
     out = tmp_path / "taken"
     out.write_text("x")
-    code = run_main(export.main, [str(tmp_path / "missing.h5"), "--out", str(out)], prog="tflite_export.export")
+    code = run_main(export.main, [str(tmp_path / "missing.h5"), "--dataset", str(tmp_path), "--out", str(out)],
+                    prog="tflite_export.export")
     line = _error_line(code, capsys.readouterr().err, "tflite_export.export")
     assert "exists and is not a directory" in line and "missing.h5" not in line  # refused before the model is read
 
@@ -336,7 +338,7 @@ def test_export_cli_out_that_is_a_file_is_refused_before_loading(tmp_path, capsy
 @pytest.mark.parametrize("tool", ["benchmark", "evaluate"])
 def test_json_to_an_unwritable_path_is_refused_before_the_work(tiny_models, tmp_path, capsys, tool):
     from tflite_export import benchmark, evaluate
-    from tflite_export._cli import run_main
+    from tflite_export.cli import run_main
 
     target = tmp_path / "no-such-folder" / "sub" / "out.json"
     (tmp_path / "no-such-folder").write_text("a file, not a folder")
@@ -394,7 +396,7 @@ def test_truncated_model_is_one_line_not_struct_error(tiny_models, tmp_path, too
 
 
 def test_out_of_memory_is_one_line_naming_what_to_reduce():
-    from tflite_export._cli import one_line_error
+    from tflite_export.cli import one_line_error
 
     line = one_line_error(MemoryError("Unable to allocate 27.9 TiB for an array with shape (1000, 100000, 100000, 3)"))
     assert line.startswith("out of memory") and "image size" in line and "\n" not in line
