@@ -195,6 +195,36 @@ def test_export_cli_calibrates_on_a_flat_folder_of_unlabelled_images(tmp_path, c
     assert not (tmp_path / "out2").exists() or not any((tmp_path / "out2").iterdir())
 
 
+def test_export_cli_checks_accuracy_on_class_folders_matched_to_outputs_by_name(tmp_path, capsys):
+    """A model that names each solid colour after its brightest channel, class folders named after the labels (whose
+    sorted order is not the output order): the accuracy check must score 100%, i.e. compare each image with the
+    output its folder names."""
+    from tflite_export import export
+    from tflite_export.cli import run_main
+
+    inputs = keras.Input((SIZE, SIZE, 3))
+    mean_colour = keras.layers.GlobalAveragePooling2D()(inputs)
+    scores = keras.layers.Dense(3, kernel_initializer=keras.initializers.Identity(0.05), bias_initializer="zeros")(
+        mean_colour)
+    model = keras.Model(inputs, keras.layers.Softmax()(scores))
+    model_path = tmp_path / "colours.h5"
+    model.save(model_path)
+    labels = ["zebra", "ant", "moose"]  # outputs 0, 1, 2: red, green, blue; sorted folders: ant, moose, zebra
+    (tmp_path / "labels.txt").write_text("\n".join(labels) + "\n")
+    for channel, name in enumerate(labels):
+        colours = np.zeros((2, 40, 40, 3), np.uint8)
+        colours[..., channel] = np.array([200, 250])[:, None, None]
+        _write_pngs(tmp_path / "data" / name, 2, pixels=colours)
+
+    code = run_main(export.main, [str(model_path), "--dataset", str(tmp_path / "data"), "--labels",
+                                  str(tmp_path / "labels.txt"), "--out", str(tmp_path / "out")],
+                    prog="tflite_export.export")
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "label-file index by folder name" in printed.out
+    assert "int8 top-1 1.0000, keras top-1 1.0000, agreement 1.0000 on 6 labelled images" in printed.out
+
+
 @pytest.mark.parametrize("kind", ["missing", "garbage"])
 def test_export_cli_bad_model_is_a_one_line_error_without_output(kind, tmp_path):
     model = tmp_path / "model.h5"

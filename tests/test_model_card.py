@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
 
+from tests.conftest import REPO
 from tflite_export.model_card import SCHEMA_VERSION, InputSpec, ModelCard, ModelCardError, OutputSpec
 
 
@@ -80,3 +82,12 @@ def test_not_json_and_unreadable_files(tmp_path):
         ModelCard.from_json("[1, 2]")
     with pytest.raises(ModelCardError, match="cannot read"):
         ModelCard.read(tmp_path / "missing.json")
+
+
+def test_the_android_core_reads_the_same_schema_version():
+    """ModelCard.kt refuses every other version (its unit test), so the two constants must move together."""
+    kotlin = (REPO / "android_demo" / "core" / "src" / "main" / "kotlin" / "com" / "mobilenetpipeline" / "core"
+              / "ModelCard.kt").read_text(encoding="utf-8")
+    assert re.search(r"const val SCHEMA_VERSION = (\d+)", kotlin).group(1) == str(SCHEMA_VERSION)
+    bundled = json.loads((REPO / "android_demo" / "app" / "src" / "main" / "assets" / "model_card.json").read_text())
+    assert bundled["schema_version"] == SCHEMA_VERSION

@@ -227,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     train_dir = dataset / "train" if (dataset / "train").is_dir() else dataset
     calibration_files = images_under(train_dir, args.calibration_images)
     has_eval_split = any((dataset / split).is_dir() for split in ("test", "val"))
-    found = discover_dataset(dataset if has_eval_split else train_dir, labels, allow_unlabelled=True)
+    # Class indices in sorted folder order; map_classes_to_outputs below turns them into the model's outputs.
+    found = discover_dataset(dataset if has_eval_split else train_dir, allow_unlabelled=True)
     if labels is None and not found.class_names:
         beside = _labels_beside(args.model)
         if beside is None:

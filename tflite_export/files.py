@@ -169,7 +169,8 @@ def check_writable_file(path: str | os.PathLike, what: str) -> None:
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[pathlib.Path]:
     """`with atomic_output(path) as tmp:` write `tmp` (a file, or a directory such as a SavedModel) any way you like;
-    on a clean exit it replaces `path` with one rename, on an error it is removed and `path` is left as it was.
+    on a clean exit it replaces `path` with one rename, on an error it is removed and `path` is left as it was. (A
+    directory already at `path` is deleted just before the rename: for that moment there is none.)
 
     `tmp` sits beside `path` (same file system, so the rename is atomic), is hidden and ends with `path`'s name (Keras
     picks the save format from the ending: `.weights.h5` and `.h5` are different formats). Disk-full and other write
