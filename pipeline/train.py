@@ -134,6 +134,11 @@ class StageResult:
     history: dict
 
 
+def epoch_log_path(workdir: str, stage: str) -> str:
+    """The stage's per-epoch loss and accuracy (train and val) as CSV (Keras' CSVLogger); read by pipeline.report."""
+    return os.path.join(workdir, "logs", f"{stage}.epochs.csv")
+
+
 def run_stage(
     name: str,
     model: keras.Model,
@@ -168,6 +173,9 @@ def run_stage(
     backup_dir = os.path.join(checkpoints, f"{name}_backup")
     log = EpochLog(name)
     callbacks = [
+        # Appended to on resume, so the report's curves cover every epoch, including those of an interrupted run.
+        # Before the checkpoint: a run killed between the two redoes the epoch, and the reader keeps its last row.
+        keras.callbacks.CSVLogger(epoch_log_path(workdir, name), append=True),
         keras.callbacks.BackupAndRestore(backup_dir),
         log,
         keras.callbacks.TensorBoard(os.path.join(workdir, "logs", name), update_freq="epoch", profile_batch=0),

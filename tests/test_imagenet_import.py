@@ -4,14 +4,13 @@ transfer recipe runs end to end."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
 import keras_models
 from keras_models.backend import keras
 from keras_models.tflite_weights import read_tflite
+from pipeline.report import Report
 from tests.conftest import run_pipeline, shared_path
 from tflite_export.export import run_tflite
 from tflite_export.preprocessing import load_eval_image
@@ -132,8 +131,8 @@ def test_transfer_recipe_runs_end_to_end_with_frozen_batch_norm(tmp_path):
         "--batch_size", "8", "--head_epochs", "1", "--float_epochs", "1", "--noqat", "--calibration_images", "8",
         "--benchmark_runs", "0", "--verbose", "0", "--output_dir", out])
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads((out / "report.json").read_text())
-    assert report["config"]["recipe"] == "transfer" and set(report["stages"]) >= {"head", "float"}
+    report = Report.read(out / "report.json")
+    assert report.config.recipe == "transfer" and {s.name for s in report.stages} >= {"head", "float"}
     assert (out / "labels.txt").read_text().split() == ["ants", "bees"]
     # BatchNorm stayed in inference mode through head and fine-tune: the imported identity statistics are intact.
     float_model = keras.models.load_model(out / "float_model.h5", compile=False)

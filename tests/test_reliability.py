@@ -20,19 +20,10 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO, TINY, run_pipeline, tiny_classifier_keras, tiny_classifier_tflite
+from tests.conftest import error_line as _error_line
 from tflite_export.model_card import ModelCard
 
-
 # ------------------------------------------------------------------------------------------------------------ helpers
-def _error_line(code: int, stderr: str, prog: str = "") -> str:
-    """Assert exit code 2, no traceback and exactly one error line, which is the last line; return it."""
-    assert code == 2, stderr[-2000:]
-    assert "Traceback" not in stderr
-    marker = f"{prog}: error: " if prog else "error: "
-    errors = [line for line in stderr.splitlines() if line.startswith(marker)]
-    assert len(errors) == 1, stderr[-2000:]
-    assert stderr.rstrip().splitlines()[-1] == errors[0]
-    return errors[0]
 
 
 def _snapshot(folder: pathlib.Path) -> dict:
@@ -41,30 +32,6 @@ def _snapshot(folder: pathlib.Path) -> dict:
         return {}
     return {str(p.relative_to(folder)): (p.lstat().st_mtime_ns, os.readlink(p) if p.is_symlink() else None)
             for p in folder.glob("**/*")}
-
-
-@pytest.fixture()
-def pipeline_cli(capsys):
-    """`python -m pipeline.train_and_export ARGS` in this process (for cases refused before any training): returns
-    (exit code, stderr). absl's flags are global, so they are reset after each call."""
-    from absl import flags
-
-    from pipeline import train_and_export
-
-    def run(args) -> tuple[int, str]:
-        flags.FLAGS.unparse_flags()
-        flags.FLAGS(["train_and_export", *map(str, args)])
-        capsys.readouterr()
-        try:
-            train_and_export.main(["train_and_export"])
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code
-        finally:
-            flags.FLAGS.unparse_flags()
-        return code, capsys.readouterr().err
-
-    return run
 
 
 @pytest.fixture(scope="module")
@@ -118,22 +85,55 @@ def test_rerun_on_other_classes_is_refused_before_training(tiny_run, pipeline_cl
     assert _snapshot(out / "checkpoints") == before
 
 
-def test_run_directory_records_its_model_definition(tiny_run):
+def test_run_directory_records_its_run_config(tiny_run):
+    """run_config.json is the run's RunConfig (defaults resolved) with the classes of its data, versioned."""
+    from pipeline.config import RunRecord
+    from pipeline.schema import read_record
+
     out, _ = tiny_run
-    config = json.loads((out / "run_config.json").read_text())
-    assert config == {"variant": "small", "alpha": 0.35, "minimalistic": False, "image_size": 32, "weights": "none",
-                      "io": "uint8", "hswish": "lowered", "classes": config["classes"]}
-    assert len(config["classes"]) == 8
+    record = read_record(RunRecord, out / "run_config.json", "run record", "")
+    assert record.schema_version == 2 and len(record.classes) == 8
+    assert record.config.model_definition == {"variant": "small", "alpha": 0.35, "minimalistic": False,
+                                              "image_size": 32, "weights": "none", "io": "uint8", "hswish": "lowered"}
+    assert record.config.output_dir == str(out) and record.config.qat_learning_rate == pytest.approx(0.1 / 20)
 
 
 def test_legacy_run_directory_is_checked_against_its_report(tiny_run, pipeline_cli, tmp_path):
-    """Directories made before run_config.json existed: their report.json says what model they hold."""
+    """Directories made before run_config.json existed: their report.json says what model they hold, typed (schema
+    2) or not (version 1, no schema_version)."""
     out, _ = tiny_run
-    legacy = tmp_path / "legacy"
-    legacy.mkdir()
-    shutil.copyfile(out / "report.json", legacy / "report.json")
-    code, err = pipeline_cli([*TINY, "--float_epochs", "2", "--output_dir", legacy, "--image_size", "48"])
-    assert "image_size 32 -> 48" in _error_line(code, err)
+    typed, untyped = tmp_path / "typed", tmp_path / "untyped"
+    typed.mkdir()
+    untyped.mkdir()
+    shutil.copyfile(out / "report.json", typed / "report.json")
+    report = json.loads((out / "report.json").read_text())
+    (untyped / "report.json").write_text(json.dumps({"config": {"variant": "v3-small", "image_size": 32},
+                                                     "data": {"classes": report["data"]["classes"]}}))
+    for legacy in (typed, untyped):
+        code, err = pipeline_cli([*TINY, "--float_epochs", "2", "--output_dir", legacy, "--image_size", "48"])
+        assert "image_size 32 -> 48" in _error_line(code, err), legacy
+
+
+def test_unversioned_run_config_of_older_folders_is_still_checked(pipeline_cli, tmp_path):
+    """run_config.json before it was versioned: a flat object of the model-defining fields and the classes."""
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "run_config.json").write_text(json.dumps({
+        "variant": "small", "alpha": 0.35, "minimalistic": False, "image_size": 32, "weights": "none", "io": "uint8",
+        "hswish": "lowered", "classes": ["a", "b"]}))
+    before = _snapshot(old)
+    code, err = pipeline_cli([*TINY, "--float_epochs", "2", "--output_dir", old, "--alpha", "0.5"])
+    assert "alpha 0.35 -> 0.5" in _error_line(code, err)
+    assert _snapshot(old) == before
+
+
+def test_run_config_of_a_newer_schema_is_refused_in_one_line(pipeline_cli, tmp_path):
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "run_config.json").write_text(json.dumps({"schema_version": 99, "config": {}, "classes": []}))
+    code, err = pipeline_cli([*TINY, "--float_epochs", "2", "--output_dir", new])
+    line = _error_line(code, err)
+    assert "schema_version 99" in line and "run_config.json" in line and "fresh --output_dir" in line, line
 
 
 # ------------------------------------------------------------------------- 2. classes checked against the model

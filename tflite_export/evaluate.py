@@ -263,6 +263,48 @@ def evaluate_tflite(
     }
 
 
+@dataclasses.dataclass(frozen=True)
+class HeldOutPredictions:
+    """Per-image results of an int8 model and the Keras model it came from on labelled images, in the order given:
+    what the accuracies, the confusion matrix and the worst-classified images of a report are computed from."""
+
+    labels: np.ndarray  # int [N]: the true class, as a model output index
+    scores: np.ndarray  # float32 [N, outputs]: the int8 model's dequantized outputs (softmax probabilities)
+    reference: np.ndarray  # int [N]: the Keras model's top-1
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.scores.argmax(-1)
+
+    def summary(self) -> dict:
+        """Top-1 of the int8 file and of the Keras model on the same images, and how often they agree."""
+        total = len(self.labels)
+        if not total:
+            raise ValueError("no evaluation images")
+        return {
+            "images": total,
+            "keras_top1": float(np.mean(self.reference == self.labels)),
+            "int8_top1": float(np.mean(self.predicted == self.labels)),
+            "agreement": float(np.mean(self.predicted == self.reference)),
+        }
+
+    def confusion_matrix(self) -> np.ndarray:
+        """int [true, predicted] image counts of the int8 model, one row and one column per model output."""
+        outputs = self.scores.shape[-1]
+        cells = np.bincount(self.labels.astype(np.int64) * outputs + self.predicted, minlength=outputs * outputs)
+        return cells.reshape(outputs, outputs)
+
+    def worst(self, count: int) -> list[int]:
+        """Indices of up to `count` worst-classified images: the int8 model's mistakes, most confident first, then (when
+        there are fewer mistakes) the correct ones it was least sure of."""
+        index = np.arange(len(self.labels))
+        confidence = self.scores[index, self.predicted]
+        wrong = self.predicted != self.labels
+        mistakes = index[wrong][np.argsort(-confidence[wrong], kind="stable")]
+        unsure = index[~wrong][np.argsort(confidence[~wrong], kind="stable")]
+        return [int(i) for i in np.concatenate([mistakes, unsure])[:count]]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description="Top-1/top-5 of a TFLite classifier on a folder of images.")
     parser.add_argument("model", help="path to a .tflite file")

@@ -30,7 +30,7 @@ from tflite_export import metadata as tflite_metadata
 from tflite_export import verify as tflite_verify
 from tflite_export.cli import first_line, run_main
 from tflite_export.convert import ConversionError, RepresentativeData, convert
-from tflite_export.evaluate import discover_dataset, map_classes_to_outputs
+from tflite_export.evaluate import HeldOutPredictions, discover_dataset, map_classes_to_outputs
 from tflite_export.files import (
     CARD_FILE,
     LABELS_FILE,
@@ -97,24 +97,22 @@ def compare_with_keras(
     content: bytes, keras_model: keras.Model, batches: Iterable[tuple[np.ndarray, np.ndarray]]
 ) -> dict:
     """Top-1 of the int8 file and of the Keras model on the same held-out images, and how often they agree."""
-    correct_int8 = correct_keras = agree = total = 0
-    for images, labels in batches:
+    return held_out_predictions(content, keras_model, batches).summary()
+
+
+def held_out_predictions(
+    content: bytes, keras_model: keras.Model, batches: Iterable[tuple[np.ndarray, np.ndarray]]
+) -> HeldOutPredictions:
+    """Every image's int8 outputs and Keras top-1, with its label, in the order of `batches`."""
+    labels, scores, reference = [], [], []
+    for images, batch_labels in batches:
         images = np.asarray(images, np.float32)
-        labels = np.asarray(labels)
-        int8_pred = run_tflite(content, images).argmax(-1)
-        keras_pred = keras_model.predict_on_batch(images).argmax(-1)
-        correct_int8 += int((int8_pred == labels).sum())
-        correct_keras += int((keras_pred == labels).sum())
-        agree += int((int8_pred == keras_pred).sum())
-        total += len(labels)
-    if not total:
+        labels.append(np.asarray(batch_labels).reshape(-1))
+        scores.append(run_tflite(content, images))
+        reference.append(np.asarray(keras_model.predict_on_batch(images)).argmax(-1))
+    if not labels:
         raise ValueError("no evaluation images")
-    return {
-        "images": total,
-        "keras_top1": correct_keras / total,
-        "int8_top1": correct_int8 / total,
-        "agreement": agree / total,
-    }
+    return HeldOutPredictions(np.concatenate(labels), np.concatenate(scores), np.concatenate(reference))
 
 
 def model_card(analysis, info: ModelInfo, labels: list[str], hswish: str) -> ModelCard:
