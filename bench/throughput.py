@@ -78,6 +78,7 @@ class Entry:
     train_function: object  # the compiled Keras train function (what model.fit calls per step)
     iterator: object
     params: int
+    first_call_cpu_s: float  # CPU seconds of the first train-function call: tracing, graph building, XLA compiling
 
 
 @dataclasses.dataclass
@@ -113,10 +114,13 @@ def compiled_models(size: int, batch_size: int, variants=BASIC, warmup_steps: in
             compile_model(model, recipe, steps_per_epoch, epochs=12, fused_update=variant.fused_update,
                           steps_per_execution=variant.steps_per_execution)
             fn, it = model.make_train_function(), iter(train)
-            for _ in range(warmup_steps):  # tracing + first steps
+            started = time.process_time()
+            float(fn(it)["loss"])
+            first_call = time.process_time() - started
+            for _ in range(warmup_steps):  # first steps after tracing
                 logs = fn(it)
             float(logs["loss"])
-            entries[name] = Entry(variant, model, fn, it, model.count_params())
+            entries[name] = Entry(variant, model, fn, it, model.count_params(), first_call)
     return Setup(entries, train, steps_per_epoch, num_classes)
 
 
@@ -221,10 +225,11 @@ def main(argv=None):
     print(f"\nTraining throughput, V3-Small 1.0 at {args.image_size} px, batch {args.batch_size}, "
           f"{setup.num_classes} classes, {args.rounds} alternating rounds x {args.steps} steps")
     print(_common.table(
-        ["variant", "params", "median img/s (rounds)", "pooled img/s", "p10-p90 img/s", "img per CPU-second"],
+        ["variant", "params", "median img/s (rounds)", "pooled img/s", "p10-p90 img/s", "img per CPU-second",
+         "first call, CPU s"],
         [[n, f"{params[n]:,}", f"{med[n]:.0f}", f"{pooled[n]:.0f}",
-          f"{np.percentile(rates[n], 10):.0f}-{np.percentile(rates[n], 90):.0f}", f"{cpu_med[n]:.0f}"]
-         for n in names]))
+          f"{np.percentile(rates[n], 10):.0f}-{np.percentile(rates[n], 90):.0f}", f"{cpu_med[n]:.0f}",
+          f"{setup.entries[n].first_call_cpu_s:.1f}"] for n in names]))
     comparisons = [  # (label, numerator, denominator, target)
         ("ours / keras.apps (img/s)", "ours", "keras.apps", ">= 1.5 (issue #17)"),
         ("ours / keras.apps with the same fused update (the models alone)", "ours", "keras.apps + fused update", "-"),
@@ -247,7 +252,8 @@ def main(argv=None):
     result = {"machine": machine, "revision": _common.git_revision(), "command": _common.command_line(),
               "config": vars(args), "loadavg_at_end": os.getloadavg(), "params": params, "rates_img_s": rates,
               "median_img_s": med, "pooled_img_s": pooled, "cpu_rates_img_per_cpu_s": cpu_rates,
-              "median_img_per_cpu_s": cpu_med, "ratios": ratios}
+              "median_img_per_cpu_s": cpu_med, "ratios": ratios,
+              "first_call_cpu_s": {n: setup.entries[n].first_call_cpu_s for n in names}}
 
     if configs:
         children = run_process_configs(configs, args)
