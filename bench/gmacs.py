@@ -157,11 +157,16 @@ def main(argv=None):
             gmacs = macs[name] / r["median_ms"] / 1e6
             kind = "float" if "float" in name else "int8"
             peak_gmacs = peak_macs / peak_of[kind]["median_ms"] / 1e6
-            rows.append([name, t, f"{r['median_ms']:.2f}", f"{r['p10_ms']:.2f}-{r['p90_ms']:.2f}",
-                         f"{macs[name] / 1e6:.1f}", f"{gmacs:.1f}",
-                         f"{100 * gmacs / peak_gmacs:.0f}% of {kind} peak",
-                         f"{r['median_ms'] / ref['median_ms']:.3f}" if not name.startswith("peak") else "-",
-                         f"{r['p10_ms'] / ref['p10_ms']:.3f}" if not name.startswith("peak") else "-"])
+            # The fastest run: on a shared machine the run that was not preempted (long runs are preempted more
+            # often, which skews medians and their ratios); peaks are best-of-runs figures anyway.
+            fastest = macs[name] / r["min_ms"] / 1e6
+            peak_fastest = peak_macs / peak_of[kind]["min_ms"] / 1e6
+            model = not name.startswith("peak")
+            rows.append([name, t, f"{r['median_ms']:.2f}", f"{r['min_ms']:.2f}", f"{r['p10_ms']:.2f}-{r['p90_ms']:.2f}",
+                         f"{macs[name] / 1e6:.1f}", f"{gmacs:.1f}", f"{fastest:.1f}",
+                         f"{100 * gmacs / peak_gmacs:.0f}% / {100 * fastest / peak_fastest:.0f}% of {kind} peak",
+                         f"{r['median_ms'] / ref['median_ms']:.3f}" if model else "-",
+                         f"{r['min_ms'] / ref['min_ms']:.3f}" if model else "-"])
             out_rows.append({"name": name, "threads": t, "macs": macs[name], "gmacs": gmacs,
                              "peak_gmacs": peak_gmacs, **r})
     print(f"\nLiteRT (XNNPACK) at 224x224, {args.runs} interleaved runs after {args.warmup} warm-up; CPU "
@@ -169,8 +174,9 @@ def main(argv=None):
     for row in rows:
         d = info[row[0]]
         row.append(", ".join(f"{k} {v}" for k, v in sorted(d["undelegated"].items())) or "-")
-    print(_common.table(["model", "threads", "median ms", "p10-p90 ms", "MMACs", "GMAC/s (median)",
-                         "utilisation", "median ratio vs Google", "p10 ratio vs Google", "not delegated"], rows))
+    print(_common.table(["model", "threads", "median ms", "fastest ms", "p10-p90 ms", "MMACs", "GMAC/s (median)",
+                         "GMAC/s (fastest)", "utilisation (median / fastest)", "median ratio vs Google",
+                         "fastest-run ratio vs Google", "not delegated"], rows))
     print(f"\nnumpy float32 {NUMPY_N}^3 matmul (its BLAS, {np.__version__})")
     print(_common.table(["threads", "median s", "GMAC/s (median)", "GMAC/s (best of 7)"], [
         [r["threads"], f"{r['median_s']:.3f}", f"{r['gmacs']:.1f}", f"{r['gmacs_best']:.1f}"] for r in numpy_rows]))
@@ -178,7 +184,7 @@ def main(argv=None):
         r = by_key[("ours int8 lowered (QAT)", t)]
         ref = by_key[("Google V3-Small uint8 (reference)", t)]
         ratio = r["median_ms"] / ref["median_ms"]
-        print(f"ours int8 / Google, {t} thread(s): median {ratio:.3f}x, p10 {r['p10_ms'] / ref['p10_ms']:.3f}x "
+        print(f"ours int8 / Google, {t} thread(s): median {ratio:.3f}x, fastest run {r['min_ms'] / ref['min_ms']:.3f}x "
               f"(issue #17 asks <= 0.25x at 1 thread where AVX-512 VNNI exists: "
               f"{'this CPU has it' if 'avx512_vnni' in machine['isa'] else 'this CPU lacks it'})")
     print(f"\nmachine: {machine['cpu']} ({machine['isa']}), {machine['nproc']} cores, load average at start "
