@@ -7,19 +7,27 @@ import numpy as np
 from keras_models.backend import keras
 
 
+def small_model() -> keras.Model:
+    """Conv kernels (weight-decayed), BatchNorm (not decayed), a biased head: what the optimizer treats differently."""
+    layers = keras.layers
+    return keras.Sequential([
+        keras.Input((8, 8, 3)), layers.Conv2D(8, 3, use_bias=False), layers.BatchNormalization(),
+        layers.ReLU(6.0), layers.GlobalAveragePooling2D(), layers.Dense(4, activation="softmax"),
+    ])
+
+
 def test_fused_sgd_update_gives_the_weights_of_keras_own_sgd():
-    import keras_models
     from pipeline.train import Recipe, compile_model
 
     rng = np.random.default_rng(0)
-    x = rng.uniform(0, 255, size=(16, 32, 32, 3)).astype(np.float32)
+    x = rng.uniform(-1, 1, size=(16, 8, 8, 3)).astype(np.float32)
     y = np.eye(4, dtype=np.float32)[rng.integers(0, 4, 16)]
-    # Weight decay well above the default, so a fused path that skipped or reordered it would show.
-    recipe = Recipe(learning_rate=0.05, weight_decay=0.01, warmup_epochs=0.5)
+    # Weight decay far above the default (0.5-5% of each kernel per step), so a fused path that skipped it would show.
+    recipe = Recipe(learning_rate=0.05, weight_decay=1.0, warmup_epochs=0.5)
     initial, trained = {}, {}
     for fused in (True, False):
         keras.utils.set_random_seed(0)
-        model = keras_models.build("small", input_shape=(32, 32, 3), alpha=0.35, num_classes=4, dropout=0.0)
+        model = small_model()
         initial[fused] = [w.numpy() for w in model.trainable_weights]
         compile_model(model, recipe, steps_per_epoch=2, epochs=2, fused_update=fused)
         model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
