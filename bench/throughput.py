@@ -179,7 +179,7 @@ def run_process_configs(configs: list[dict], args) -> list[dict]:
             print("child:", " ".join(f"{k}={v}" for k, v in config.items()) or "default", flush=True)
             subprocess.run(cmd, check=True, env=env, cwd=_common.REPO, stdout=subprocess.DEVNULL)
             with open(out.name) as f:
-                results.append({"config": config, **json.load(f)})
+                results.append({**json.load(f), "process_config": config})  # the child's own "config" is its args
     return results
 
 
@@ -260,7 +260,8 @@ def main(argv=None):
         rows = []
         for child in children:
             cmed = child["median_img_s"]
-            rows.append([" ".join(f"{k}={v}" for k, v in child["config"].items()) or "default (TF's pools, oneDNN on)",
+            rows.append([" ".join(f"{k}={v}" for k, v in child["process_config"].items())
+                         or "default (TF's pools, oneDNN on)",
                          f"{cmed['ours']:.0f}", f"{cmed['keras.apps']:.0f}",
                          f"{child['median_img_per_cpu_s']['ours']:.0f}",
                          f"{child['ratios']['ours / keras.apps (img/s)'][0]:.3f}",
