@@ -2,6 +2,7 @@
 
     python -m pipeline.train_and_export --variant small                    # offline default: synthetic shapes
     python -m pipeline.train_and_export --dataset ~/photos --image_size 160 --output_dir runs/photos
+    python -m pipeline.train_and_export --strategy mirrored ...            # every GPU (README "More than one device")
     python -m pipeline.train_and_export --helpfull                         # every flag
 
 Rerunning the same command after an interruption resumes from the last finished epoch of the stage it was in.
@@ -20,6 +21,7 @@ from absl import app, flags, logging
 
 from keras_models import backend
 from keras_models.backend import keras, tf
+from pipeline import distribute
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("variant", "small", "Model: small or large (MobileNetV3), v2, v1.")
@@ -77,6 +79,24 @@ flags.DEFINE_integer(
     "verbose", 1,
     "Progress output: 0 none, 1 progress bars (Keras per epoch; calibration, conversion, evaluation), 2 one line per "
     "epoch and the other bars. -v 1 (absl's verbosity) also shows TensorFlow's own logs.")
+# tf.distribute: more than one device or machine (pipeline/distribute.py says what stays the same).
+flags.DEFINE_enum(
+    "strategy", "default", distribute.STRATEGIES,
+    "default: one device. mirrored: all GPUs of this machine. multi_worker: several machines, each with TF_CONFIG. "
+    "--batch_size is the global batch (each replica takes an equal share) and the learning rates are for it, whatever "
+    "the number of replicas. tpu: refused (untested, see pipeline/distribute.py).")
+flags.DEFINE_boolean(
+    "sync_batch_norm", False,
+    "BatchNorm statistics over the global batch instead of each replica's share (all-reduced every step; Keras' "
+    "unfused BatchNorm): the number of devices then changes the result only by floating-point rounding.")
+flags.DEFINE_integer(
+    "cpu_replicas", 0,
+    "With --strategy mirrored on a machine without GPUs: split the CPU into this many devices (tests of the "
+    "multi-device path; no speed-up).")
+flags.DEFINE_string(
+    "tfds_manual_dir", None,
+    "For TFDS data sets downloaded by hand (tfds:imagenet2012: ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar): "
+    "the folder holding the files. TFDS prepares them once into TFDS_DATA_DIR (default ~/tensorflow_datasets).")
 
 
 def _default_output_dir() -> str:
@@ -275,8 +295,9 @@ def _recorded_run_config(output_dir: str) -> dict | None:
     return None
 
 
-def run() -> dict:
-    """The whole job; returns the report. User errors raise exceptions with one-line messages."""
+def run(distribution: distribute.Distribution) -> dict | None:
+    """The whole job, in `distribution`'s scope; returns the report (None on a multi-worker run's other workers, which
+    stop after training). User errors raise exceptions with one-line messages."""
     import keras_models
     from keras_models.profile import totals
     from keras_models.tflite_weights import read_tflite
@@ -309,6 +330,8 @@ def run() -> dict:
     variant = keras_models.canonical_variant(FLAGS.variant)
     output_dir = FLAGS.output_dir or _default_output_dir()
     _validate_flags(output_dir)
+    distribute.check_batch_size(FLAGS.batch_size, distribution.num_replicas, FLAGS.sync_batch_norm, MIN_BATCH_SIZE)
+    logging.info("%s", distribution.describe(FLAGS.batch_size))
     # A rerun reuses the directory's checkpoints and weights: refuse one that would build another model from them
     # (the classes are compared as soon as the data set is known, still before any training).
     run_config = _run_config(variant)
@@ -332,8 +355,8 @@ def run() -> dict:
     header(f"data: {FLAGS.dataset}")
     data = load_dataset(
         FLAGS.dataset, image_size=FLAGS.image_size, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
-        on_bad_image=FLAGS.on_bad_image, cache_dir=os.path.join(output_dir, "cache"),
-        synthetic_size=_synthetic_size(),
+        on_bad_image=FLAGS.on_bad_image, synthetic_size=_synthetic_size(), tfds_manual_dir=FLAGS.tfds_manual_dir,
+        cache_dir=os.path.join(output_dir, "cache") if distribution.is_chief else None,
     )
     classes = data.class_names
     logging.info("data: %d train, %d eval (%s), classes: %s", data.num_train, data.num_eval, data.eval_split_name,
@@ -344,7 +367,7 @@ def run() -> dict:
     run_config["classes"] = list(classes)
     if recorded_config is not None and "classes" in recorded_config:
         check_same_settings("", {"classes": run_config["classes"]}, "a run made", output_dir, recorded=recorded_config)
-    if recorded_config is None or not os.path.exists(os.path.join(output_dir, RUN_CONFIG)):
+    if distribution.is_chief and (recorded_config is None or not os.path.exists(os.path.join(output_dir, RUN_CONFIG))):
         atomic_write_json(os.path.join(output_dir, RUN_CONFIG), run_config)
     input_rate = input_pipeline_throughput(data.train)
     logging.info("input pipeline alone: %.0f images/s", input_rate)
@@ -355,6 +378,8 @@ def run() -> dict:
         variant, input_shape=(FLAGS.image_size, FLAGS.image_size, 3), alpha=FLAGS.alpha, num_classes=len(classes),
         minimalistic=FLAGS.minimalistic, dropout=FLAGS.dropout, weights=FLAGS.weights,
     )
+    if FLAGS.sync_batch_norm:
+        logging.info("BatchNorm: statistics of the global batch in %d layers", distribute.synchronize_batch_norm(model))
     params, madds = totals(model)
     steps = -(-data.num_train // FLAGS.batch_size) * max(FLAGS.float_epochs, 1)
     bn_momentum = FLAGS.bn_momentum if FLAGS.bn_momentum is not None else auto_batch_norm_momentum(steps)
@@ -375,13 +400,16 @@ def run() -> dict:
                             **stage_args)
     float_acc = _eval_keras(model, data.eval, "float evaluation")
     logging.info("float model: held-out top-1 %.4f", float_acc)
-    _save_atomically(model, os.path.join(output_dir, "float_model.h5"))
+    with distribute.chief_path(os.path.join(output_dir, "float_model.h5")) as path:
+        _save_atomically(model, path)
 
     stages.append(float_stage)
     export_source, qat_acc = model, None
     if FLAGS.qat and FLAGS.qat_epochs:
         header("quantization-aware training: fake-quant model and activation ranges")
         qat_model = quantize_model(model)
+        if FLAGS.sync_batch_norm:
+            distribute.synchronize_batch_norm(qat_model)
         if not os.path.exists(os.path.join(output_dir, "checkpoints", "qat.weights.h5")):
             batches = progress(data.train.take(FLAGS.calibration_batches), desc="QAT range calibration", unit="batch")
             used = calibrate_activation_ranges(qat_model, (images for images, _ in batches))
@@ -407,9 +435,12 @@ def run() -> dict:
                                 callbacks=(RangeRules(qat_model),), **stage_args)
             qat_acc = _eval_keras(qat_model, data.eval, "QAT evaluation")
             # HDF5 cannot hold tfmot's shared quantizer variables; the SavedModel format round-trips them.
-            _save_atomically(qat_model, os.path.join(output_dir, "qat_model"), save_format="tf")
+            with distribute.chief_path(os.path.join(output_dir, "qat_model")) as path:
+                _save_atomically(qat_model, path, save_format="tf")
         logging.info("QAT model: held-out top-1 %.4f", qat_acc)
         export_source = qat_model
+    if not distribution.is_chief:
+        return None  # the chief exports and reports
 
     info = ModelInfo(
         name=f"{keras_models.VARIANTS[variant]} {FLAGS.alpha:g} {FLAGS.image_size}px int8",
@@ -466,6 +497,7 @@ def run() -> dict:
             "stages": {s.name: s.seconds for s in stages},
             "resumed": {s.name: s.first_epoch for s in stages if s.first_epoch and not s.skipped},
             "seconds_total": time.perf_counter() - started,
+            "distribution": distribution.record(FLAGS.batch_size, FLAGS.sync_batch_norm),
         }
         report["config"]["qat_learning_rate"] = qat_learning_rate  # the one used, default included
         report["config"]["recipe"] = recipe  # what "auto" became
@@ -492,7 +524,10 @@ def main(argv):
     set_progress(FLAGS.verbose > 0)
 
     try:
-        report = run()
+        # Before anything runs TensorFlow: a strategy configures the runtime (devices, the workers' collectives).
+        distribution = distribute.create(FLAGS.strategy, cpu_replicas=FLAGS.cpu_replicas)
+        with distribution.scope():  # models, optimizers and their checkpoints are replicated
+            report = run(distribution)
     except (DataError, WeightsError, ConversionError, VerificationError, ValueError, OSError, MemoryError) as err:
         print(f"error: {one_line_error(err)}", file=sys.stderr)
         sys.exit(2)
@@ -501,6 +536,9 @@ def main(argv):
         print(f"error: out of memory ({first}); reduce --batch_size ({FLAGS.batch_size}) or --image_size "
               f"({FLAGS.image_size})", file=sys.stderr)
         sys.exit(2)
+    if report is None:
+        print(f"\nworker {distribution.worker}: training finished; the chief (worker 0) exports and reports")
+        return
     print("\n" + _summary(report))
     print(f"\nreport: {os.path.join(FLAGS.output_dir or _default_output_dir(), 'report.json')}")
 
