@@ -72,6 +72,11 @@ class RunConfig:
     android: bool
     output_dir: str
     verbose: int
+    # tf.distribute (pipeline/distribute.py); defaults for run records written before these existed
+    strategy: str = "default"
+    sync_batch_norm: bool = False
+    cpu_replicas: int = 0
+    tfds_manual_dir: str | None = None
 
     @property
     def runs_qat(self) -> bool:
@@ -109,7 +114,9 @@ class RunConfig:
             qat_learning_rate=qat_learning_rate, qat_distill=flags.qat_distill,
             calibration_batches=flags.calibration_batches, io=flags.io, hswish=flags.hswish,
             calibration_images=flags.calibration_images, benchmark_runs=flags.benchmark_runs, android=flags.android,
-            output_dir=output_dir, verbose=flags.verbose,
+            output_dir=output_dir, verbose=flags.verbose, strategy=flags.strategy,
+            sync_batch_norm=flags.sync_batch_norm, cpu_replicas=flags.cpu_replicas,
+            tfds_manual_dir=flags.tfds_manual_dir,
         )
         config.validate()
         return config

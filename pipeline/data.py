@@ -93,8 +93,10 @@ def load_dataset(
     on_bad_image: str = "skip",
     cache_dir: str | None = None,
     synthetic_size: tuple[int, int] | None = None,
+    tfds_manual_dir: str | None = None,
 ) -> Dataset:
-    """`spec`: "synthetic", a folder path, "tfds:NAME", or a bare TFDS name that is not an existing path."""
+    """`spec`: "synthetic", a folder path, "tfds:NAME", or a bare TFDS name that is not an existing path.
+    `tfds_manual_dir`: where the files of a TFDS set that is downloaded by hand are (tfds:imagenet2012)."""
     if on_bad_image not in ON_BAD_IMAGE:
         raise DataError(f"on_bad_image must be one of {', '.join(ON_BAD_IMAGE)}; got {on_bad_image!r}")
     if int(image_size) < 8 or int(batch_size) < 1:
@@ -108,12 +110,13 @@ def load_dataset(
     kwargs = dict(image_size=int(image_size), batch_size=int(batch_size), seed=int(seed))
     if spec.lower() == "synthetic":
         return _load_synthetic(cache_dir=cache_dir, sizes=synthetic_size, **kwargs)
+    tfds_kwargs = dict(holdout_fraction=float(holdout_fraction), manual_dir=tfds_manual_dir, **kwargs)
     if spec.lower().startswith("tfds:"):
-        return _load_tfds(spec[5:], holdout_fraction=float(holdout_fraction), **kwargs)
+        return _load_tfds(spec[5:], **tfds_kwargs)
     path = os.path.expanduser(spec)
     if os.path.exists(path) or _looks_like_path(spec):
         return _load_folder(path, holdout_fraction=float(holdout_fraction), on_bad_image=on_bad_image, **kwargs)
-    return _load_tfds(spec, holdout_fraction=float(holdout_fraction), **kwargs)
+    return _load_tfds(spec, **tfds_kwargs)
 
 
 def input_pipeline_throughput(ds: tf.data.Dataset, batches: int = 20) -> float:
@@ -469,7 +472,27 @@ def _network_reachable(address=_NETWORK_PROBE, timeout: float = _NETWORK_TIMEOUT
     return bool(result and result[0])
 
 
-def _load_tfds(name, *, image_size, batch_size, seed, holdout_fraction) -> Dataset:
+def _prepare_from_manual_dir(builder, name: str, manual_dir: str | None) -> None:
+    """Prepare a TFDS set from files the user downloaded (ImageNet's licence requires that): TFDS reads them from
+    `manual_dir` and writes its record files to its data dir (TFDS_DATA_DIR) once; later runs only read those."""
+    import tensorflow_datasets as tfds
+
+    if not manual_dir:
+        raise DataError(f"TFDS dataset {name!r} is downloaded by hand and is not prepared in {builder.data_dir}: "
+                        "download its files (for imagenet2012, ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar "
+                        "from image-net.org) into a folder and pass it as --tfds_manual_dir")
+    manual_dir = os.path.expanduser(manual_dir)
+    if not os.path.isdir(manual_dir):
+        raise DataError(f"--tfds_manual_dir {manual_dir} is not a folder")
+    logging.info("preparing TFDS dataset %s from %s into %s (once)", name, manual_dir, builder.data_dir)
+    try:
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    except Exception as e:  # noqa: BLE001 - missing or broken files fail in many ways; users get the first line
+        raise DataError(f"could not prepare TFDS dataset {name!r} from --tfds_manual_dir {manual_dir}: "
+                        f"{first_line(e, 300)}") from None
+
+
+def _load_tfds(name, *, image_size, batch_size, seed, holdout_fraction, manual_dir=None) -> Dataset:
     name = name.strip()
     if not name:
         raise DataError(f"missing TFDS dataset name after 'tfds:'; {ALTERNATIVES}")
@@ -482,7 +505,9 @@ def _load_tfds(name, *, image_size, batch_size, seed, holdout_fraction) -> Datas
     except Exception as e:  # noqa: BLE001 - DatasetNotFoundError lists every data set: keep only its first line
         raise DataError(
             f"{name!r} is neither an existing folder nor a TFDS dataset ({first_line(e)}); {ALTERNATIVES}") from None
-    if not builder.is_prepared():
+    if not builder.is_prepared() and (manual_dir or builder.MANUAL_DOWNLOAD_INSTRUCTIONS):
+        _prepare_from_manual_dir(builder, name, manual_dir)
+    elif not builder.is_prepared():
         # tfds would retry an unreachable download host for minutes; find out in seconds instead.
         if not _network_reachable():
             raise DataError(

@@ -129,6 +129,18 @@ class StageSummary:
 
 
 @dataclasses.dataclass(frozen=True)
+class DistributionSummary:
+    """How training was spread (pipeline/distribute.py): the learning rates are for the global batch."""
+
+    strategy: str
+    replicas: int
+    workers: int
+    global_batch: int
+    per_replica_batch: float
+    sync_batch_norm: bool
+
+
+@dataclasses.dataclass(frozen=True)
 class Report:
     SCHEMA_VERSION = 2  # 1: the untyped report.json without schema_version
 
@@ -144,6 +156,7 @@ class Report:
     stages: list[StageSummary]
     export_and_int8_eval_seconds: float
     seconds_total: float
+    distribution: DistributionSummary | None = None  # None in reports written before --strategy existed
 
     def stage(self, name: str) -> StageSummary | None:
         return next((s for s in self.stages if s.name == name), None)

@@ -5,6 +5,9 @@ epoch end and restores them when the same command runs again; `TensorBoard` logs
 finishes, its weights are saved atomically as `<stage>.weights.h5`, which marks it done: a rerun loads them and moves
 on to the next stage. `<stage>.settings.json` records what the stage was asked to do (epochs, batch size, recipe), so
 a rerun with different settings stops with a clear error instead of silently resuming or reusing the old weights.
+
+Under a tf.distribute strategy (the model built in its scope: pipeline.distribute) the same code runs on every worker;
+only the chief writes the stage's files, the other workers write where Keras' multi-worker convention puts them.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import time
 from absl import logging
 
 from keras_models.backend import keras, tf
+from pipeline.distribute import chief_path, is_chief
 from tflite_export.cli import header
 from tflite_export.files import atomic_output, atomic_write_json
 
@@ -212,7 +216,9 @@ def run_stage(
     if epochs <= 0:
         return StageResult(name, 0, 0, True, 0.0, None, {})
 
-    atomic_write_json(settings_file, settings)
+    strategy = model.distribute_strategy  # the tf.distribute strategy the model was built under (pipeline.distribute)
+    if is_chief(strategy):  # the other workers of a multi-worker run read the chief's files
+        atomic_write_json(settings_file, settings)
     steps_per_epoch = -(-num_train // batch_size)
     compile_model(model, recipe, steps_per_epoch, epochs)
     backup_dir = os.path.join(checkpoints, f"{name}_backup")
@@ -242,9 +248,10 @@ def run_stage(
         raise
     seconds = time.perf_counter() - started
 
-    with atomic_output(done) as tmp:
+    with chief_path(done, strategy) as target, atomic_output(target) as tmp:
         model.save_weights(str(tmp))
-    shutil.rmtree(backup_dir, ignore_errors=True)
+    if is_chief(strategy):
+        shutil.rmtree(backup_dir, ignore_errors=True)
     # Steady-state rate: skip the first epoch, which includes tracing and cache filling.
     steady = log.epoch_seconds[1:] or log.epoch_seconds
     rate = num_train / (sum(steady) / len(steady)) if steady else None

@@ -2,6 +2,7 @@
 
     python -m pipeline.train_and_export --variant small                    # offline default: synthetic shapes
     python -m pipeline.train_and_export --dataset ~/photos --image_size 160 --output_dir runs/photos
+    python -m pipeline.train_and_export --strategy mirrored ...            # every GPU (README "More than one device")
     python -m pipeline.train_and_export --helpfull                         # every flag
 
 Rerunning the same command after an interruption resumes from the last finished epoch of the stage it was in.
@@ -25,7 +26,8 @@ from absl import app, flags, logging
 
 from keras_models import backend
 from keras_models.backend import keras, tf
-from pipeline.config import MIN_TRAIN_IMAGES, RunConfig
+from pipeline import distribute
+from pipeline.config import MIN_BATCH_SIZE, MIN_TRAIN_IMAGES, RunConfig
 
 if TYPE_CHECKING:
     from pipeline.data import Dataset
@@ -91,6 +93,24 @@ flags.DEFINE_integer(
     "verbose", 1,
     "Progress output: 0 none, 1 progress bars (Keras per epoch; calibration, conversion, evaluation), 2 one line per "
     "epoch and the other bars. -v 1 (absl's verbosity) also shows TensorFlow's own logs.")
+# tf.distribute: more than one device or machine (pipeline/distribute.py says what stays the same).
+flags.DEFINE_enum(
+    "strategy", "default", distribute.STRATEGIES,
+    "default: one device. mirrored: all GPUs of this machine. multi_worker: several machines, each with TF_CONFIG. "
+    "--batch_size is the global batch (each replica takes an equal share) and the learning rates are for it, whatever "
+    "the number of replicas. tpu: refused (untested, see pipeline/distribute.py).")
+flags.DEFINE_boolean(
+    "sync_batch_norm", False,
+    "BatchNorm statistics over the global batch instead of each replica's share (all-reduced every step; Keras' "
+    "unfused BatchNorm): the number of devices then changes the result only by floating-point rounding.")
+flags.DEFINE_integer(
+    "cpu_replicas", 0,
+    "With --strategy mirrored on a machine without GPUs: split the CPU into this many devices (tests of the "
+    "multi-device path; no speed-up).")
+flags.DEFINE_string(
+    "tfds_manual_dir", None,
+    "For TFDS data sets downloaded by hand (tfds:imagenet2012: ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar): "
+    "the folder holding the files. TFDS prepares them once into TFDS_DATA_DIR (default ~/tensorflow_datasets).")
 
 
 def _eval_keras(model: keras.Model, eval_ds: tf.data.Dataset, desc: str) -> float:
@@ -186,8 +206,8 @@ def load_data(config: RunConfig, recorded_model: dict | None) -> RunData:
     header(f"data: {config.dataset}")
     data = load_dataset(
         config.dataset, image_size=config.image_size, batch_size=config.batch_size, seed=config.seed,
-        on_bad_image=config.on_bad_image, cache_dir=os.path.join(config.output_dir, "cache"),
-        synthetic_size=config.synthetic_size,
+        on_bad_image=config.on_bad_image, synthetic_size=config.synthetic_size, tfds_manual_dir=config.tfds_manual_dir,
+        cache_dir=os.path.join(config.output_dir, "cache") if distribute.is_chief() else None,
     )
     classes = data.class_names
     logging.info("data: %d train, %d eval (%s), classes: %s", data.num_train, data.num_eval, data.eval_split_name,
@@ -196,7 +216,8 @@ def load_data(config: RunConfig, recorded_model: dict | None) -> RunData:
         raise ValueError(f"{config.dataset} has {data.num_train} training and {data.num_eval} evaluation images; the "
                          f"export needs at least {MIN_TRAIN_IMAGES} and 1")
     check_run_directory(config, recorded_model, classes=classes)
-    write_run_record(config, classes)
+    if distribute.is_chief():  # the other workers of a multi-worker run only train
+        write_run_record(config, classes)
     input_rate = input_pipeline_throughput(data.train)
     logging.info("input pipeline alone: %.0f images/s", input_rate)
     return RunData(data, one_hot(data.train, len(classes)), one_hot(data.eval, len(classes)), input_rate)
@@ -212,6 +233,8 @@ def build_model(config: RunConfig, run_data: RunData) -> tuple[keras.Model, floa
         num_classes=len(run_data.data.class_names), minimalistic=config.minimalistic, dropout=config.dropout,
         weights=config.weights,
     )
+    if config.sync_batch_norm:
+        logging.info("BatchNorm: statistics of the global batch in %d layers", distribute.synchronize_batch_norm(model))
     steps = -(-run_data.data.num_train // config.batch_size) * max(config.float_epochs, 1)
     bn_momentum = config.bn_momentum if config.bn_momentum is not None else auto_batch_norm_momentum(steps)
     set_batch_norm_momentum(model, bn_momentum)
@@ -253,7 +276,8 @@ def train_float(config: RunConfig, model: keras.Model, bn_momentum: float, run_d
                             recipe=_float_recipe(config), **stage_args))
     float_top1 = _eval_keras(model, run_data.data.eval, "float evaluation")
     logging.info("float model: held-out top-1 %.4f", float_top1)
-    _save_atomically(model, os.path.join(config.output_dir, "float_model.h5"))
+    with distribute.chief_path(os.path.join(config.output_dir, "float_model.h5")) as path:
+        _save_atomically(model, path)
     return Trained(model, bn_momentum, float_top1, stages)
 
 
@@ -278,6 +302,8 @@ def train_qat(config: RunConfig, trained: Trained, run_data: RunData) -> None:
     model, data = trained.model, run_data.data
     header("quantization-aware training: fake-quant model and activation ranges")
     qat_model = quantize_model(model)
+    if config.sync_batch_norm:  # tfmot's quantize_apply rebuilds the BatchNorms without it
+        distribute.synchronize_batch_norm(qat_model)
     if not os.path.exists(os.path.join(config.output_dir, "checkpoints", "qat.weights.h5")):
         batches = progress(data.train.take(config.calibration_batches), desc="QAT range calibration", unit="batch")
         used = calibrate_activation_ranges(qat_model, (images for images, _ in batches))
@@ -303,7 +329,8 @@ def train_qat(config: RunConfig, trained: Trained, run_data: RunData) -> None:
                                     **_stage_args(config, run_data))
         trained.qat_top1 = _eval_keras(qat_model, data.eval, "QAT evaluation")
         # HDF5 cannot hold tfmot's shared quantizer variables; the SavedModel format round-trips them.
-        _save_atomically(qat_model, os.path.join(config.output_dir, "qat_model"), save_format="tf")
+        with distribute.chief_path(os.path.join(config.output_dir, "qat_model")) as path:
+            _save_atomically(qat_model, path, save_format="tf")
     logging.info("QAT model: held-out top-1 %.4f", trained.qat_top1)
     trained.qat_model = qat_model
 
@@ -398,7 +425,7 @@ def _thumbnails(data: Dataset, indices: list[int]) -> dict[int, bytes]:
 
 def write_report(config: RunConfig, run_data: RunData, trained: Trained, export_report: dict,
                  predictions: HeldOutPredictions, latency: list[dict], export_seconds: float, started: float,
-                 artifacts: ArtifactSet) -> Report:
+                 artifacts: ArtifactSet, distribution: distribute.Distribution) -> Report:
     """report.json and report.html into the set about to be published."""
     from keras_models.profile import totals
     from pipeline import report_html
@@ -406,6 +433,7 @@ def write_report(config: RunConfig, run_data: RunData, trained: Trained, export_
         HTML_FILE,
         REPORT_FILE,
         DataSummary,
+        DistributionSummary,
         ExportSummary,
         Int8Accuracy,
         KerasAccuracy,
@@ -436,6 +464,7 @@ def write_report(config: RunConfig, run_data: RunData, trained: Trained, export_
         stages=_stage_summaries(config, stages),
         export_and_int8_eval_seconds=export_seconds,
         seconds_total=time.perf_counter() - started,
+        distribution=DistributionSummary(**distribution.record(config.batch_size, config.sync_batch_norm)),
     )
     report.write(artifacts.path(REPORT_FILE))
     thumbnails = _thumbnails(data, [w.index for w in report.int8_evaluation.worst])
@@ -443,13 +472,16 @@ def write_report(config: RunConfig, run_data: RunData, trained: Trained, export_
     return report
 
 
-def run(config: RunConfig) -> Report:
-    """The whole job; returns the report. User errors raise exceptions with one-line messages."""
+def run(config: RunConfig, distribution: distribute.Distribution) -> Report | None:
+    """The whole job, in `distribution`'s scope; returns the report (None on a multi-worker run's other workers, which
+    stop after training). User errors raise exceptions with one-line messages."""
     from pipeline.android import install_into_android_app
     from pipeline.config import check_run_directory, recorded_model
     from tflite_export.files import MODEL_FILE, artifact_set
 
     started = time.perf_counter()
+    distribute.check_batch_size(config.batch_size, distribution.num_replicas, config.sync_batch_norm, MIN_BATCH_SIZE)
+    logging.info("%s", distribution.describe(config.batch_size))
     # A rerun reuses the folder's checkpoints and weights: refuse one that would build another model from them (the
     # classes are compared as soon as the data set is known, still before any training).
     recorded = recorded_model(config.output_dir)
@@ -462,6 +494,8 @@ def run(config: RunConfig) -> Report:
     trained = train_float(config, model, bn_momentum, run_data)
     if config.runs_qat:
         train_qat(config, trained, run_data)
+    if not distribution.is_chief:
+        return None  # the chief exports and reports
     # Model, labels, card and report are staged together and published as one set when the last is written: a failure
     # (disk full, a failed check) leaves the previous run's set in place, never a new card beside an old model.
     with artifact_set(config.output_dir) as artifacts:
@@ -470,7 +504,7 @@ def run(config: RunConfig) -> Report:
         export_seconds = time.perf_counter() - export_started
         latency = measure_latency(config, artifacts.path(MODEL_FILE))
         report = write_report(config, run_data, trained, export_report, predictions, latency, export_seconds,
-                              started, artifacts)
+                              started, artifacts, distribution)
     if config.android:
         install_into_android_app(config.output_dir)
     return report
@@ -493,7 +527,10 @@ def main(argv):
 
     try:
         config = RunConfig.from_flags(FLAGS)
-        report = run(config)
+        # Before anything runs TensorFlow: a strategy configures the runtime (devices, the workers' collectives).
+        distribution = distribute.create(config.strategy, cpu_replicas=config.cpu_replicas)
+        with distribution.scope():  # models, optimizers and their checkpoints are replicated
+            report = run(config, distribution)
     except (DataError, WeightsError, ConversionError, VerificationError, ValueError, OSError, MemoryError) as err:
         print(f"error: {one_line_error(err)}", file=sys.stderr)
         sys.exit(2)
@@ -502,6 +539,9 @@ def main(argv):
         print(f"error: out of memory ({first}); reduce --batch_size ({FLAGS.batch_size}) or --image_size "
               f"({FLAGS.image_size})", file=sys.stderr)
         sys.exit(2)
+    if report is None:
+        print(f"\nworker {distribution.worker}: training finished; the chief (worker 0) exports and reports")
+        return
     print("\n" + _summary(report, os.path.join(config.output_dir, HTML_FILE)))
 
 
