@@ -9,6 +9,10 @@ import platform
 import subprocess
 import sys
 import tarfile
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipeline.report import Report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.environ.get("MOBILENET_SHARED", os.path.join(os.path.dirname(REPO), "shared"))
@@ -126,21 +130,24 @@ def run_pipeline(flags: list[str], output_dir: str, log_name: str = "run.log") -
             "peak_rss_gib": usage.ru_maxrss / 1024**2, "log": log_path}
 
 
-def load_report(output_dir: str) -> dict | None:
-    path = os.path.join(output_dir, "report.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+def load_report(output_dir: str) -> Report | None:
+    """The report of a finished pipeline run in `output_dir` (None if unfinished); a report of another schema version
+    stops the benchmark with one line saying so."""
+    from pipeline.report import read_report
+    from pipeline.schema import SchemaError
+
+    try:
+        return read_report(output_dir)
+    except SchemaError as err:
+        raise SystemExit(f"error: {err}") from None
 
 
-def accuracy_rows(report: dict) -> list[list]:
-    acc = report["export"].get("accuracy", {})
-    fl, q8 = report["accuracy"]["float_keras"], acc.get("int8_top1", float("nan"))
+def accuracy_rows(report: Report) -> list[list]:
+    fl, acc = report.accuracy.float_keras, report.export.accuracy
     rows = [["float (Keras)", f"{100 * fl:.2f}"]]
-    if report["accuracy"].get("qat_keras") is not None:
-        rows.append(["QAT (Keras, fake-quant)", f"{100 * report['accuracy']['qat_keras']:.2f}"])
-    rows += [["int8 (LiteRT)", f"{100 * q8:.2f}"],
-             ["float - int8 (points)", f"{100 * (fl - q8):+.2f}"],
-             ["int8/float agreement", f"{100 * acc.get('agreement', float('nan')):.2f}%"]]
+    if report.accuracy.qat_keras is not None:
+        rows.append(["QAT (Keras, fake-quant)", f"{100 * report.accuracy.qat_keras:.2f}"])
+    rows += [["int8 (LiteRT)", f"{100 * acc.int8_top1:.2f}"],
+             ["float - int8 (points)", f"{100 * (fl - acc.int8_top1):+.2f}"],
+             ["int8/float agreement", f"{100 * acc.agreement:.2f}%"]]
     return rows

@@ -12,7 +12,6 @@ use a fresh --output_dir for a fresh measurement.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import resource
@@ -21,6 +20,7 @@ import sys
 import time
 
 from bench import _common
+from pipeline.schema import to_json_dict
 
 
 def parse_args(argv=None):
@@ -61,27 +61,29 @@ def stage_curves(log_path: str) -> dict[str, list[float]]:
 
 
 def summarize(output_dir: str, extra: dict | None = None) -> dict:
-    report_path = os.path.join(output_dir, "report.json")
+    report = _common.load_report(output_dir)
     curves = stage_curves(os.path.join(output_dir, "run.log"))
     result = {"output_dir": output_dir, "val_accuracy_per_epoch": curves, **(extra or {})}
-    if os.path.exists(report_path):
-        with open(report_path) as f:
-            report = json.load(f)
-        acc = report["export"].get("accuracy", {})
+    if report is not None:
+        acc = report.export.accuracy
         result.update({
             "complete": True,
-            "config": report["config"],
-            "num_train": report["data"]["num_train"], "num_eval": report["data"]["num_eval"],
-            "eval_split": report["data"]["eval_split"],
-            "float_top1": report["accuracy"]["float_keras"],
-            "qat_keras_top1": report["accuracy"].get("qat_keras"),
-            "int8_top1": acc.get("int8_top1"), "int8_images": acc.get("images"), "agreement": acc.get("agreement"),
-            "gap_points": 100 * (report["accuracy"]["float_keras"] - acc.get("int8_top1", float("nan"))),
-            "stages_s": report["stages"], "pipeline_seconds": report["seconds_total"],
-            "float_train_img_s": report["throughput"]["float_train_images_per_s"],
-            "qat_train_img_s": report["throughput"]["qat_train_images_per_s"],
-            "latency": report.get("latency"), "model_file": report["export"]["model_file"],
-            "size_kib": report["export"]["size_bytes"] / 1024,
+            "config": to_json_dict(report.config),
+            # The report's curves cover every epoch, including those of an interrupted and resumed run.
+            "val_accuracy_per_epoch": {s.name: s.curves.metrics.get("val_accuracy", []) for s in report.stages
+                                       if s.curves.epochs} or curves,
+            "num_train": report.data.num_train, "num_eval": report.data.num_eval,
+            "eval_split": report.data.eval_split,
+            "float_top1": report.accuracy.float_keras,
+            "qat_keras_top1": report.accuracy.qat_keras,
+            "int8_top1": acc.int8_top1, "int8_images": acc.images, "agreement": acc.agreement,
+            "gap_points": 100 * (report.accuracy.float_keras - acc.int8_top1),
+            "stages_s": {s.name: s.seconds for s in report.stages}, "qat_seconds": report.qat_seconds,
+            "pipeline_seconds": report.seconds_total,
+            "float_train_img_s": report.throughput.float_train_images_per_s,
+            "qat_train_img_s": report.throughput.qat_train_images_per_s,
+            "latency": [to_json_dict(row) for row in report.latency], "model_file": report.export.model_file,
+            "size_kib": report.export.size_bytes / 1024,
         })
     else:
         result["complete"] = False
@@ -110,7 +112,7 @@ def print_table(r: dict) -> None:
     print(_common.table(["model", f"top-1 % on {r['int8_images']} {r['eval_split']} images", "note"], rows))
     stages = r["stages_s"]
     print(f"time: pipeline {r['pipeline_seconds'] / 60:.1f} min (float {stages.get('float', 0) / 60:.1f}, "
-          f"QAT {stages.get('qat_total', stages.get('qat', 0)) / 60:.1f})"
+          f"QAT {r['qat_seconds'] / 60:.1f})"
           + (f", wall {r['wall_seconds'] / 60:.1f} min" if r.get("wall_seconds") else "")
           + (f", peak RSS {r['peak_rss_gib']:.2f} GiB" if r.get("peak_rss_gib") else ""))
     print(f"training img/s: float {r['float_train_img_s'] or float('nan'):.0f}, QAT "

@@ -13,6 +13,7 @@ import shutil
 import sys
 
 from bench import _common
+from pipeline.schema import to_json_dict
 
 
 def main(argv=None):
@@ -27,21 +28,18 @@ def main(argv=None):
     report = _common.load_report(args.output_dir)
     if run["exit_code"] or report is None:
         sys.exit(f"pipeline failed (exit {run['exit_code']}); see {run['log']}")
-    fl = report["accuracy"]["float_keras"]
-    q8 = report["export"]["accuracy"]["int8_top1"]
-    t = report["throughput"]
-    print(f"\ndefault command, {report['data']['num_train']} train / {report['data']['num_eval']} eval synthetic "
-          "images")
+    fl = report.accuracy.float_keras
+    q8 = report.export.accuracy.int8_top1
+    t = report.throughput
+    print(f"\ndefault command, {report.data.num_train} train / {report.data.num_eval} eval synthetic images")
     rows = _common.accuracy_rows(report)
     rows += [["wall time incl. start-up", f"{run['wall_seconds'] / 60:.2f} min"],
-             ["pipeline time (report)", f"{report['seconds_total']:.0f} s (float "
-                                        f"{report['stages'].get('float', 0):.0f} s, "
-                                        f"QAT {report['stages'].get('qat_total', report['stages'].get('qat', 0)):.0f} "
-                                        "s)"],
+             ["pipeline time (report)", f"{report.seconds_total:.0f} s (float "
+                                        f"{report.stage('float').seconds:.0f} s, QAT {report.qat_seconds:.0f} s)"],
              ["peak RSS", f"{run['peak_rss_gib']:.2f} GiB"],
-             ["input pipeline / float / QAT img/s", f"{t['input_pipeline_images_per_s']:.0f} / "
-                                                   f"{t['float_train_images_per_s'] or 0:.0f} / "
-                                                   f"{t['qat_train_images_per_s'] or 0:.0f}"]]
+             ["input pipeline / float / QAT img/s", f"{t.input_pipeline_images_per_s:.0f} / "
+                                                   f"{t.float_train_images_per_s or 0:.0f} / "
+                                                   f"{t.qat_train_images_per_s or 0:.0f}"]]
     print(_common.table(["quantity", "value"], rows))
     checks = [("wall time <= 15 min", run["wall_seconds"] <= 900), ("int8 >= 90%", q8 >= 0.90),
               ("int8 within 1 point of float", fl - q8 <= 0.01)]
@@ -50,7 +48,7 @@ def main(argv=None):
           f"{machine.get('loadavg_at_start')}, "
           f"{machine['date']}")
     _common.write_json(args.json, {"machine": machine, "revision": _common.git_revision(), "run": run,
-                                   "float_top1": fl, "int8_top1": q8, "report": report,
+                                   "float_top1": fl, "int8_top1": q8, "report": to_json_dict(report),
                                    "checks": {n: ok for n, ok in checks}})
 
 

@@ -42,25 +42,25 @@ def main(argv=None):
     from keras_models.backend import keras, tf
     from pipeline.data import load_dataset
     from pipeline.train import Recipe, fine_tune, one_hot
-    from tflite_export._cli import atomic_write_json
+    from tflite_export.files import atomic_write_json
 
-    c = report["config"]
-    seed = c["seed"] if args.seed is None else args.seed
+    c = report.config
+    seed = c.seed if args.seed is None else args.seed
     output_dir = (f"{args.float_run.rstrip('/')}-finetune-{schedule['name']}"
                   + (f"-seed{args.seed}" if args.seed is not None else ""))
     os.makedirs(output_dir, exist_ok=True)
     keras.utils.set_random_seed(seed)
-    data = load_dataset(c["dataset"], image_size=c["image_size"], batch_size=c["batch_size"], seed=seed,
+    data = load_dataset(c.dataset, image_size=c.image_size, batch_size=c.batch_size, seed=seed,
                         cache_dir=os.path.join(output_dir, "cache"))
     classes = len(data.class_names)
     start = keras.models.load_model(h5, compile=False)
     model = keras.models.load_model(h5, compile=False)
-    recipe = Recipe(learning_rate=schedule["learning_rate"], warmup_epochs=0, weight_decay=c["weight_decay"],
-                    label_smoothing=c["label_smoothing"])  # the pipeline's QAT recipe (labels as targets)
+    recipe = Recipe(learning_rate=schedule["learning_rate"], warmup_epochs=0, weight_decay=c.weight_decay,
+                    label_smoothing=c.label_smoothing)  # the pipeline's QAT recipe (labels as targets)
     stages = fine_tune("finetune", model, one_hot(data.train, classes), one_hot(data.eval, classes),
                        epochs=schedule["epochs"], freeze_bn_epochs=schedule["frozen"], recipe=recipe,
                        num_train=data.num_train,
-                       workdir=output_dir, batch_size=c["batch_size"])
+                       workdir=output_dir, batch_size=c.batch_size)
 
     labels, before, after = [], [], []
     for images, y in data.eval:

@@ -28,8 +28,8 @@ from keras_models import backend  # noqa: F401  (before TensorFlow)
 
 def top1_predictions(model_path: str, items: list, raw_bytes: bool) -> np.ndarray:
     """argmax of each image through LiteRT, fed as tflite_export.evaluate feeds it (pixel bytes for uint8 inputs)."""
-    from pipeline.preprocessing import load_eval_image
     from tflite_export.export import run_tflite
+    from tflite_export.preprocessing import load_eval_image
 
     with open(model_path, "rb") as f:
         content = f.read()
@@ -74,7 +74,7 @@ def main() -> None:
     with open(os.path.join(args.out, "import_report.json")) as f:
         imported = json.load(f)
 
-    items = discover_dataset(samples)["items"]
+    items = discover_dataset(samples).items
     ours_eval = evaluate_tflite(ours, items, num_classes=1000)
     google_eval = evaluate_tflite(google, items, num_classes=1000)
     ours_top1 = top1_predictions(ours, items, raw_bytes=False)

@@ -132,7 +132,7 @@ def main(argv=None):
                         print(f"issue #4: {r['name']} / Google, {t} thread(s): median "
                               f"{r['median_ms'] / ref['median_ms']:.3f}x "
                               f"({verdict} <= 0.35x), p10 {r['p10_ms'] / ref['p10_ms']:.3f}x")
-    print(f"\nmachine: {machine['cpu']}, {machine['nproc']} cores, load average at start "
+    print(f"\nmachine: {machine['cpu']} ({machine['isa']}), {machine['nproc']} cores, load average at start "
           f"{machine.get('loadavg_at_start')}, "
           f"{machine['date']}")
     _common.write_json(args.json, out)

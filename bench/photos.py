@@ -15,6 +15,7 @@ import shutil
 import sys
 
 from bench import _common
+from pipeline.schema import to_json_dict
 
 
 def batch_norm_probe(output_dir: str, dataset: str, image_size: int) -> dict:
@@ -79,22 +80,24 @@ def main(argv=None):
     report = _common.load_report(output_dir)
     if run["exit_code"] or report is None:
         sys.exit(f"pipeline failed (exit {run['exit_code']}); see {run['log']}")
-    d = report["data"]
-    print(f"\nhymenoptera_data ({', '.join(d['classes'])}): {d['num_train']} train / {d['num_eval']} "
-          f"{d['eval_split']}, "
+    d = report.data
+    print(f"\nhymenoptera_data ({', '.join(d.classes)}): {d.num_train} train / {d.num_eval} "
+          f"{d.eval_split}, "
           f"V3-Small 1.0 from scratch at {args.image_size} px, {args.float_epochs} float + {args.qat_epochs} QAT "
           "epochs")
-    print(_common.table(["model", f"top-1 % on {d['num_eval']} val photos"], _common.accuracy_rows(report)))
-    print(f"time: wall {run['wall_seconds']:.0f} s (pipeline {report['seconds_total']:.0f} s), "
-          f"peak RSS {run['peak_rss_gib']:.2f} GiB, skipped files {len(d['skipped_files'])}")
+    print(_common.table(["model", f"top-1 % on {d.num_eval} val photos"], _common.accuracy_rows(report)))
+    print(f"time: wall {run['wall_seconds']:.0f} s (pipeline {report.seconds_total:.0f} s), "
+          f"peak RSS {run['peak_rss_gib']:.2f} GiB, skipped files {len(d.skipped_files)}")
     probe = batch_norm_probe(output_dir, data, args.image_size)
     print_probe(probe)
     print(f"machine: {machine['cpu']}, {machine['nproc']} cores, load average at start "
           f"{machine.get('loadavg_at_start')}, "
           f"started {machine['date']}")
     _common.write_json(args.json, {"machine": machine, "revision": _common.git_revision(), "run": run,
-                                   "accuracy": report["accuracy"], "export_accuracy": report["export"].get("accuracy"),
-                                   "data": d, "config": report["config"], "seconds_total": report["seconds_total"],
+                                   "accuracy": to_json_dict(report.accuracy),
+                                   "export_accuracy": to_json_dict(report.export.accuracy),
+                                   "data": to_json_dict(d), "config": to_json_dict(report.config),
+                                   "seconds_total": report.seconds_total,
                                    "batch_norm_probe": probe})
 
 

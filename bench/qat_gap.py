@@ -86,15 +86,15 @@ def main(argv=None):
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     from pipeline.data import load_dataset
-    from pipeline.qat import quantize_scope
+    from tflite_export.quantization import quantize_scope
 
     report = _common.load_report(args.run_dir)
     qat_dir, h5 = os.path.join(args.run_dir, "qat_model"), os.path.join(args.run_dir, "float_model.h5")
     if report is None or not os.path.isdir(qat_dir) or not os.path.exists(h5):
         raise SystemExit(f"error: {args.run_dir} is not a finished QAT run (needs report.json, qat_model/ and "
                          "float_model.h5)")
-    c = report["config"]
-    data = load_dataset(c["dataset"], image_size=c["image_size"], batch_size=500, seed=c["seed"])
+    c = report.config
+    data = load_dataset(c.dataset, image_size=c.image_size, batch_size=500, seed=c.seed)
     batches = [(images.numpy(), labels.numpy()) for images, labels in data.eval]
     labels = np.concatenate([y for _, y in batches])
     float_model = keras.models.load_model(h5, compile=False)
@@ -118,9 +118,9 @@ def main(argv=None):
         total = len(switch["nodes"])
 
     float_acc = float(np.mean(float_top1 == labels))
-    int8 = report["export"]["accuracy"]["int8_top1"]
+    int8 = report.export.accuracy.int8_top1
     print(f"\n{args.run_dir}: float model {100 * float_acc:.2f}%, int8 file {100 * int8:.2f}% "
-          f"({len(labels)} {report['data']['eval_split']} images; {total} fake-quant nodes)")
+          f"({len(labels)} {report.data.eval_split} images; {total} fake-quant nodes)")
     print(_common.table(
         ["fake-quant switched off", "nodes off", "QAT Keras top-1 %", "gap to float (points)", "agreement"],
         [[r["group"], r["nodes_off"], f"{100 * r['top1']:.2f}", f"{100 * (float_acc - r['top1']):+.2f}",

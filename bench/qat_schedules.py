@@ -55,12 +55,9 @@ def float_flags(float_run: str) -> tuple[list[str], dict]:
     if report is None or not os.path.exists(checkpoint):
         raise SystemExit(f"error: {float_run} is not a finished pipeline run (needs report.json and "
                          "checkpoints/float.weights.h5)")
-    config = report["config"]
-    flags = [f"--{name}={config[name]}" for name in _FLOAT_FLAGS]
-    # The BatchNorm momentum the float stage used (older reports kept it in "config"); QAT trains BN with it too.
-    bn_momentum = report["model"].get("bn_momentum", config.get("bn_momentum"))
-    if bn_momentum is not None:
-        flags.append(f"--bn_momentum={bn_momentum}")
+    flags = [f"--{name}={getattr(report.config, name)}" for name in _FLOAT_FLAGS]
+    # The BatchNorm momentum the float stage used; QAT trains BN with it too.
+    flags.append(f"--bn_momentum={report.model.bn_momentum}")
     flags.append("--benchmark_runs=0")
     return flags, report
 
@@ -83,8 +80,7 @@ def run_schedule(float_run: str, flags: list[str], schedule: dict, seed: int | N
     if row["complete"]:
         curves = row["val_accuracy_per_epoch"]
         row["qat_val_per_epoch"] = curves.get("qat", []) + curves.get("qat_bn_frozen", [])
-        # Older reports have no "qat_total"; the QAT stages are the ones named qat*.
-        row["qat_seconds"] = sum(v for k, v in row["stages_s"].items() if k.startswith("qat") and k != "qat_total")
+        row["qat_seconds"] = sum(v for k, v in row["stages_s"].items() if k.startswith("qat"))
     return row
 
 
@@ -103,10 +99,10 @@ def main(argv=None):
     machine, revision = _common.machine(), _common.git_revision()
     rows = [run_schedule(float_run, flags, s, args.seed, args.tag) for s in schedules]
 
-    c = float_report["config"]
-    print(f"\nQAT schedules on one float model: {c['variant']} {c['alpha']:g} at {c['image_size']} px, "
-          f"{c['float_epochs']} float epochs on {c['dataset']}; float top-1 "
-          f"{100 * float_report['accuracy']['float_keras']:.2f}%")
+    c = float_report.config
+    print(f"\nQAT schedules on one float model: {c.variant} {c.alpha:g} at {c.image_size} px, "
+          f"{c.float_epochs} float epochs on {c.dataset}; float top-1 "
+          f"{100 * float_report.accuracy.float_keras:.2f}%")
     table = []
     for r in rows:
         if not r["complete"]:

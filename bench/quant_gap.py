@@ -92,18 +92,17 @@ def main(argv=None):
     h5 = os.path.join(args.run_dir, "float_model.h5")
     if report is None or not os.path.exists(h5):
         raise SystemExit(f"error: no finished run in {args.run_dir} (run python -m bench.cifar10 first)")
-    c = report["config"]
-    data = load_dataset(c["dataset"], image_size=c["image_size"], batch_size=c["batch_size"], seed=c["seed"])
+    c = report.config
+    data = load_dataset(c.dataset, image_size=c.image_size, batch_size=c.batch_size, seed=c.seed)
     float_model = keras.models.load_model(h5, compile=False)
-    config = dict(input_shape=(c["image_size"], c["image_size"], 3), alpha=c["alpha"],
-                  num_classes=len(data.class_names),
-                  minimalistic=c["minimalistic"], dropout=0.0)
+    config = dict(input_shape=(c.image_size, c.image_size, 3), alpha=c.alpha, num_classes=len(data.class_names),
+                  minimalistic=c.minimalistic, dropout=0.0)
     variant, copied = gate_first_model(float_model, config)
     def rep():
         return data.representative(args.calibration_images)
     rows, results = [], {}
     qat_file = os.path.join(args.run_dir, "model.tflite")
-    if os.path.exists(qat_file) and report["config"].get("qat"):
+    if os.path.exists(qat_file) and c.qat:
         with open(qat_file, "rb") as f:
             content = f.read()
         a = analyze(content)
@@ -130,7 +129,7 @@ def main(argv=None):
                      f"{levels[0]:.0f} / {levels[1]:.0f}" if levels else "-"])
         print(name, json.dumps(results[name]["accuracy"]), flush=True)
     print(f"\nint8 (uint8 I/O; PTQ rows, {args.calibration_images} calibration images) of {h5}, "
-          f"{rows and results['lowered (ours)']['accuracy']['images']} {report['data']['eval_split']} images "
+          f"{rows and results['lowered (ours)']['accuracy']['images']} {report.data.eval_split} images "
           f"(gate-first model: {copied} layers' weights copied by name)")
     print(_common.table(["h-swish as", "float top-1 %", "int8 top-1 %", "gap (points)", "agreement", "HARD_SWISH",
                          "XNNPACK partitions", "gate levels min / median"], rows))

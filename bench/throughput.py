@@ -1,23 +1,37 @@
-"""Training throughput: our MobileNetV3-Small builder vs keras.applications.MobileNetV3Small, and QAT step cost.
+"""Training throughput: our MobileNetV3-Small vs keras.applications.MobileNetV3Small, QAT step cost, and the effect
+of each speed setting tried for issue #17, side by side.
 
-    nice -n 10 python -m bench.throughput [--image_size 64] [--batch_size 64] [--rounds 8] [--steps 15] [--json OUT]
+    nice -n 10 python -m bench.throughput [--image_size 64] [--batch_size 64] [--rounds 40] [--steps 3]
+        [--variants all|NAME,NAME] [--process_configs "default;inter=1;intra=1;onednn=0"] [--json OUT]
 
 Same data pipeline (pipeline.data synthetic set: cached images -> seeded augmentation -> batches, one-hot labels),
-same recipe (pipeline.train.Recipe defaults via compile_model: SGD Nesterov, warm-up + cosine, label smoothing, weight
+same recipe (pipeline.train.Recipe via compile_model: SGD Nesterov, warm-up + cosine, label smoothing, weight
 decay), same BatchNorm momentum (0.99), same loop: the compiled Keras train function that `model.fit` runs each step,
 fed from one persistent iterator per model. Models (all V3-Small 1.0, the synthetic set's 8 classes, dropout 0.2,
-raw [0,255] input):
-  ours          keras_models.build("small")
-  keras.apps    tf_keras.applications.MobileNetV3Small(weights=None, include_preprocessing=True)
-  ours QAT      pipeline.qat.quantize_model(ours)
-After a warm-up (tracing + a few steps), rounds alternate the models (order rotated each round); each round times
-`--steps` steps of every model. Reported: median images/s over rounds, and ratios (median of per-round ratios).
+raw [0,255] input) and variants (VARIANTS below):
+  ours                          keras_models.build("small"), compiled as the pipeline compiles (project defaults)
+  keras.apps                    tf_keras.applications.MobileNetV3Small(weights=None, include_preprocessing=True),
+                                compiled with Keras' own optimizer (what a keras.applications user trains with)
+  ours QAT                      pipeline.qat.quantize_model(ours), project defaults
+  ... plus one row per setting that differs from the defaults (Keras' optimizer loop, steps_per_execution, ...)
+After a warm-up (tracing + a few steps), rounds alternate the variants (order rotated each round); each round times
+`--steps` steps of every variant. Reported: median images/s over rounds, and ratios (median of per-round ratios).
+
+Process-wide settings (TensorFlow's intra-/inter-op thread pools, oneDNN) cannot differ inside one process:
+`--process_configs` runs this script again in a child process per configuration (ours vs keras.apps in each, so each
+child's ratio is side by side) and tabulates them; children run one after the other, so their absolute rates are
+only as comparable as the machine's load allows (the load average is recorded for each).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
@@ -27,37 +41,146 @@ from keras_models import backend  # noqa: F401  (before TensorFlow)
 from keras_models.backend import keras, tf
 
 
-def make_models(size: int, num_classes: int):
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    model: str  # "ours", "keras.apps" or "ours QAT"
+    fused_update: bool = True  # pipeline.train's one compiled optimizer update (False: Keras' per-variable ops)
+    steps_per_execution: int = 1  # Keras compile argument: steps per call of the train function
+
+
+VARIANTS = {
+    "ours": Variant("ours"),
+    "keras.apps": Variant("keras.apps", fused_update=False),
+    "ours QAT": Variant("ours QAT"),
+    "ours + Keras optimizer (before #17)": Variant("ours", fused_update=False),
+    "keras.apps + fused update": Variant("keras.apps"),
+    "ours QAT + Keras optimizer (before #17)": Variant("ours QAT", fused_update=False),
+    "ours + steps_per_execution 4": Variant("ours", steps_per_execution=4),
+}
+BASIC = ("ours", "keras.apps", "ours QAT")
+
+
+def build_model(kind: str, size: int, num_classes: int):
     import keras_models
     from pipeline.qat import quantize_model
 
-    ours = keras_models.build("small", input_shape=(size, size, 3), alpha=1.0, num_classes=num_classes, dropout=0.2)
-    apps = keras.applications.MobileNetV3Small(input_shape=(size, size, 3), alpha=1.0, weights=None,
-                                               classes=num_classes,
-                                               dropout_rate=0.2, include_preprocessing=True)
-    qat_source = keras_models.build("small", input_shape=(size, size, 3), alpha=1.0, num_classes=num_classes,
-                                    dropout=0.2)
-    qat = quantize_model(qat_source)
-    return {"ours": ours, "keras.apps": apps, "ours QAT": qat}
+    if kind == "keras.apps":
+        return keras.applications.MobileNetV3Small(input_shape=(size, size, 3), alpha=1.0, weights=None,
+                                                   classes=num_classes, dropout_rate=0.2, include_preprocessing=True)
+    model = keras_models.build("small", input_shape=(size, size, 3), alpha=1.0, num_classes=num_classes, dropout=0.2)
+    return quantize_model(model) if kind == "ours QAT" else model
 
 
-def layer_times(model, batch, repeats: int = 5) -> list[tuple[str, str, float]]:
-    """Rough per-layer forward time (eager, one layer at a time) - only used when ours is slower than keras.apps."""
-    out = []
-    cache = {model.inputs[0].ref(): batch}
-    for layer in model.layers[1:]:
-        node = layer.inbound_nodes[0]
-        ins = [cache[t.ref()] for t in tf.nest.flatten(node.input_tensors)]
-        args = ins if len(ins) > 1 else ins[0]
-        y = layer(args, training=True)
-        start = time.perf_counter()
-        for _ in range(repeats):
-            y = layer(args, training=True)
-        _ = np.asarray(tf.nest.flatten(y)[0]).ravel()[:1]
-        out.append((layer.name, type(layer).__name__, (time.perf_counter() - start) / repeats))
-        for t, v in zip(tf.nest.flatten(node.output_tensors), tf.nest.flatten(y)):
-            cache[t.ref()] = v
-    return out
+@dataclasses.dataclass
+class Entry:
+    variant: Variant
+    model: keras.Model
+    train_function: object  # the compiled Keras train function (what model.fit calls per step)
+    iterator: object
+    params: int
+    first_call_cpu_s: float  # CPU seconds of the first train-function call: tracing, graph building, XLA compiling
+
+
+@dataclasses.dataclass
+class Setup:
+    entries: dict[str, Entry]
+    train: tf.data.Dataset  # repeated, one-hot labels
+    steps_per_epoch: int
+    num_classes: int
+
+    def iterator_of_batches(self):
+        return iter(self.train)
+
+
+def compiled_models(size: int, batch_size: int, variants=BASIC, warmup_steps: int = 5) -> Setup:
+    """The synthetic training set and each variant built, compiled and warmed up (call within quantize_scope)."""
+    from pipeline.data import load_dataset
+    from pipeline.train import Recipe, compile_model, one_hot, set_batch_norm_momentum
+    from tflite_export.quantization import quantize_scope
+
+    keras.utils.set_random_seed(0)
+    data = load_dataset("synthetic", image_size=size, batch_size=batch_size, seed=0,
+                        cache_dir=os.path.join(_common.CACHE, "synthetic"), synthetic_size=(4000, 200))
+    num_classes = len(data.class_names)
+    train = one_hot(data.train, num_classes).repeat()
+    steps_per_epoch = -(-data.num_train // batch_size)
+    recipe = Recipe(learning_rate=0.1)
+    entries = {}
+    with quantize_scope():
+        for name in variants:
+            variant = VARIANTS[name]
+            model = build_model(variant.model, size, num_classes)
+            set_batch_norm_momentum(model, 0.99)
+            compile_model(model, recipe, steps_per_epoch, epochs=12, fused_update=variant.fused_update,
+                          steps_per_execution=variant.steps_per_execution)
+            fn, it = model.make_train_function(), iter(train)
+            started = time.process_time()
+            float(fn(it)["loss"])
+            first_call = time.process_time() - started
+            for _ in range(warmup_steps):  # first steps after tracing
+                logs = fn(it)
+            float(logs["loss"])
+            entries[name] = Entry(variant, model, fn, it, model.count_params(), first_call)
+    return Setup(entries, train, steps_per_epoch, num_classes)
+
+
+def time_rounds(setup: Setup, names, rounds: int, steps: int, batch_size: int) -> tuple[dict, dict]:
+    """Per round and variant: images per wall second and images per CPU second of this process (all its threads).
+
+    Rounds rotate the order so load changes hit every variant alike. On a shared machine the CPU-time rate is the
+    steadier of the two: a step that waits for a core does not use CPU time meanwhile."""
+    rates = {n: [] for n in names}
+    cpu_rates = {n: [] for n in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            entry = setup.entries[name]
+            per_call = entry.variant.steps_per_execution
+            calls = -(-steps // per_call)
+            start, start_cpu = time.perf_counter(), time.process_time()
+            for _ in range(calls):
+                logs = entry.train_function(entry.iterator)
+            float(logs["loss"])  # wait for the last step
+            images = calls * per_call * batch_size
+            rates[name].append(images / (time.perf_counter() - start))
+            cpu_rates[name].append(images / (time.process_time() - start_cpu))
+        if (r + 1) % 10 == 0:
+            print(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {rates[n][-1]:.0f}" for n in names) + " img/s",
+                  flush=True)
+    return rates, cpu_rates
+
+
+def parse_process_configs(text: str) -> list[dict]:
+    """"default;inter=1;intra=1,inter=2;onednn=0" -> [{}, {"inter": 1}, {"intra": 1, "inter": 2}, {"onednn": 0}]."""
+    configs = []
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        config = {}
+        if part != "default":
+            for item in part.split(","):
+                key, _, value = item.partition("=")
+                if key not in ("intra", "inter", "onednn") or not value.isdigit():
+                    sys.exit(f"error: --process_configs item {item!r}: expected intra=N, inter=N or onednn=0|1")
+                config[key] = int(value)
+        configs.append(config)
+    return configs
+
+
+def run_process_configs(configs: list[dict], args) -> list[dict]:
+    """This script in a child process per configuration (ours vs keras.apps); returns each child's JSON result."""
+    results = []
+    for config in configs:
+        env = dict(os.environ)
+        if "onednn" in config:
+            env["TF_ENABLE_ONEDNN_OPTS"] = str(config["onednn"])
+        with tempfile.NamedTemporaryFile(suffix=".json") as out:
+            cmd = [sys.executable, "-m", "bench.throughput", "--variants", "ours,keras.apps", "--process_configs", "",
+                   "--rounds", str(args.process_rounds), "--steps", str(args.steps),
+                   "--image_size", str(args.image_size), "--batch_size", str(args.batch_size), "--json", out.name]
+            cmd += [f"--{key}={config[key]}" for key in ("intra", "inter") if key in config]
+            print("child:", " ".join(f"{k}={v}" for k, v in config.items()) or "default", flush=True)
+            subprocess.run(cmd, check=True, env=env, cwd=_common.REPO, stdout=subprocess.DEVNULL)
+            with open(out.name) as f:
+                results.append({**json.load(f), "process_config": config})  # the child's own "config" is its args
+    return results
 
 
 def main(argv=None):
@@ -65,92 +188,89 @@ def main(argv=None):
     p.add_argument("--image_size", type=int, default=64)
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--rounds", type=int, default=40)
-    p.add_argument("--steps", type=int, default=3, help="timed steps per model per round (short rounds: load changes "
-                                                        "hit all models alike)")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per variant per round (short rounds: load "
+                                                        "changes hit all variants alike)")
     p.add_argument("--warmup_steps", type=int, default=5)
+    p.add_argument("--variants", default="all", help="'all' or a comma-separated list of: " + ", ".join(VARIANTS))
+    p.add_argument("--process_configs", default="default;inter=1;intra=1;onednn=0",
+                   help="';'-separated child-process configurations (intra=N, inter=N, onednn=0|1); '' for none")
+    p.add_argument("--process_rounds", type=int, default=20)
+    p.add_argument("--intra", type=int, default=None, help="tf.config.threading intra-op threads (default: TF's)")
+    p.add_argument("--inter", type=int, default=None, help="tf.config.threading inter-op threads (default: TF's)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-
-    from pipeline.data import load_dataset
-    from pipeline.qat import quantize_scope
-    from pipeline.train import Recipe, compile_model, one_hot, set_batch_norm_momentum
+    names = list(VARIANTS) if args.variants == "all" else [n.strip() for n in args.variants.split(",")]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        sys.exit(f"error: unknown --variants {unknown}; known: {', '.join(VARIANTS)}")
+    configs = parse_process_configs(args.process_configs)
+    if args.intra is not None:
+        tf.config.threading.set_intra_op_parallelism_threads(args.intra)
+    if args.inter is not None:
+        tf.config.threading.set_inter_op_parallelism_threads(args.inter)
 
     machine = _common.machine()  # load average before the measurement
-    keras.utils.set_random_seed(0)
-    data = load_dataset("synthetic", image_size=args.image_size, batch_size=args.batch_size, seed=0,
-                        cache_dir=os.path.join(_common.CACHE, "synthetic"), synthetic_size=(4000, 200))
-    num_classes = len(data.class_names)
-    train = one_hot(data.train, num_classes).repeat()
-    models = make_models(args.image_size, num_classes)
-    steps_per_epoch = -(-data.num_train // args.batch_size)
-    recipe = Recipe(learning_rate=0.1)
-    functions, iterators, params = {}, {}, {}
-    with quantize_scope():
-        for name, model in models.items():
-            set_batch_norm_momentum(model, 0.99)
-            compile_model(model, recipe, steps_per_epoch, epochs=12)
-            functions[name] = model.make_train_function()
-            iterators[name] = iter(train)
-            params[name] = model.count_params()
-            for _ in range(args.warmup_steps):  # tracing + first steps
-                logs = functions[name](iterators[name])
-            float(logs["loss"])
-
-        names = list(models)
-        rates = {n: [] for n in names}
-        for r in range(args.rounds):
-            order = names[r % len(names):] + names[:r % len(names)]
-            for name in order:
-                fn, it = functions[name], iterators[name]
-                start = time.perf_counter()
-                for _ in range(args.steps):
-                    logs = fn(it)
-                float(logs["loss"])  # wait for the last step
-                rates[name].append(args.steps * args.batch_size / (time.perf_counter() - start))
-            if (r + 1) % 10 == 0:
-                print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {rates[n][-1]:.0f} img/s" for n in names),
-                      flush=True)
-
+    setup = compiled_models(args.image_size, args.batch_size, names, args.warmup_steps)
+    rates, cpu_rates = time_rounds(setup, names, args.rounds, args.steps, args.batch_size)
+    params = {n: setup.entries[n].params for n in names}
     med = {n: float(np.median(rates[n])) for n in names}
-    def ratio(a, b):
-        return float(np.median(np.array(rates[a]) / np.array(rates[b])))
     # Pooled: all images over all timed seconds (rates are per round with equal image counts -> harmonic mean).
     pooled = {n: float(len(rates[n]) / np.sum(1.0 / np.array(rates[n]))) for n in names}
-    rows = [[n, f"{params[n]:,}", f"{med[n]:.0f}", f"{pooled[n]:.0f}",
-             f"{np.percentile(rates[n], 10):.0f}-{np.percentile(rates[n], 90):.0f}"]
-            for n in names]
-    print(f"\nTraining throughput, V3-Small 1.0 at {args.image_size} px, batch {args.batch_size}, {num_classes} "
-          "classes, "
-          f"{args.rounds} alternating rounds x {args.steps} steps")
-    print(_common.table(["model", "params", "median img/s (rounds)", "pooled img/s", "p10-p90 img/s"], rows))
-    r_apps = ratio("ours", "keras.apps")
-    r_qat = ratio("ours", "ours QAT")
-    print(_common.table(["ratio (median of per-round ratios)", "value", "target"], [
-        ["ours / keras.apps (img/s)", f"{r_apps:.3f} (pooled {pooled['ours'] / pooled['keras.apps']:.3f})", ">= 1.0"],
-        ["QAT step time / float step time (ours)", f"{r_qat:.2f}x (pooled {pooled['ours'] / pooled['ours QAT']:.2f}x)",
-         "-"],
-    ]))
-    print(f"machine: {machine['cpu']}, {machine['nproc']} cores, load average at start "
-          f"{machine.get('loadavg_at_start')}, "
-          f"{machine['date']}")
+
+    cpu_med = {n: float(np.median(cpu_rates[n])) for n in names}
+
+    def ratio(a, b, of=rates):
+        return float(np.median(np.array(of[a]) / np.array(of[b])))
+
+    print(f"\nTraining throughput, V3-Small 1.0 at {args.image_size} px, batch {args.batch_size}, "
+          f"{setup.num_classes} classes, {args.rounds} alternating rounds x {args.steps} steps")
+    print(_common.table(
+        ["variant", "params", "median img/s (rounds)", "pooled img/s", "p10-p90 img/s", "img per CPU-second",
+         "first call, CPU s"],
+        [[n, f"{params[n]:,}", f"{med[n]:.0f}", f"{pooled[n]:.0f}",
+          f"{np.percentile(rates[n], 10):.0f}-{np.percentile(rates[n], 90):.0f}", f"{cpu_med[n]:.0f}",
+          f"{setup.entries[n].first_call_cpu_s:.1f}"] for n in names]))
+    comparisons = [  # (label, numerator, denominator, target)
+        ("ours / keras.apps (img/s)", "ours", "keras.apps", ">= 1.5 (issue #17)"),
+        ("ours / keras.apps with the same fused update (the models alone)", "ours", "keras.apps + fused update", "-"),
+        ("ours / ours with Keras' optimizer (what the fused update gives)", "ours",
+         "ours + Keras optimizer (before #17)", "-"),
+        ("steps_per_execution 4 / 1 (ours)", "ours + steps_per_execution 4", "ours", "-"),
+        ("QAT step time / float step time (ours)", "ours", "ours QAT", "-"),
+        ("ours QAT / ours QAT with Keras' optimizer", "ours QAT", "ours QAT + Keras optimizer (before #17)", "-"),
+    ]
+    ratios = {label: (ratio(a, b), pooled[a] / pooled[b], ratio(a, b, cpu_rates))
+              for label, a, b, _ in comparisons if a in rates and b in rates}
+    print(_common.table(["ratio (median of per-round ratios)", "wall img/s", "img per CPU-second", "target"], [
+        [label, f"{ratios[label][0]:.3f} (pooled {ratios[label][1]:.3f})", f"{ratios[label][2]:.3f}", target]
+        for label, _, _, target in comparisons if label in ratios]))
+    print(f"machine: {machine['cpu']} ({machine['isa']}), {machine['nproc']} cores, TF threads intra "
+          f"{tf.config.threading.get_intra_op_parallelism_threads()} inter "
+          f"{tf.config.threading.get_inter_op_parallelism_threads()} (0 = TF's default), oneDNN "
+          f"{os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'default (on)')}, load average at start "
+          f"{machine.get('loadavg_at_start')}, end {os.getloadavg()}, {machine['date']}")
     result = {"machine": machine, "revision": _common.git_revision(), "command": _common.command_line(),
-              "config": vars(args), "params": params, "rates_img_s": rates, "median_img_s": med, "pooled_img_s": pooled,
-              "ratio_ours_vs_keras_apps": r_apps, "qat_step_cost_vs_float": r_qat}
-    if r_apps < 1.0:
-        batch = next(iter(data.train))[0]
-        costs = {}
-        for name in ("ours", "keras.apps"):
-            per_type: dict[str, float] = {}
-            for _, kind, seconds in layer_times(models[name], batch):
-                per_type[kind] = per_type.get(kind, 0.0) + seconds
-            costs[name] = per_type
-        kinds = sorted(set(costs["ours"]) | set(costs["keras.apps"]),
-                       key=lambda k: -abs(costs["ours"].get(k, 0) - costs["keras.apps"].get(k, 0)))
-        print("\nours is slower: eager forward time per layer type (ms per batch, rough), largest differences first")
-        print(_common.table(["layer type", "ours ms", "keras.apps ms", "diff ms"], [
-            [k, f"{1e3 * costs['ours'].get(k, 0):.2f}", f"{1e3 * costs['keras.apps'].get(k, 0):.2f}",
-             f"{1e3 * (costs['ours'].get(k, 0) - costs['keras.apps'].get(k, 0)):+.2f}"] for k in kinds[:12]]))
-        result["layer_type_forward_s"] = costs
+              "config": vars(args), "loadavg_at_end": os.getloadavg(), "params": params, "rates_img_s": rates,
+              "median_img_s": med, "pooled_img_s": pooled, "cpu_rates_img_per_cpu_s": cpu_rates,
+              "median_img_per_cpu_s": cpu_med, "ratios": ratios,
+              "first_call_cpu_s": {n: setup.entries[n].first_call_cpu_s for n in names}}
+
+    if configs:
+        children = run_process_configs(configs, args)
+        rows = []
+        for child in children:
+            cmed = child["median_img_s"]
+            rows.append([" ".join(f"{k}={v}" for k, v in child["process_config"].items())
+                         or "default (TF's pools, oneDNN on)",
+                         f"{cmed['ours']:.0f}", f"{cmed['keras.apps']:.0f}",
+                         f"{child['median_img_per_cpu_s']['ours']:.0f}",
+                         f"{child['ratios']['ours / keras.apps (img/s)'][0]:.3f}",
+                         f"{child['machine'].get('loadavg_at_start', ['?'])[0]:.1f}-{child['loadavg_at_end'][0]:.1f}"])
+        print(f"\nProcess-wide settings, one child process each ({args.process_rounds} rounds), in this order")
+        print(_common.table(["configuration", "ours img/s", "keras.apps img/s", "ours img per CPU-s",
+                             "ours / keras.apps",
+                             "1-min load start-end"], rows))
+        result["process_configs"] = children
     _common.write_json(args.json, result)
 
 

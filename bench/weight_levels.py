@@ -27,10 +27,12 @@ def largest_levels(path: str) -> dict[str, np.ndarray]:
     """Largest |int8 level| of every output channel, per kind of conv in `OPS` (all ops of that kind together)."""
     from ai_edge_litert.interpreter import Interpreter
 
+    from tflite_export.cli import first_line
+
     try:
         interpreter = Interpreter(model_path=path)
     except ValueError as e:
-        raise SystemExit(f"error: {path} is not a .tflite model ({str(e).splitlines()[0]})") from None
+        raise SystemExit(f"error: {path} is not a .tflite model ({first_line(e)})") from None
     tensors = interpreter.get_tensor_details()
     levels = {key: [] for key in OPS.values()}
     for node in interpreter._get_ops_details():  # noqa: SLF001 - LiteRT's only view of each op's inputs

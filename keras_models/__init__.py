@@ -6,6 +6,7 @@ camera's bytes as they are).
 """
 
 from keras_models import backend as _backend  # noqa: F401  (must precede TensorFlow imports)
+from keras_models.common import MIN_INPUT_SIZE
 from keras_models.mobilenet_v1 import mobilenet_v1
 from keras_models.mobilenet_v2 import mobilenet_v2
 from keras_models.mobilenet_v3 import ArchTable, ArchTableError, mobilenet_v3, mobilenet_v3_large, mobilenet_v3_small
@@ -19,7 +20,7 @@ _ALIASES = {
     "v3-small": "small", "v3_small": "small", "mobilenet_v3_small": "small",
 }
 # keras.applications' default dropout for each family's classifier.
-_DEFAULT_DROPOUT = {"v1": 1e-3, "v2": 0.0, "large": 0.2, "small": 0.2}
+DEFAULT_DROPOUT = {"v1": 1e-3, "v2": 0.0, "large": 0.2, "small": 0.2}
 
 
 def canonical_variant(variant: str) -> str:
@@ -71,7 +72,7 @@ def build(
         alpha=alpha,
         num_classes=num_classes,
         include_top=include_top,
-        dropout=_DEFAULT_DROPOUT[variant] if dropout is None else dropout,
+        dropout=DEFAULT_DROPOUT[variant] if dropout is None else dropout,
         pooling=pooling,
         include_preprocessing=include_preprocessing,
         classifier_activation_name=classifier_activation,
@@ -99,6 +100,7 @@ def build(
 
 
 __all__ = [
-    "ArchTable", "ArchTableError", "VARIANTS", "WeightsError", "build", "canonical_variant", "mobilenet_v1",
+    "ArchTable", "ArchTableError", "DEFAULT_DROPOUT", "MIN_INPUT_SIZE", "VARIANTS", "WeightsError", "build",
+    "canonical_variant", "mobilenet_v1",
     "mobilenet_v2", "mobilenet_v3", "mobilenet_v3_large", "mobilenet_v3_small",
 ]

@@ -7,6 +7,9 @@ from keras_models.backend import keras
 layers = keras.layers
 
 POOLINGS = (None, "avg", "max")
+# The smallest input side the builders accept: every MobileNet halves the resolution five times (32 px -> 1x1 at the
+# last blocks).
+MIN_INPUT_SIZE = 32
 
 
 def check_common_args(
@@ -23,8 +26,9 @@ def check_common_args(
     if channels != 3:
         raise ValueError(f"input_shape must have 3 (RGB) channels, got {channels}")
     for side in (height, width):
-        if side is not None and (not isinstance(side, int) or side < 32):
-            raise ValueError(f"input height and width must be integers >= 32 (or None), got {input_shape!r}")
+        if side is not None and (not isinstance(side, int) or side < MIN_INPUT_SIZE):
+            raise ValueError(f"input height and width must be integers >= {MIN_INPUT_SIZE} (or None), got "
+                             f"{input_shape!r}")
     if not alpha > 0:
         raise ValueError(f"alpha (width multiplier) must be > 0, got {alpha!r}")
     if include_top and (not isinstance(num_classes, int) or num_classes < 1):

@@ -4,8 +4,8 @@
     model.fit(ds.train, validation_data=ds.eval, epochs=...)        # no .repeat(): one pass = one epoch
     converter.representative_dataset = lambda: ds.representative(200)
 
-Every image goes through `pipeline.preprocessing` (decode_rgb -> train_augment / eval_resize), float32 pixels in
-[0, 255]; labels are int32 class indices into `class_names`.
+Every image goes through `tflite_export.preprocessing` (decode_rgb, eval_resize) and `pipeline.augment`
+(train_augment), float32 pixels in [0, 255]; labels are int32 class indices into `class_names`.
 
 Folder layout: `ROOT/<class>/*.{jpg,jpeg,png,bmp,gif,webp}` (any case, sub-folders of a class folder included), or
 the same under `ROOT/train/` plus `ROOT/test/` or `ROOT/val/` (`validation/` also accepted; test wins when both exist).
@@ -37,17 +37,19 @@ import numpy as np
 from absl import logging
 
 from keras_models.backend import tf
-from pipeline import preprocessing, synthetic
+from pipeline import augment, synthetic
+from tflite_export import preprocessing
+from tflite_export.cli import first_line
+from tflite_export.files import IMAGE_EXTENSIONS, is_image_file
 
 AUTOTUNE = tf.data.AUTOTUNE
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")  # what tf.io.decode_image reads
 EVAL_SPLIT_DIRS = ("test", "val", "validation")  # first present wins
 ON_BAD_IMAGE = ("skip", "error")
 # The training cache keeps images shrunk (aspect kept) so their shorter side is at most this times the model size.
 TRAIN_CACHE_SCALE = 1.5
 CACHE_BUDGET_BYTES = 2 * 1024**3  # per split; above it the split is decoded afresh every epoch
 # Random-resized-crop area for the synthetic set: its objects fill part of the picture, and the ImageNet-style range
-# (preprocessing.TRAIN_CROP_AREA) could crop a whole object away and leave a wrongly labelled picture.
+# (augment.TRAIN_CROP_AREA) could crop a whole object away and leave a wrongly labelled picture.
 SYNTHETIC_CROP_AREA = (0.6, 1.0)
 ALTERNATIVES = "use --dataset synthetic or --dataset /path/to/folder"
 TFDS_SHUFFLE_BUFFER = 10_000  # images, for TFDS sets too large to cache (a full-size buffer would not fit either)
@@ -91,8 +93,10 @@ def load_dataset(
     on_bad_image: str = "skip",
     cache_dir: str | None = None,
     synthetic_size: tuple[int, int] | None = None,
+    tfds_manual_dir: str | None = None,
 ) -> Dataset:
-    """`spec`: "synthetic", a folder path, "tfds:NAME", or a bare TFDS name that is not an existing path."""
+    """`spec`: "synthetic", a folder path, "tfds:NAME", or a bare TFDS name that is not an existing path.
+    `tfds_manual_dir`: where the files of a TFDS set that is downloaded by hand are (tfds:imagenet2012)."""
     if on_bad_image not in ON_BAD_IMAGE:
         raise DataError(f"on_bad_image must be one of {', '.join(ON_BAD_IMAGE)}; got {on_bad_image!r}")
     if int(image_size) < 8 or int(batch_size) < 1:
@@ -106,12 +110,13 @@ def load_dataset(
     kwargs = dict(image_size=int(image_size), batch_size=int(batch_size), seed=int(seed))
     if spec.lower() == "synthetic":
         return _load_synthetic(cache_dir=cache_dir, sizes=synthetic_size, **kwargs)
+    tfds_kwargs = dict(holdout_fraction=float(holdout_fraction), manual_dir=tfds_manual_dir, **kwargs)
     if spec.lower().startswith("tfds:"):
-        return _load_tfds(spec[5:], holdout_fraction=float(holdout_fraction), **kwargs)
+        return _load_tfds(spec[5:], **tfds_kwargs)
     path = os.path.expanduser(spec)
     if os.path.exists(path) or _looks_like_path(spec):
         return _load_folder(path, holdout_fraction=float(holdout_fraction), on_bad_image=on_bad_image, **kwargs)
-    return _load_tfds(spec, holdout_fraction=float(holdout_fraction), **kwargs)
+    return _load_tfds(spec, **tfds_kwargs)
 
 
 def input_pipeline_throughput(ds: tf.data.Dataset, batches: int = 20) -> float:
@@ -152,7 +157,7 @@ def _train_pipeline(
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2, drop_remainder=True)
     ds = tf.data.Dataset.zip((images, seeds))
     ds = ds.map(
-        lambda element, s: (preprocessing.train_augment(element[0], image_size, s, crop_area),
+        lambda element, s: (augment.train_augment(element[0], image_size, s, crop_area),
                             element[1]),
         num_parallel_calls=AUTOTUNE,
         deterministic=True,
@@ -223,10 +228,6 @@ def _looks_like_path(spec: str) -> bool:
     return os.sep in spec or "/" in spec or spec.startswith((".", "~"))
 
 
-def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
-
-
 def _scan_split(split_dir: str) -> dict[str, list[str]]:
     """{class name: sorted image paths} for the class folders of one split; DataError for an empty class folder."""
     try:
@@ -240,7 +241,7 @@ def _scan_split(split_dir: str) -> dict[str, list[str]]:
         files = []
         for dirpath, dirnames, filenames in os.walk(entry.path):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            files.extend(os.path.join(dirpath, f) for f in sorted(filenames) if _is_image(f))
+            files.extend(os.path.join(dirpath, f) for f in sorted(filenames) if is_image_file(f))
         if not files:
             raise DataError(
                 f"class folder {entry.path} contains no images ({'/'.join(e[1:] for e in IMAGE_EXTENSIONS)}); "
@@ -248,7 +249,7 @@ def _scan_split(split_dir: str) -> dict[str, list[str]]:
             )
         classes[entry.name] = files
     if not classes:
-        loose = any(_is_image(e.name) for e in entries if e.is_file())
+        loose = any(is_image_file(e.name) for e in entries if e.is_file())
         hint = " (the images must be inside one sub-folder per class)" if loose else ""
         raise DataError(
             f"no images found in {split_dir}: expected {os.path.join(split_dir, '<class>', '*.jpg')} "
@@ -410,7 +411,7 @@ def _load_folder(root, *, image_size, batch_size, seed, holdout_fraction, on_bad
         files = files.shuffle(len(train_paths), seed=seed, reshuffle_each_iteration=True)
         images, shuffled = files.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True), True
     train = _train_pipeline(images, len(train_paths), image_size=image_size, batch_size=batch_size, seed=seed,
-                            crop_area=preprocessing.TRAIN_CROP_AREA, shuffled=shuffled)
+                            crop_area=augment.TRAIN_CROP_AREA, shuffled=shuffled)
 
     # Evaluation: exactly decode_rgb -> eval_resize on the original file; cache the smaller of the two stages.
     decoded_bytes = sum(3 * size_of[p][0] * size_of[p][1] for p in eval_paths)
@@ -471,7 +472,27 @@ def _network_reachable(address=_NETWORK_PROBE, timeout: float = _NETWORK_TIMEOUT
     return bool(result and result[0])
 
 
-def _load_tfds(name, *, image_size, batch_size, seed, holdout_fraction) -> Dataset:
+def _prepare_from_manual_dir(builder, name: str, manual_dir: str | None) -> None:
+    """Prepare a TFDS set from files the user downloaded (ImageNet's licence requires that): TFDS reads them from
+    `manual_dir` and writes its record files to its data dir (TFDS_DATA_DIR) once; later runs only read those."""
+    import tensorflow_datasets as tfds
+
+    if not manual_dir:
+        raise DataError(f"TFDS dataset {name!r} is downloaded by hand and is not prepared in {builder.data_dir}: "
+                        "download its files (for imagenet2012, ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar "
+                        "from image-net.org) into a folder and pass it as --tfds_manual_dir")
+    manual_dir = os.path.expanduser(manual_dir)
+    if not os.path.isdir(manual_dir):
+        raise DataError(f"--tfds_manual_dir {manual_dir} is not a folder")
+    logging.info("preparing TFDS dataset %s from %s into %s (once)", name, manual_dir, builder.data_dir)
+    try:
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    except Exception as e:  # noqa: BLE001 - missing or broken files fail in many ways; users get the first line
+        raise DataError(f"could not prepare TFDS dataset {name!r} from --tfds_manual_dir {manual_dir}: "
+                        f"{first_line(e, 300)}") from None
+
+
+def _load_tfds(name, *, image_size, batch_size, seed, holdout_fraction, manual_dir=None) -> Dataset:
     name = name.strip()
     if not name:
         raise DataError(f"missing TFDS dataset name after 'tfds:'; {ALTERNATIVES}")
@@ -482,10 +503,11 @@ def _load_tfds(name, *, image_size, batch_size, seed, holdout_fraction) -> Datas
     try:
         builder = tfds.builder(name)
     except Exception as e:  # noqa: BLE001 - DatasetNotFoundError lists every data set: keep only its first line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(
-            f"{name!r} is neither an existing folder nor a TFDS dataset ({first}); {ALTERNATIVES}") from None
-    if not builder.is_prepared():
+            f"{name!r} is neither an existing folder nor a TFDS dataset ({first_line(e)}); {ALTERNATIVES}") from None
+    if not builder.is_prepared() and (manual_dir or builder.MANUAL_DOWNLOAD_INSTRUCTIONS):
+        _prepare_from_manual_dir(builder, name, manual_dir)
+    elif not builder.is_prepared():
         # tfds would retry an unreachable download host for minutes; find out in seconds instead.
         if not _network_reachable():
             raise DataError(
@@ -495,8 +517,7 @@ def _load_tfds(name, *, image_size, batch_size, seed, holdout_fraction) -> Datas
         try:
             builder.download_and_prepare()
         except Exception as e:  # noqa: BLE001 - downloads fail in many ways; users get the first line of any
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-            raise DataError(f"could not download TFDS dataset {name!r}: {first}; {ALTERNATIVES}") from None
+            raise DataError(f"could not download TFDS dataset {name!r}: {first_line(e, 300)}; {ALTERNATIVES}") from None
     info = builder.info
     keys = info.supervised_keys
     if not keys or len(keys) != 2:
@@ -538,7 +559,7 @@ def _load_tfds(name, *, image_size, batch_size, seed, holdout_fraction) -> Datas
     if fits(num_train):
         train_images = train_images.cache()
     train = _train_pipeline(train_images, num_train, image_size=image_size, batch_size=batch_size, seed=seed,
-                            crop_area=preprocessing.TRAIN_CROP_AREA,
+                            crop_area=augment.TRAIN_CROP_AREA,
                             shuffle_buffer=None if fits(num_train) else TFDS_SHUFFLE_BUFFER)
     evaluation = _eval_pipeline(split(eval_split), image_size=image_size, batch_size=batch_size,
                                 cache="decoded" if fits(num_eval) else "")

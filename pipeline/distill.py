@@ -49,24 +49,17 @@ def tflite_soft_targets(path: str, pixels, classes: int):
     [0, 255], fed as its pixel bytes, as apps feed it); a 1001-output file's background is dropped when `classes` is
     1000 and the rest renormalized. For distilling a file into a Keras model of the same classes."""
     import numpy as np
-    from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_path=path, num_threads=2)
-    interpreter.allocate_tensors()
-    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    if inp["dtype"] != np.uint8:
-        raise ValueError(f"{path}: distillation needs a uint8-input teacher, this one takes {np.dtype(inp['dtype'])}")
-    if tuple(inp["shape"][1:]) != tuple(pixels.shape[1:]):
-        raise ValueError(f"{path} takes {tuple(inp['shape'][1:3])} images; distill at that size (--image_size)")
-    scale, zero_point = out["quantization"]
-    targets = []
-    for image in pixels:
-        interpreter.set_tensor(inp["index"], np.clip(np.round(image), 0, 255).astype(np.uint8)[None])
-        interpreter.invoke()
-        probabilities = interpreter.get_tensor(out["index"])[0].astype(np.float32)
-        if scale:
-            probabilities = (probabilities - zero_point) * scale
-        if probabilities.shape[-1] == classes + 1:
-            probabilities = probabilities[1:]
-        targets.append(probabilities / max(float(probabilities.sum()), 1e-6))
-    return np.stack(targets)
+    from tflite_export.export import run_tflite
+    from tflite_export.verify import analyze
+
+    (inp,) = analyze(path, xnnpack=False).inputs
+    if tuple(inp.shape[1:]) != tuple(pixels.shape[1:]):
+        raise ValueError(f"{path} takes {tuple(inp.shape[1:3])} images; distill at that size (--image_size)")
+    try:
+        probabilities = run_tflite(path, np.clip(np.round(pixels), 0, 255), pixel_bytes=True)
+    except ValueError as err:
+        raise ValueError(f"{path}: distillation needs a uint8-input teacher ({err})") from None
+    if probabilities.shape[-1] == classes + 1:
+        probabilities = probabilities[:, 1:]
+    return probabilities / np.maximum(probabilities.sum(axis=-1, keepdims=True), 1e-6)

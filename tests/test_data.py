@@ -144,7 +144,7 @@ def test_hymenoptera_folder(shared):
     assert ex.shape == (n_val, IMAGE_SIZE, IMAGE_SIZE, 3)
     assert np.bincount(ey).tolist() == [_count_images(root / "val" / c) for c in ds.class_names]
     # Evaluation images are exactly preprocessing.load_eval_image of the file, in file order.
-    from pipeline.preprocessing import load_eval_image
+    from tflite_export.preprocessing import load_eval_image
 
     np.testing.assert_allclose(ex[0], load_eval_image(ds.eval_files[0], IMAGE_SIZE), atol=1e-4)
 

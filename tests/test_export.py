@@ -8,9 +8,10 @@ import pytest
 
 import keras_models
 from keras_models.backend import keras
-from pipeline.qat import OutputQuantizeConfig, clamp_saturated_ranges, quantize_model, saturated_range_bounds
-from tests.conftest import run_module
+from pipeline.qat import clamp_saturated_ranges, quantize_model, saturated_range_bounds
+from tests.conftest import run_module, tiny_classifier_keras
 from tflite_export.convert import ConversionError, convert
+from tflite_export.quantization import OutputQuantizeConfig
 from tflite_export.verify import verify
 
 SIZE = 32
@@ -33,7 +34,7 @@ def float_small():
 def trained(tiny_run):
     """The float and QAT models of the session's tiny pipeline run. Trained weights matter for delegation: with random
     weights activations are so small that XNNPACK refuses some int8 ADDs (input/output scale ratio below 2**-8)."""
-    from pipeline.qat import quantize_scope
+    from tflite_export.quantization import quantize_scope
 
     run_dir, _ = tiny_run
     with quantize_scope():
@@ -122,15 +123,106 @@ def test_qat_clamps_ranges_where_h_swish_and_hard_sigmoid_saturate(float_small):
         assert float(w.numpy()) == expected, w.name
 
 
+def _write_pngs(folder, count: int, seed: int = 0, pixels=None) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        image = pixels[i] if pixels is not None else rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+        Image.fromarray(image).save(folder / f"image {i}.png")
+
+
 def test_export_cli_converts_saved_float_and_qat_models(tiny_run, tmp_path):
+    """Float model: class folders of the run's own kind of images, matched to the outputs by the run's labels file,
+    give the accuracy check. QAT model: a flat folder of unlabelled images, labels from the run directory."""
+    from pipeline import synthetic
+
     run_dir, _ = tiny_run
-    for source, name in ((run_dir / "float_model.h5", "ptq"), (run_dir / "qat_model", "qat")):
-        out = tmp_path / name
-        result = run_module("tflite_export.export", source, "--dataset", "synthetic", "--out", out,
-                            "--calibration-images", "16")
+    x, y = synthetic.generate(48, SIZE, seed=1, split="test")
+    classes = tmp_path / "classes"
+    for index, name in enumerate(synthetic.CLASS_NAMES):
+        _write_pngs(classes / name, int((y == index).sum()), pixels=x[y == index])
+    flat = tmp_path / "flat"
+    _write_pngs(flat, 6, pixels=x[:6])
+    for source, dataset, extra in ((run_dir / "float_model.h5", classes, ["--labels", run_dir / "labels.txt"]),
+                                   (run_dir / "qat_model", flat, [])):
+        out = tmp_path / source.stem
+        result = run_module("tflite_export.export", source, "--dataset", dataset, "--out", out,
+                            "--calibration-images", "16", *extra)
         assert result.returncode == 0, result.stderr[-2000:]
         analysis = verify(str(out / "model.tflite"))
-        assert analysis.has_metadata and (out / "labels.txt").read_text().split()[0] == "circle"
+        assert analysis.has_metadata and (out / "labels.txt").read_text().split() == synthetic.CLASS_NAMES
+        if dataset == classes:
+            assert "label-file index by folder name" in result.stdout and "on 48 labelled images" in result.stdout
+        else:
+            assert "calibrated on 6 images" in result.stdout and "labelled images" not in result.stdout
+
+
+def test_export_cli_calibrates_on_a_flat_folder_of_unlabelled_images(tmp_path, capsys):
+    """`--dataset` may be a folder of photos in no class folders (the issue: it was refused); without labels to check
+    accuracy against, the export calibrates on them and names the outputs after --labels."""
+    from tflite_export import export
+    from tflite_export.cli import run_main
+    from tflite_export.model_card import SCHEMA_VERSION, ModelCard
+
+    model_path = tmp_path / "model" / "tiny.h5"
+    model_path.parent.mkdir()
+    tiny_classifier_keras(classes=3, batch_size=None).save(model_path)
+    photos = tmp_path / "photos"
+    _write_pngs(photos, 5)
+    (photos / "notes.txt").write_text("not an image")
+    labels = tmp_path / "names.txt"
+    labels.write_text("cat\ndog\nbird\n")
+    out = tmp_path / "out"
+
+    code = run_main(export.main, [str(model_path), "--dataset", str(photos), "--labels", str(labels),
+                                  "--out", str(out)], prog="tflite_export.export")
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "calibrated on 5 images" in printed.out
+    analysis = verify(str(out / "model.tflite"))
+    assert analysis.is_integer_only and analysis.inputs[0].dtype == "uint8"
+    card = ModelCard.read(out / "model_card.json")
+    assert card.schema_version == SCHEMA_VERSION and card.classes == ["cat", "dog", "bird"]
+    assert (out / "labels.txt").read_text().split() == ["cat", "dog", "bird"]
+
+    # Without --labels and no labels.txt beside the model, nothing names the outputs: one line, nothing written.
+    code = run_main(export.main, [str(model_path), "--dataset", str(photos), "--out", str(tmp_path / "out2")],
+                    prog="tflite_export.export")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "unlabelled images" in err[0] and "--labels" in err[0], err
+    assert not (tmp_path / "out2").exists() or not any((tmp_path / "out2").iterdir())
+
+
+def test_export_cli_checks_accuracy_on_class_folders_matched_to_outputs_by_name(tmp_path, capsys):
+    """A model that names each solid colour after its brightest channel, class folders named after the labels (whose
+    sorted order is not the output order): the accuracy check must score 100%, i.e. compare each image with the
+    output its folder names."""
+    from tflite_export import export
+    from tflite_export.cli import run_main
+
+    inputs = keras.Input((SIZE, SIZE, 3))
+    mean_colour = keras.layers.GlobalAveragePooling2D()(inputs)
+    scores = keras.layers.Dense(3, kernel_initializer=keras.initializers.Identity(0.05), bias_initializer="zeros")(
+        mean_colour)
+    model = keras.Model(inputs, keras.layers.Softmax()(scores))
+    model_path = tmp_path / "colours.h5"
+    model.save(model_path)
+    labels = ["zebra", "ant", "moose"]  # outputs 0, 1, 2: red, green, blue; sorted folders: ant, moose, zebra
+    (tmp_path / "labels.txt").write_text("\n".join(labels) + "\n")
+    for channel, name in enumerate(labels):
+        colours = np.zeros((2, 40, 40, 3), np.uint8)
+        colours[..., channel] = np.array([200, 250])[:, None, None]
+        _write_pngs(tmp_path / "data" / name, 2, pixels=colours)
+
+    code = run_main(export.main, [str(model_path), "--dataset", str(tmp_path / "data"), "--labels",
+                                  str(tmp_path / "labels.txt"), "--out", str(tmp_path / "out")],
+                    prog="tflite_export.export")
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "label-file index by folder name" in printed.out
+    assert "int8 top-1 1.0000, keras top-1 1.0000, agreement 1.0000 on 6 labelled images" in printed.out
 
 
 @pytest.mark.parametrize("kind", ["missing", "garbage"])
@@ -139,7 +231,10 @@ def test_export_cli_bad_model_is_a_one_line_error_without_output(kind, tmp_path)
     if kind == "garbage":
         model.write_bytes(b"this is not a keras model")
     out = tmp_path / "out"
-    result = run_module("tflite_export.export", model, "--out", out)
+    _write_pngs(tmp_path / "photos", 1)
+    (tmp_path / "labels.txt").write_text("a\nb\n")
+    result = run_module("tflite_export.export", model, "--dataset", tmp_path / "photos", "--labels",
+                        tmp_path / "labels.txt", "--out", out)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("tflite_export.export: error:")
     assert not out.exists() or not any(out.iterdir())

@@ -4,17 +4,16 @@ transfer recipe runs end to end."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
 import keras_models
 from keras_models.backend import keras
 from keras_models.tflite_weights import read_tflite
-from pipeline.preprocessing import load_eval_image
+from pipeline.report import Report
 from tests.conftest import run_pipeline, shared_path
 from tflite_export.export import run_tflite
+from tflite_export.preprocessing import load_eval_image
 
 V3_SMALL = ("mobilenet_v3", "v3-small_224_1.0_uint8.tflite")
 V2 = ("coral", "mobilenet_v2_1.0_224_quant.tflite")
@@ -104,14 +103,15 @@ def test_qat_starts_from_the_files_activation_ranges():
 
 
 def test_squeeze_convs_get_weight_fake_quant_and_empty_channels_keep_their_bias():
-    from pipeline.qat import _kernel_ranges, quantize_model, widen_empty_kernel_ranges
+    from pipeline.qat import quantize_model
+    from tflite_export.quantization import kernel_ranges, widen_empty_kernel_ranges
 
     model = keras_models.build("small", input_shape=(32, 32, 3), alpha=0.35, num_classes=4)
     qat = quantize_model(model)
     # tfmot's Conv2D -> ReLU transform dropped the squeeze convs' weight quantization (9 in V3-Small).
     squeeze = [layer for layer in qat.layers if layer.name.endswith("squeeze_excite/Conv")]
     assert len(squeeze) == 9 and all(layer._weight_vars for layer in squeeze)
-    minimum, maximum = next((lo, hi) for lo, hi in _kernel_ranges(qat) if "squeeze_excite/Conv/" in lo.name)
+    minimum, maximum = next((lo, hi) for lo, hi in kernel_ranges(qat) if "squeeze_excite/Conv/" in lo.name)
     minimum.assign(np.where(np.arange(minimum.shape[0]) == 0, 0.0, -1.0))
     maximum.assign(np.where(np.arange(maximum.shape[0]) == 0, 0.0, 2.0))
     assert widen_empty_kernel_ranges(qat) >= 1
@@ -131,8 +131,8 @@ def test_transfer_recipe_runs_end_to_end_with_frozen_batch_norm(tmp_path):
         "--batch_size", "8", "--head_epochs", "1", "--float_epochs", "1", "--noqat", "--calibration_images", "8",
         "--benchmark_runs", "0", "--verbose", "0", "--output_dir", out])
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads((out / "report.json").read_text())
-    assert report["config"]["recipe"] == "transfer" and set(report["stages"]) >= {"head", "float"}
+    report = Report.read(out / "report.json")
+    assert report.config.recipe == "transfer" and {s.name for s in report.stages} >= {"head", "float"}
     assert (out / "labels.txt").read_text().split() == ["ants", "bees"]
     # BatchNorm stayed in inference mode through head and fine-tune: the imported identity statistics are intact.
     float_model = keras.models.load_model(out / "float_model.h5", compile=False)

@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 from keras_models.backend import keras
+from pipeline.report import Report
 from tests.conftest import REPO, TINY
 from tests.conftest import run_pipeline as _run
+from tflite_export.model_card import ModelCard
 from tflite_export.verify import analyze
 
 
@@ -58,7 +60,7 @@ def test_tiny_run_int8_depthwise_weights_are_the_ones_qat_trained_against(tiny_r
     +-127. With tfmot's default depthwise quantizer (one range per kernel) only the kernel's largest channel did."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from pipeline.qat import quantize_scope
+    from tflite_export.quantization import quantize_scope
 
     out, _ = tiny_run
     with quantize_scope():
@@ -116,18 +118,23 @@ def test_tiny_run_gates_see_no_levels_where_they_saturate(tiny_run):
 def test_tiny_run_writes_labels_card_and_report(tiny_run):
     out, result = tiny_run
     labels = (out / "labels.txt").read_text().split()
-    card = json.loads((out / "model_card.json").read_text())
-    report = json.loads((out / "report.json").read_text())
-    assert labels == card["classes"] == report["data"]["classes"] and len(labels) == 8
-    assert card["input"] == {**card["input"], "height": 32, "width": 32, "dtype": "uint8", "scale": 1.0,
-                             "zero_point": 0}
-    acc = report["export"]["accuracy"]
-    assert acc["images"] == 160 and 0.0 <= acc["int8_top1"] <= 1.0
-    assert report["throughput"]["input_pipeline_images_per_s"] > 0
+    card = ModelCard.read(out / "model_card.json")
+    report = Report.read(out / "report.json")
+    assert labels == card.classes == report.data.classes and len(labels) == 8
+    assert (card.input.height, card.input.width, card.input.dtype, card.input.scale, card.input.zero_point) == (
+        32, 32, "uint8", 1.0, 0)
+    acc = report.export.accuracy
+    assert acc.images == 160 and 0.0 <= acc.int8_top1 <= 1.0
+    assert report.throughput.input_pipeline_images_per_s > 0
     # The report records the QAT learning rate that was used: by default 1/20 of the float one.
-    assert report["config"]["qat_learning_rate"] == pytest.approx(report["config"]["learning_rate"] / 20)
-    assert report["latency"] and all(row["median_ms"] > 0 for row in report["latency"])
+    assert report.config.qat_learning_rate == pytest.approx(report.config.learning_rate / 20)
+    assert report.latency and all(row.median_ms > 0 for row in report.latency)
+    # The int8 model's confusion matrix counts every held-out image once, and its diagonal is its top-1.
+    matrix = np.asarray(report.int8_evaluation.confusion)
+    assert matrix.shape == (8, 8) and matrix.sum() == 160
+    assert np.trace(matrix) / 160 == pytest.approx(acc.int8_top1)
     assert "int8 top-1" in result.stdout and "HARD_SWISH 0" in result.stdout
+    assert f"report       {out / 'report.html'}" in result.stdout  # the summary links the page
     # The QAT model and the float model are kept for re-export with tflite_export.export.
     assert (out / "float_model.h5").is_file() and (out / "qat_model").is_dir()
     assert not list(out.glob("**/*.tmp*"))
@@ -143,6 +150,10 @@ def test_rerun_of_a_finished_run_skips_training(tiny_run, tmp_path):
     # The summary says what it could not measure rather than printing nan.
     assert "float training not measured in this run, QAT not measured in this run" in result.stdout
     assert "nan" not in result.stdout
+    # Every stage was done earlier; the report still has each one's curves over all its epochs.
+    report = Report.read(out / "report.json")
+    assert {s.name: (s.skipped, s.curves.epochs) for s in report.stages} == {
+        "float": (True, [1, 2]), "qat": (True, [1]), "qat_bn_frozen": (True, [1])}
 
 
 def test_rerun_with_other_epochs_stops_instead_of_reusing_the_old_stage(tiny_run):
@@ -163,8 +174,8 @@ def test_distilled_qat_run_records_its_targets_and_keeps_them_on_rerun(tmp_path)
             "--output_dir", str(out)]
     result = _run([*args, "--qat_distill"])
     assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads((out / "report.json").read_text())
-    assert report["config"]["qat_distill"] is True and report["accuracy"]["qat_keras"] is not None
+    report = Report.read(out / "report.json")
+    assert report.config.qat_distill is True and report.accuracy.qat_keras is not None
     settings = json.loads((out / "checkpoints" / "qat.settings.json").read_text())
     assert settings["targets"] == "float model" and settings["label_smoothing"] == 0.0
     assert analyze(str(out / "model.tflite")).float_tensors == []
@@ -197,9 +208,13 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "float: resumed from checkpoint, starting at epoch 2" in result.stderr
     assert "float: epoch 1 done" not in result.stderr
-    report = json.loads((out / "report.json").read_text())
-    assert report["resumed"] == {"float": 1}
+    report = Report.read(out / "report.json")
+    assert report.resumed == {"float": 1}
     assert (out / "model.tflite").is_file()
+    # The report's curves have the epoch trained before the kill too, once: the stage's CSV log is appended to.
+    curves = report.stage("float").curves
+    assert curves.epochs == [1, 2, 3] and len(curves.metrics["val_accuracy"]) == 3
+    assert 'data-stage="float"' in (out / "report.html").read_text()
 
 
 @pytest.fixture()

@@ -20,18 +20,10 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO, TINY, run_pipeline, tiny_classifier_keras, tiny_classifier_tflite
-
+from tests.conftest import error_line as _error_line
+from tflite_export.model_card import ModelCard
 
 # ------------------------------------------------------------------------------------------------------------ helpers
-def _error_line(code: int, stderr: str, prog: str = "") -> str:
-    """Assert exit code 2, no traceback and exactly one error line, which is the last line; return it."""
-    assert code == 2, stderr[-2000:]
-    assert "Traceback" not in stderr
-    marker = f"{prog}: error: " if prog else "error: "
-    errors = [line for line in stderr.splitlines() if line.startswith(marker)]
-    assert len(errors) == 1, stderr[-2000:]
-    assert stderr.rstrip().splitlines()[-1] == errors[0]
-    return errors[0]
 
 
 def _snapshot(folder: pathlib.Path) -> dict:
@@ -40,30 +32,6 @@ def _snapshot(folder: pathlib.Path) -> dict:
         return {}
     return {str(p.relative_to(folder)): (p.lstat().st_mtime_ns, os.readlink(p) if p.is_symlink() else None)
             for p in folder.glob("**/*")}
-
-
-@pytest.fixture()
-def pipeline_cli(capsys):
-    """`python -m pipeline.train_and_export ARGS` in this process (for cases refused before any training): returns
-    (exit code, stderr). absl's flags are global, so they are reset after each call."""
-    from absl import flags
-
-    from pipeline import train_and_export
-
-    def run(args) -> tuple[int, str]:
-        flags.FLAGS.unparse_flags()
-        flags.FLAGS(["train_and_export", *map(str, args)])
-        capsys.readouterr()
-        try:
-            train_and_export.main(["train_and_export"])
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code
-        finally:
-            flags.FLAGS.unparse_flags()
-        return code, capsys.readouterr().err
-
-    return run
 
 
 @pytest.fixture(scope="module")
@@ -117,28 +85,61 @@ def test_rerun_on_other_classes_is_refused_before_training(tiny_run, pipeline_cl
     assert _snapshot(out / "checkpoints") == before
 
 
-def test_run_directory_records_its_model_definition(tiny_run):
+def test_run_directory_records_its_run_config(tiny_run):
+    """run_config.json is the run's RunConfig (defaults resolved) with the classes of its data, versioned."""
+    from pipeline.config import RunRecord
+    from pipeline.schema import read_record
+
     out, _ = tiny_run
-    config = json.loads((out / "run_config.json").read_text())
-    assert config == {"variant": "small", "alpha": 0.35, "minimalistic": False, "image_size": 32, "weights": "none",
-                      "io": "uint8", "hswish": "lowered", "classes": config["classes"]}
-    assert len(config["classes"]) == 8
+    record = read_record(RunRecord, out / "run_config.json", "run record", "")
+    assert record.schema_version == 2 and len(record.classes) == 8
+    assert record.config.model_definition == {"variant": "small", "alpha": 0.35, "minimalistic": False,
+                                              "image_size": 32, "weights": "none", "io": "uint8", "hswish": "lowered"}
+    assert record.config.output_dir == str(out) and record.config.qat_learning_rate == pytest.approx(0.1 / 20)
 
 
 def test_legacy_run_directory_is_checked_against_its_report(tiny_run, pipeline_cli, tmp_path):
-    """Directories made before run_config.json existed: their report.json says what model they hold."""
+    """Directories made before run_config.json existed: their report.json says what model they hold, typed (schema
+    2) or not (version 1, no schema_version)."""
     out, _ = tiny_run
-    legacy = tmp_path / "legacy"
-    legacy.mkdir()
-    shutil.copyfile(out / "report.json", legacy / "report.json")
-    code, err = pipeline_cli([*TINY, "--float_epochs", "2", "--output_dir", legacy, "--image_size", "48"])
-    assert "image_size 32 -> 48" in _error_line(code, err)
+    typed, untyped = tmp_path / "typed", tmp_path / "untyped"
+    typed.mkdir()
+    untyped.mkdir()
+    shutil.copyfile(out / "report.json", typed / "report.json")
+    report = json.loads((out / "report.json").read_text())
+    (untyped / "report.json").write_text(json.dumps({"config": {"variant": "v3-small", "image_size": 32},
+                                                     "data": {"classes": report["data"]["classes"]}}))
+    for legacy in (typed, untyped):
+        code, err = pipeline_cli([*TINY, "--float_epochs", "2", "--output_dir", legacy, "--image_size", "48"])
+        assert "image_size 32 -> 48" in _error_line(code, err), legacy
+
+
+def test_unversioned_run_config_of_older_folders_is_still_checked(pipeline_cli, tmp_path):
+    """run_config.json before it was versioned: a flat object of the model-defining fields and the classes."""
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "run_config.json").write_text(json.dumps({
+        "variant": "small", "alpha": 0.35, "minimalistic": False, "image_size": 32, "weights": "none", "io": "uint8",
+        "hswish": "lowered", "classes": ["a", "b"]}))
+    before = _snapshot(old)
+    code, err = pipeline_cli([*TINY, "--float_epochs", "2", "--output_dir", old, "--alpha", "0.5"])
+    assert "alpha 0.35 -> 0.5" in _error_line(code, err)
+    assert _snapshot(old) == before
+
+
+def test_run_config_of_a_newer_schema_is_refused_in_one_line(pipeline_cli, tmp_path):
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "run_config.json").write_text(json.dumps({"schema_version": 99, "config": {}, "classes": []}))
+    code, err = pipeline_cli([*TINY, "--float_epochs", "2", "--output_dir", new])
+    line = _error_line(code, err)
+    assert "schema_version 99" in line and "run_config.json" in line and "fresh --output_dir" in line, line
 
 
 # ------------------------------------------------------------------------- 2. classes checked against the model
 def test_evaluate_refuses_a_label_file_of_the_wrong_length(tiny_models, tmp_path, capsys):
     from tflite_export import evaluate
-    from tflite_export._cli import run_main
+    from tflite_export.cli import run_main
 
     data = _image_folders(tmp_path / "data", ["a", "b", "c", "d"], per_class=1)
     labels = tmp_path / "labels.txt"
@@ -152,7 +153,7 @@ def test_evaluate_refuses_a_label_file_of_the_wrong_length(tiny_models, tmp_path
 
 def test_evaluate_refuses_class_folders_missing_from_the_labels(tiny_models, tmp_path, capsys):
     from tflite_export import evaluate
-    from tflite_export._cli import run_main
+    from tflite_export.cli import run_main
 
     data = _image_folders(tmp_path / "data", ["a", "b", "c", "zebra"], per_class=1)
     labels = tmp_path / "labels.txt"
@@ -165,7 +166,7 @@ def test_evaluate_refuses_class_folders_missing_from_the_labels(tiny_models, tmp
 def test_evaluate_refuses_a_class_count_that_is_not_the_output_count(tiny_models, tmp_path, capsys):
     """2 classes on a 4-output model used to score a number; now it says what to pass."""
     from tflite_export import evaluate
-    from tflite_export._cli import run_main
+    from tflite_export.cli import run_main
 
     data = _image_folders(tmp_path / "data", ["x", "y"], per_class=1)
     code = run_main(evaluate.main, [str(tiny_models["four"]), "--dataset", str(data)], prog="evaluate")
@@ -175,7 +176,7 @@ def test_evaluate_refuses_a_class_count_that_is_not_the_output_count(tiny_models
 
 def test_evaluate_refuses_a_two_output_model_on_imagenet(tiny_models, shared, capsys):
     from tflite_export import evaluate
-    from tflite_export._cli import run_main
+    from tflite_export.cli import run_main
 
     code = run_main(evaluate.main, [str(tiny_models["two"]), "--dataset", str(shared("datasets", "imagenet-samples"))],
                     prog="evaluate")
@@ -184,7 +185,7 @@ def test_evaluate_refuses_a_two_output_model_on_imagenet(tiny_models, shared, ca
 
 def test_evaluate_refuses_googles_1001_labels_on_a_two_class_folder(shared, capsys):
     from tflite_export import evaluate
-    from tflite_export._cli import run_main
+    from tflite_export.cli import run_main
 
     model = shared("reference_models", "mobilenet_v3", "v3-small_224_1.0_uint8.tflite")
     labels = next(p for p in shared("labels").iterdir() if len(p.read_text().splitlines()) == 1001)
@@ -195,7 +196,7 @@ def test_evaluate_refuses_googles_1001_labels_on_a_two_class_folder(shared, caps
 
 def test_evaluate_still_accepts_1001_outputs_with_background_on_1000_imagenet_classes(shared, capsys):
     from tflite_export import evaluate
-    from tflite_export._cli import run_main
+    from tflite_export.cli import run_main
 
     model = shared("reference_models", "mobilenet_v3", "v3-small_224_1.0_uint8.tflite")
     code = run_main(evaluate.main, [str(model), "--dataset", str(shared("datasets", "imagenet-samples")),
@@ -208,7 +209,7 @@ def test_export_cli_refuses_classes_it_cannot_match_to_the_outputs(tiny_run, tmp
     """wnid folders and a label file of names: the accuracy check would compare unrelated indices (it printed
     0.0000)."""
     from tflite_export import export
-    from tflite_export._cli import run_main
+    from tflite_export.cli import run_main
 
     run_dir, _ = tiny_run
     data = _image_folders(tmp_path / "data", ["n01440764", "n01443537"], per_class=2)
@@ -235,14 +236,14 @@ def _export_tiny(out, io_dtype: str, **kwargs) -> dict:
 
 def test_failed_export_leaves_the_previous_set_whole(tmp_path, monkeypatch):
     """A rerun with --io int8 whose model write failed (disk full) left an int8 card beside the old uint8 model."""
-    from tflite_export import _cli, export
+    from tflite_export import export, files
 
     out = tmp_path / "run"
     _export_tiny(out, "uint8")
     before = {name: (out / name).read_bytes() for name in ("model.tflite", "labels.txt", "model_card.json")}
-    assert json.loads(before["model_card.json"])["input"]["dtype"] == "uint8"
+    assert ModelCard.from_json(before["model_card.json"]).input.dtype == "uint8"
 
-    real_write = _cli.atomic_write_bytes
+    real_write = files.atomic_write_bytes
 
     def disk_full_on_model(path, data):
         if str(path).endswith("model.tflite"):
@@ -254,7 +255,7 @@ def test_failed_export_leaves_the_previous_set_whole(tmp_path, monkeypatch):
         _export_tiny(out, "int8")
     assert {name: (out / name).read_bytes() for name in before} == before
     assert len(list((out / ".artifacts").iterdir())) == 1  # the failed staging directory is gone
-    assert not list(out.glob("**/*.tmp"))
+    assert not list(out.glob("**/.tmp-*"))
 
 
 def test_export_publishes_the_set_with_one_swap_and_normal_modes(tmp_path):
@@ -271,13 +272,13 @@ def test_export_publishes_the_set_with_one_swap_and_normal_modes(tmp_path):
     for name in ("model.tflite", "labels.txt", "model_card.json"):
         assert os.readlink(out / name) == os.path.join("current", name)  # documented paths go through `current`
         assert os.path.realpath(out / name) == os.path.join(second, name)
-    assert json.loads((out / "model_card.json").read_text())["input"]["dtype"] == "int8"
+    assert ModelCard.read(out / "model_card.json").input.dtype == "int8"
     _export_tiny(out, "uint8")
     assert not os.path.exists(first)  # older sets are removed
 
 
 def test_written_files_respect_the_umask(tmp_path):
-    from tflite_export._cli import atomic_write_bytes
+    from tflite_export.files import atomic_write_bytes
 
     old = os.umask(0o027)
     try:
@@ -324,11 +325,12 @@ def test_output_dir_that_is_a_file_is_refused_up_front(pipeline_cli, tmp_path):
 
 def test_export_cli_out_that_is_a_file_is_refused_before_loading(tmp_path, capsys):
     from tflite_export import export
-    from tflite_export._cli import run_main
+    from tflite_export.cli import run_main
 
     out = tmp_path / "taken"
     out.write_text("x")
-    code = run_main(export.main, [str(tmp_path / "missing.h5"), "--out", str(out)], prog="tflite_export.export")
+    code = run_main(export.main, [str(tmp_path / "missing.h5"), "--dataset", str(tmp_path), "--out", str(out)],
+                    prog="tflite_export.export")
     line = _error_line(code, capsys.readouterr().err, "tflite_export.export")
     assert "exists and is not a directory" in line and "missing.h5" not in line  # refused before the model is read
 
@@ -336,7 +338,7 @@ def test_export_cli_out_that_is_a_file_is_refused_before_loading(tmp_path, capsy
 @pytest.mark.parametrize("tool", ["benchmark", "evaluate"])
 def test_json_to_an_unwritable_path_is_refused_before_the_work(tiny_models, tmp_path, capsys, tool):
     from tflite_export import benchmark, evaluate
-    from tflite_export._cli import run_main
+    from tflite_export.cli import run_main
 
     target = tmp_path / "no-such-folder" / "sub" / "out.json"
     (tmp_path / "no-such-folder").write_text("a file, not a folder")
@@ -394,7 +396,7 @@ def test_truncated_model_is_one_line_not_struct_error(tiny_models, tmp_path, too
 
 
 def test_out_of_memory_is_one_line_naming_what_to_reduce():
-    from tflite_export._cli import one_line_error
+    from tflite_export.cli import one_line_error
 
     line = one_line_error(MemoryError("Unable to allocate 27.9 TiB for an array with shape (1000, 100000, 100000, 3)"))
     assert line.startswith("out of memory") and "image size" in line and "\n" not in line

@@ -12,7 +12,7 @@ import pytest
 from ai_edge_litert.interpreter import Interpreter
 
 from tests.conftest import tiny_classifier_tflite
-from tflite_export._cli import ModelError
+from tflite_export.files import ModelError
 from tflite_export.metadata import MetadataError, metadata_to_json_dict, read_metadata, write_metadata
 from tflite_export.verify import analyze
 

@@ -14,7 +14,8 @@ from keras_models.backend import keras, tf
 from tests.conftest import run_module, tiny_classifier_tflite
 from tflite_export import benchmark, evaluate
 from tflite_export import inspect as inspect_tool
-from tflite_export._cli import ModelError, run_main
+from tflite_export.cli import run_main
+from tflite_export.files import ModelError
 from tflite_export.verify import VerificationError, analyze, verify
 
 V3_SMALL = ("reference_models", "mobilenet_v3", "v3-small_224_1.0_uint8.tflite")
@@ -187,20 +188,29 @@ def test_discover_dataset_layouts(tmp_path):
         for cls in ("bees", "ants"):
             _write_images(tmp_path / "tree" / split / cls, 2 if split == "test" else 1, 0)
     found = evaluate.discover_dataset(tmp_path / "tree")
-    assert found["root"].endswith("test") and found["class_names"] == ["ants", "bees"]
-    assert sorted(label for _, label in found["items"]) == [0, 0, 1, 1]
+    assert found.root.endswith("test") and found.class_names == ["ants", "bees"]
+    assert sorted(label for _, label in found.items) == [0, 0, 1, 1]
     by_name = evaluate.discover_dataset(tmp_path / "tree", labels=["background", "bees", "ants"])
-    assert by_name["mapping"].startswith("label-file") and {label for _, label in by_name["items"]} == {1, 2}
+    assert by_name.mapping.startswith("label-file") and {label for _, label in by_name.items} == {1, 2}
 
     flat = tmp_path / "flat"
     flat.mkdir()
     for name in ("n02000000_b.JPEG", "n01000000_a.JPEG"):
         (flat / name).write_bytes(b"")
     found = evaluate.discover_dataset(flat)
-    assert found["layout"] == "wnid-flat" and sorted(found["items"])[0][1] == 0
-    assert dict((os.path.basename(p), label) for p, label in found["items"])["n02000000_b.JPEG"] == 1
+    assert found.layout == "wnid-flat" and sorted(found.items)[0][1] == 0
+    assert dict((os.path.basename(p), label) for p, label in found.items)["n02000000_b.JPEG"] == 1
     with pytest.raises(ValueError, match="no such dataset"):
         evaluate.discover_dataset(tmp_path / "nope")
+
+    # Images in no class folder and not named by wnid: labels unknown, so only calibration may take them.
+    unlabelled = tmp_path / "unlabelled"
+    _write_images(unlabelled, 2, 0)
+    with pytest.raises(ValueError, match="no class folders"):
+        evaluate.discover_dataset(unlabelled)
+    found = evaluate.discover_dataset(unlabelled, allow_unlabelled=True)
+    assert found.layout == "unlabelled" and found.class_names == []
+    assert [label for _, label in found.items] == [None, None]
 
 
 def test_evaluate_tiny_model_on_a_class_folder_tree(tiny, tmp_path, capsys):
@@ -231,8 +241,8 @@ def test_evaluate_reproduces_googles_v3_small_top1(shared):
     """Google's V3-Small uint8 scores 78.5% top-1 on imagenet-samples (takes about 10-15 s here, 2 cores)."""
     model = shared(*V3_SMALL)
     dataset = evaluate.discover_dataset(shared("datasets", "imagenet-samples"))
-    assert len(dataset["items"]) == 1000
-    result = evaluate.evaluate_tflite(model, dataset["items"], num_classes=len(dataset["class_names"]))
+    assert len(dataset.items) == 1000
+    result = evaluate.evaluate_tflite(model, dataset.items, num_classes=len(dataset.class_names))
     assert result["label_offset"] == 1  # 1001 outputs, background at 0
     assert result["normalization_source"].startswith("default 127.5/127.5")
     assert abs(100 * result["top1"] - 78.5) <= 0.5, result

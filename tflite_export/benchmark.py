@@ -18,14 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
-from tflite_export._cli import (
-    EXIT_OK,
-    atomic_write_json,
-    check_writable_file,
-    load_model_bytes,
-    parse_int_list,
-    run_main,
-)
+from tflite_export.cli import EXIT_OK, first_line, parse_int_list, run_main
+from tflite_export.files import atomic_write_json, check_writable_file, load_model_bytes
 
 PROG = "python -m tflite_export.benchmark"
 
@@ -65,8 +59,7 @@ def benchmark_models(paths: Sequence, threads: Sequence[int] = (1,), runs: int =
             try:
                 interpreters.append(_make_interpreter(data, int(t)))
             except (RuntimeError, ValueError) as exc:
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                raise ValueError(f"{name}: LiteRT cannot run the model: {first}") from None
+                raise ValueError(f"{name}: LiteRT cannot run the model: {first_line(exc)}") from None
         for interpreter in interpreters:
             for _ in range(warmup):
                 interpreter.invoke()

@@ -23,8 +23,8 @@ from typing import Callable, Iterable
 import numpy as np
 
 from keras_models.backend import keras, native_logs_captured, tf
-from pipeline.qat import is_qat_model, quantize_scope, widen_empty_kernel_ranges
-from tflite_export._cli import elapsed
+from tflite_export.cli import elapsed, first_line
+from tflite_export.quantization import is_qat_model, quantize_scope, widen_empty_kernel_ranges
 
 IO_DTYPES = {"uint8": tf.uint8, "int8": tf.int8}
 HSWISH_MODES = ("lowered", "builtin")
@@ -112,8 +112,7 @@ def convert(
         with elapsed("converting to int8 TFLite"), native_logs_captured():
             content = converter.convert()
     except Exception as err:  # the converter raises many types; one line is what users need
-        message = str(err).strip().splitlines()
-        raise ConversionError(f"TFLite conversion failed: {message[0] if message else type(err).__name__}") from err
+        raise ConversionError(f"TFLite conversion failed: {first_line(err)}") from err
     # With no calibration image the converter does not fail: it leaves float tensors that only verification notices.
     if not calibration_images:
         raise ConversionError("no calibration images: int8 calibration needs at least one representative image")

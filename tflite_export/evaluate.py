@@ -1,8 +1,8 @@
 """`python -m tflite_export.evaluate MODEL.tflite --dataset DIR [--labels FILE] [--mean M --std S] [--limit N]
 [--json OUT]`
 
-Top-1/top-5 of a TFLite classifier with the project's evaluation preprocessing (pipeline.preprocessing: central 87.5%
-crop, bilinear resize, pixels in [0, 255], then the model's own input quantization).
+Top-1/top-5 of a TFLite classifier with the project's evaluation preprocessing (tflite_export.preprocessing: central
+87.5% crop, bilinear resize, pixels in [0, 255], then the model's own input quantization).
 
 Datasets:
 * a class-folder tree `DIR/<class>/*.jpg`; if DIR has a `test/` (else `val/`) split folder, that split is used;
@@ -22,12 +22,13 @@ MobileNet convention); the tool prints which it used. How pixels reach the input
   with mean/std 127.5 and the input's scale 1/127, zero point 128). For the project's own models (uint8 scale 1,
   zero point 0, mean 0, std 1) both are the same. An int8 input gets `quantize_input(pixels, mean, std, scale,
   zero_point)`, a float input `(pixels - mean) / std`.
-* quantize: every integer input gets `quantize_input` with mean/std (pipeline.preprocessing's contract).
+* quantize: every integer input gets `quantize_input` with mean/std (tflite_export.preprocessing's contract).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import pathlib
 import re
@@ -37,22 +38,38 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from tflite_export._cli import EXIT_OK, atomic_write_json, check_writable_file, load_model_bytes, run_main
+from tflite_export.cli import EXIT_OK, run_main
+from tflite_export.files import (
+    IMAGE_EXTENSIONS,
+    atomic_write_json,
+    check_writable_file,
+    image_files,
+    load_model_bytes,
+    read_labels,
+)
 
 PROG = "python -m tflite_export.evaluate"
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif"}
 DEFAULT_MEAN = 127.5
 DEFAULT_STD = 127.5
 _WNID_FILE = re.compile(r"^(n\d{8})_.*$")
 
 
 # ------------------------------------------------------------------------------------------------------------ datasets
-def _images_in(folder: pathlib.Path) -> list[pathlib.Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+@dataclasses.dataclass(frozen=True)
+class ImageSet:
+    """The images of a dataset folder and what they are."""
+
+    items: list[tuple[str, int | None]]  # (path, class index), the index None for unlabelled images
+    class_names: list[str]  # empty for unlabelled images
+    layout: str  # "class-folders", "wnid-flat" or "unlabelled"
+    root: str  # the folder the images were taken from (DIR, or its test/ or val/ split)
+    mapping: str  # how class indices were assigned
 
 
-def discover_dataset(dataset: str | os.PathLike, labels: Sequence[str] | None = None) -> dict:
-    """Find the images and their class indices. Returns {items: [(path, label)], class_names, layout, root, mapping}."""
+def discover_dataset(dataset: str | os.PathLike, labels: Sequence[str] | None = None, *,
+                     allow_unlabelled: bool = False) -> ImageSet:
+    """Find the images and their class indices (module docstring). `allow_unlabelled`: a folder of images in no class
+    folders and not named by wnid is an "unlabelled" set (calibration needs no labels) rather than an error."""
     root = pathlib.Path(dataset)
     if not root.is_dir():
         raise ValueError(f"{root}: no such dataset directory")
@@ -60,7 +77,7 @@ def discover_dataset(dataset: str | os.PathLike, labels: Sequence[str] | None = 
         if (root / split).is_dir():
             root = root / split
             break
-    flat = _images_in(root)
+    flat = image_files(root)
     wnid_files = [p for p in flat if _WNID_FILE.match(p.name)]
     if wnid_files and len(wnid_files) == len(flat):
         wnids = sorted({_WNID_FILE.match(p.name).group(1) for p in wnid_files})
@@ -70,10 +87,11 @@ def discover_dataset(dataset: str | os.PathLike, labels: Sequence[str] | None = 
             wnid = _WNID_FILE.match(p.name).group(1)
             names.setdefault(wnid, p.stem[len(wnid) + 1:])
         items = [(str(p), index[_WNID_FILE.match(p.name).group(1)]) for p in wnid_files]
-        return {"items": items, "class_names": [names[w] for w in wnids], "layout": "wnid-flat", "root": str(root),
-                "mapping": "sorted wnid index"}
+        return ImageSet(items, [names[w] for w in wnids], "wnid-flat", str(root), "sorted wnid index")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
+        if allow_unlabelled and flat:
+            return ImageSet([(str(p), None) for p in flat], [], "unlabelled", str(root), "none (unlabelled images)")
         raise ValueError(f"{root}: no class folders and no <wnid>_*.JPEG images")
     mapping = "sorted folder index"
     class_index = {c: i for i, c in enumerate(classes)}
@@ -82,10 +100,10 @@ def discover_dataset(dataset: str | os.PathLike, labels: Sequence[str] | None = 
         if all(c.lower() in by_name for c in classes):
             class_index = {c: by_name[c.lower()] for c in classes}
             mapping = "label-file index by folder name"
-    items = [(str(p), class_index[c]) for c in classes for p in _images_in(root / c)]
+    items = [(str(p), class_index[c]) for c in classes for p in image_files(root / c)]
     if not items:
-        raise ValueError(f"{root}: class folders contain no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return {"items": items, "class_names": classes, "layout": "class-folders", "root": str(root), "mapping": mapping}
+        raise ValueError(f"{root}: class folders contain no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return ImageSet(items, classes, "class-folders", str(root), mapping)
 
 
 def map_classes_to_outputs(classes: Sequence[str], labels: Sequence[str] | None, num_outputs: int, *,
@@ -161,7 +179,7 @@ def evaluate_tflite(
     """
     from ai_edge_litert.interpreter import Interpreter
 
-    from pipeline.preprocessing import load_eval_image, quantize_input
+    from tflite_export.preprocessing import load_eval_image, quantize_input
 
     if input_mode not in ("auto", "quantize"):
         raise ValueError(f"input_mode must be 'auto' or 'quantize', got {input_mode!r}")
@@ -245,11 +263,46 @@ def evaluate_tflite(
     }
 
 
-def _read_labels(path: str) -> list[str]:
-    try:
-        return pathlib.Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read labels ({exc.strerror or exc})") from None
+@dataclasses.dataclass(frozen=True)
+class HeldOutPredictions:
+    """Per-image results of an int8 model and the Keras model it came from on labelled images, in the order given:
+    what the accuracies, the confusion matrix and the worst-classified images of a report are computed from."""
+
+    labels: np.ndarray  # int [N]: the true class, as a model output index
+    scores: np.ndarray  # float32 [N, outputs]: the int8 model's dequantized outputs (softmax probabilities)
+    reference: np.ndarray  # int [N]: the Keras model's top-1
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.scores.argmax(-1)
+
+    def summary(self) -> dict:
+        """Top-1 of the int8 file and of the Keras model on the same images, and how often they agree."""
+        total = len(self.labels)
+        if not total:
+            raise ValueError("no evaluation images")
+        return {
+            "images": total,
+            "keras_top1": float(np.mean(self.reference == self.labels)),
+            "int8_top1": float(np.mean(self.predicted == self.labels)),
+            "agreement": float(np.mean(self.predicted == self.reference)),
+        }
+
+    def confusion_matrix(self) -> np.ndarray:
+        """int [true, predicted] image counts of the int8 model, one row and one column per model output."""
+        outputs = self.scores.shape[-1]
+        cells = np.bincount(self.labels.astype(np.int64) * outputs + self.predicted, minlength=outputs * outputs)
+        return cells.reshape(outputs, outputs)
+
+    def worst(self, count: int) -> list[int]:
+        """Indices of up to `count` worst-classified images: the int8 model's mistakes, most confident first, then (when
+        there are fewer mistakes) the correct ones it was least sure of."""
+        index = np.arange(len(self.labels))
+        confidence = self.scores[index, self.predicted]
+        wrong = self.predicted != self.labels
+        mistakes = index[wrong][np.argsort(-confidence[wrong], kind="stable")]
+        unsure = index[~wrong][np.argsort(confidence[~wrong], kind="stable")]
+        return [int(i) for i in np.concatenate([mistakes, unsure])[:count]]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -280,18 +333,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(outputs) != 1 or not outputs[0].shape:
         raise ValueError(f"{args.model}: expected a classifier with one output tensor, found {len(outputs)}")
     num_outputs = int(outputs[0].shape[-1])
-    labels, labels_source = (_read_labels(args.labels), f"--labels {args.labels}") if args.labels else (None, "")
+    labels, labels_source = (read_labels(args.labels, "--labels"), f"--labels {args.labels}") if args.labels \
+        else (None, "")
     if labels is None:
         _, _, labels, _ = _model_normalization(data)
         labels_source = "the model's metadata"
     dataset = discover_dataset(args.dataset)
-    classes = map_classes_to_outputs(dataset["class_names"], labels, num_outputs, labels_source=labels_source,
-                                     match_names=dataset["layout"] == "class-folders")
-    items = [(path, classes["index"][label]) for path, label in dataset["items"]]
+    classes = map_classes_to_outputs(dataset.class_names, labels, num_outputs, labels_source=labels_source,
+                                     match_names=dataset.layout == "class-folders")
+    items = [(path, classes["index"][label]) for path, label in dataset.items]
     result = evaluate_tflite(args.model, items, mean=args.mean, std=args.std, label_offset=0,
                              limit=args.limit, num_threads=args.threads, input_mode=args.input_mode)
-    result.update({"dataset": dataset["root"], "layout": dataset["layout"], "class_mapping": classes["mapping"],
-                   "label_offset": classes["label_offset"], "num_classes": len(dataset["class_names"])})
+    result.update({"dataset": dataset.root, "layout": dataset.layout, "class_mapping": classes["mapping"],
+                   "label_offset": classes["label_offset"], "num_classes": len(dataset.class_names)})
     print(f"normalization: mean={result['mean']} std={result['std']} ({result['normalization_source']}); "
           f"input {result['input']['dtype']} fed as {result['input_feed']}")
     print(f"dataset: {result['dataset']} ({result['layout']}, {result['num_classes']} classes, "

@@ -1,11 +1,16 @@
 """Export a trained Keras model as the file users ship: int8 TFLite + metadata + labels + model card, verified.
 
 Library: `export_model(...)`, called at the end of `python -m pipeline.train_and_export`.
-CLI:     `python -m tflite_export.export MODEL.h5 --dataset DIR_OR_synthetic --out DIR [--io uint8] [--hswish lowered]`
-         converts a saved Keras model (float: post-training quantization; QAT: its learned ranges).
+CLI:     `python -m tflite_export.export MODEL.h5 --dataset DIR --out DIR [--labels FILE] [--io uint8]`
+         `[--hswish lowered]` converts a saved Keras model (float: post-training quantization; QAT: its learned ranges).
+
+--dataset is a folder of images for calibration: class sub-folders (`DIR/<class>/*.jpg`, optionally `DIR/train/` and
+`DIR/test/` or `DIR/val/`), or a flat folder of unlabelled images. Class folders also give the int8-vs-Keras accuracy
+check (on the test/ or val/ split when there is one). The labels packed into the model are --labels, else the class
+folders' names, else the `labels.txt` beside the model (a pipeline run directory).
 
 Nothing is written unless conversion and every check pass; the files are published as one set
-(`tflite_export._cli.ArtifactSet`): a reader sees the previous set or the new one, never a mix.
+(`tflite_export.files.ArtifactSet`): a reader sees the previous set or the new one, never a mix.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import pathlib
 import sys
 import time
 from typing import Callable, Iterable
@@ -20,27 +26,29 @@ from typing import Callable, Iterable
 import numpy as np
 
 from keras_models.backend import keras
-from pipeline.preprocessing import dequantize, quantize_input
 from tflite_export import metadata as tflite_metadata
 from tflite_export import verify as tflite_verify
-from tflite_export._cli import (
+from tflite_export.cli import first_line, run_main
+from tflite_export.convert import ConversionError, RepresentativeData, convert
+from tflite_export.evaluate import HeldOutPredictions, discover_dataset, map_classes_to_outputs
+from tflite_export.files import (
+    CARD_FILE,
+    LABELS_FILE,
+    MODEL_FILE,
+    REPORT_FILE,
     ArtifactSet,
     artifact_set,
     atomic_write_bytes,
-    atomic_write_json,
     check_writable_dir,
-    run_main,
+    images_under,
+    labels_text,
+    load_model_bytes,
+    read_labels,
 )
-from tflite_export.convert import ConversionError, RepresentativeData, convert
-from tflite_export.evaluate import map_classes_to_outputs
+from tflite_export.model_card import InputSpec, ModelCard, OutputSpec
+from tflite_export.preprocessing import PIXEL_MEAN, PIXEL_STD, dequantize, load_eval_image, quantize_input
 
-MODEL_FILE = "model.tflite"
-LABELS_FILE = "labels.txt"
-CARD_FILE = "model_card.json"
-REPORT_FILE = "report.json"  # written by the pipeline into the same set
-# Our models take raw pixels: the metadata tells apps to feed RGB values as they are.
-PIXEL_MEAN = [0.0, 0.0, 0.0]
-PIXEL_STD = [1.0, 1.0, 1.0]
+EVAL_BATCH = 32
 # Post-training calibration needs images to measure ranges on: with none the converter leaves float tensors.
 MIN_CALIBRATION_IMAGES = 1
 
@@ -54,16 +62,24 @@ class ModelInfo:
     license: str = "Apache-2.0"
 
 
-def run_tflite(content: bytes, images: np.ndarray, num_threads: int = 2) -> np.ndarray:
-    """Float pixels [N, H, W, 3] -> dequantized outputs [N, classes], one image at a time as on a phone."""
+def run_tflite(model: bytes | str | os.PathLike, images: np.ndarray, num_threads: int = 2, *,
+               pixel_bytes: bool = False) -> np.ndarray:
+    """Float pixels [N, H, W, 3] in [0, 255] -> dequantized outputs [N, classes], one image at a time as on a phone.
+
+    The project's contract (mean 0, std 1) quantized with the input's own scale and zero point; `pixel_bytes` feeds a
+    uint8 input the pixel bytes themselves whatever its quantization, as apps feed published uint8 models."""
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_content=content, num_threads=num_threads)
+    interpreter = Interpreter(model_content=load_model_bytes(model), num_threads=num_threads)
     interpreter.allocate_tensors()
     inp = interpreter.get_input_details()[0]
     out = interpreter.get_output_details()[0]
     in_scale, in_zp = inp["quantization"]
     out_scale, out_zp = out["quantization"]
+    if pixel_bytes and inp["dtype"] != np.uint8:
+        raise ValueError(f"pixel bytes need a uint8 input; this model takes {np.dtype(inp['dtype'])}")
+    if pixel_bytes:
+        in_scale, in_zp = 1.0, 0
     results = []
     for image in images:
         if in_scale:
@@ -81,60 +97,39 @@ def compare_with_keras(
     content: bytes, keras_model: keras.Model, batches: Iterable[tuple[np.ndarray, np.ndarray]]
 ) -> dict:
     """Top-1 of the int8 file and of the Keras model on the same held-out images, and how often they agree."""
-    correct_int8 = correct_keras = agree = total = 0
-    for images, labels in batches:
+    return held_out_predictions(content, keras_model, batches).summary()
+
+
+def held_out_predictions(
+    content: bytes, keras_model: keras.Model, batches: Iterable[tuple[np.ndarray, np.ndarray]]
+) -> HeldOutPredictions:
+    """Every image's int8 outputs and Keras top-1, with its label, in the order of `batches`."""
+    labels, scores, reference = [], [], []
+    for images, batch_labels in batches:
         images = np.asarray(images, np.float32)
-        labels = np.asarray(labels)
-        int8_pred = run_tflite(content, images).argmax(-1)
-        keras_pred = keras_model.predict_on_batch(images).argmax(-1)
-        correct_int8 += int((int8_pred == labels).sum())
-        correct_keras += int((keras_pred == labels).sum())
-        agree += int((int8_pred == keras_pred).sum())
-        total += len(labels)
-    if not total:
+        labels.append(np.asarray(batch_labels).reshape(-1))
+        scores.append(run_tflite(content, images))
+        reference.append(np.asarray(keras_model.predict_on_batch(images)).argmax(-1))
+    if not labels:
         raise ValueError("no evaluation images")
-    return {
-        "images": total,
-        "keras_top1": correct_keras / total,
-        "int8_top1": correct_int8 / total,
-        "agreement": agree / total,
-    }
+    return HeldOutPredictions(np.concatenate(labels), np.concatenate(scores), np.concatenate(reference))
 
 
-def model_card(analysis, info: ModelInfo, labels: list[str], hswish: str, extra: dict | None = None) -> dict:
+def model_card(analysis, info: ModelInfo, labels: list[str], hswish: str) -> ModelCard:
     inp, out = analysis.inputs[0], analysis.outputs[0]
-    return {
-        "name": info.name,
-        "description": info.description,
-        "version": info.version,
-        "author": info.author,
-        "license": info.license,
-        "model_file": MODEL_FILE,
-        "labels_file": LABELS_FILE,
-        "input": {
-            "height": int(inp.shape[1]),
-            "width": int(inp.shape[2]),
-            "channels": int(inp.shape[3]),
-            "dtype": inp.dtype,
-            "scale": float(inp.scale),
-            "zero_point": int(inp.zero_point),
-            "mean": PIXEL_MEAN,
-            "std": PIXEL_STD,
-            "color": "RGB",
-            "preprocessing": "central crop 87.5%, bilinear resize, raw pixel values (no normalization)",
-        },
-        "output": {
-            "dtype": out.dtype,
-            "scale": float(out.scale),
-            "zero_point": int(out.zero_point),
-            "num_classes": len(labels),
-            "activation": "softmax",
-        },
-        "classes": labels,
-        "hswish": hswish,
-        "ops": dict(analysis.op_histogram),
-        **(extra or {}),
-    }
+    return ModelCard(
+        **dataclasses.asdict(info),  # name, description, version, author, license: as in the metadata
+        model_file=MODEL_FILE,
+        labels_file=LABELS_FILE,
+        input=InputSpec(height=int(inp.shape[1]), width=int(inp.shape[2]), channels=int(inp.shape[3]),
+                        dtype=inp.dtype, scale=float(inp.scale), zero_point=int(inp.zero_point),
+                        mean=list(PIXEL_MEAN), std=list(PIXEL_STD)),
+        output=OutputSpec(dtype=out.dtype, scale=float(out.scale), zero_point=int(out.zero_point),
+                          num_classes=len(labels)),
+        classes=list(labels),
+        hswish=hswish,
+        ops=dict(analysis.op_histogram),
+    )
 
 
 def export_model(
@@ -164,17 +159,8 @@ def export_model(
     content = convert(model, representative_data, io_dtype=io_dtype, hswish=hswish)
     convert_seconds = time.perf_counter() - started
     analysis = tflite_verify.verify(content, allow_hard_swish=(hswish == "builtin"), io_dtype=io_dtype)
-    content = tflite_metadata.write_metadata(
-        content,
-        labels=labels,
-        name=info.name,
-        description=info.description,
-        version=info.version,
-        author=info.author,
-        license=info.license,
-        mean=PIXEL_MEAN,
-        std=PIXEL_STD,
-    )
+    content = tflite_metadata.write_metadata(content, labels=labels, **dataclasses.asdict(info), mean=PIXEL_MEAN,
+                                             std=PIXEL_STD)
     report = {
         "model_file": os.path.join(output_dir, MODEL_FILE),
         "size_bytes": len(content),
@@ -189,14 +175,14 @@ def export_model(
         report["accuracy"] = compare_with_keras(content, reference_model or model, eval_batches())
     own_set = artifact_set(output_dir, replaces=(MODEL_FILE, LABELS_FILE, CARD_FILE, REPORT_FILE))
     with contextlib.nullcontext(artifacts) if artifacts is not None else own_set as files:
-        atomic_write_bytes(files.path(LABELS_FILE), ("\n".join(labels) + "\n").encode("utf-8"))
-        atomic_write_json(files.path(CARD_FILE), model_card(analysis, info, labels, hswish))
+        atomic_write_bytes(files.path(LABELS_FILE), labels_text(labels))
+        atomic_write_bytes(files.path(CARD_FILE), model_card(analysis, info, labels, hswish).to_json().encode())
         atomic_write_bytes(files.path(MODEL_FILE), content)
     return report
 
 
 def _load_keras_model(path: str) -> keras.Model:
-    from pipeline.qat import quantize_scope
+    from tflite_export.quantization import quantize_scope
 
     if not os.path.exists(path):
         raise ConversionError(f"model file not found: {path}")
@@ -204,22 +190,27 @@ def _load_keras_model(path: str) -> keras.Model:
         with quantize_scope():
             return keras.models.load_model(path, compile=False)
     except Exception as err:  # noqa: BLE001 - corrupt files raise many types
-        raise ConversionError(f"could not load a Keras model from {path}: "
-                              f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+        raise ConversionError(f"could not load a Keras model from {path}: {first_line(err)}") from None
+
+
+def _labels_beside(model_path: str) -> str | None:
+    """The labels.txt of the folder the model is in (a pipeline run directory keeps its models beside it)."""
+    candidate = pathlib.Path(model_path).resolve().parent / LABELS_FILE
+    return str(candidate) if candidate.is_file() else None
 
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from pipeline.data import load_dataset
-
     parser = argparse.ArgumentParser(prog="python -m tflite_export.export", description=__doc__.splitlines()[0])
     parser.add_argument("model", help="saved Keras model (.h5 / .keras / SavedModel dir), float or QAT")
-    parser.add_argument("--dataset", default="synthetic", help="images for calibration and the accuracy check")
+    parser.add_argument("--dataset", required=True, help="folder of images for calibration: class sub-folders (also "
+                        "used for the accuracy check) or a flat folder of unlabelled images")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--io", default="uint8", choices=["uint8", "int8"])
     parser.add_argument("--hswish", default="lowered", choices=["lowered", "builtin"])
-    parser.add_argument("--labels", help="labels file (one per line); default: the dataset's class names")
+    parser.add_argument("--labels", help="labels file (one per line); default: the dataset's class folders, else the "
+                        f"{LABELS_FILE} beside the model")
     parser.add_argument("--name", default=None)
     parser.add_argument("--calibration-images", type=int, default=200)
     args = parser.parse_args(argv)
@@ -228,42 +219,62 @@ def main(argv: list[str] | None = None) -> int:
     if args.calibration_images < MIN_CALIBRATION_IMAGES:
         raise ValueError(f"--calibration-images must be at least {MIN_CALIBRATION_IMAGES}, got "
                          f"{args.calibration_images}")
-    labels = None
-    if args.labels:
-        try:
-            with open(args.labels, encoding="utf-8") as f:
-                labels = [line.strip() for line in f if line.strip()]
-        except OSError as exc:
-            raise ValueError(f"--labels {args.labels}: cannot read ({exc.strerror or exc})") from None
+    labels = read_labels(args.labels, "--labels") if args.labels else None
+    labels_source = f"--labels {args.labels}"
+    dataset = pathlib.Path(args.dataset)
+    train_dir = dataset / "train" if (dataset / "train").is_dir() else dataset
+    calibration_files = images_under(train_dir, args.calibration_images)
+    has_eval_split = any((dataset / split).is_dir() for split in ("test", "val"))
+    # Class indices in sorted folder order; map_classes_to_outputs below turns them into the model's outputs.
+    found = discover_dataset(dataset if has_eval_split else train_dir, allow_unlabelled=True)
+    if labels is None and not found.class_names:
+        beside = _labels_beside(args.model)
+        if beside is None:
+            raise ValueError(f"--dataset {args.dataset} holds unlabelled images, which name no classes: pass --labels "
+                             "with the model's labels file, one line per output")
+        labels, labels_source = read_labels(beside), beside
     model = _load_keras_model(args.model)
     size = model.input_shape[1]
     num_outputs = int(model.output_shape[-1])
     if labels is not None and len(labels) != num_outputs:
-        raise ValueError(f"--labels {args.labels} has {len(labels)} labels but the model has {num_outputs} outputs")
-    data = load_dataset(args.dataset, image_size=size, batch_size=32)
-    # The accuracy check compares the model's argmax with the dataset's class indices: they must be the same outputs.
-    classes = map_classes_to_outputs(data.class_names, labels, num_outputs, labels_source=f"--labels {args.labels}")
-    if classes["label_offset"]:
-        raise ValueError(f"the dataset has {len(data.class_names)} classes and the model {num_outputs} outputs: "
-                         "export a model with one output per class")
-    labels = labels or data.class_names
-    to_output = np.asarray(classes["index"])
+        raise ValueError(f"{labels_source} has {len(labels)} labels but the model has {num_outputs} outputs")
+    eval_batches = None
+    if found.class_names:
+        # The accuracy check compares the model's argmax with the dataset's class indices: they must be the same
+        # outputs.
+        classes = map_classes_to_outputs(found.class_names, labels, num_outputs, labels_source=labels_source,
+                                         match_names=found.layout == "class-folders")
+        if classes["label_offset"]:
+            raise ValueError(f"the dataset has {len(found.class_names)} classes and the model {num_outputs} outputs: "
+                             "export a model with one output per class")
+        labels = labels or found.class_names
+        to_output = np.asarray(classes["index"])
+
+        def eval_batches():
+            for start in range(0, len(found.items), EVAL_BATCH):
+                chunk = found.items[start:start + EVAL_BATCH]
+                yield (np.stack([load_eval_image(path, size) for path, _ in chunk]),
+                       to_output[[label for _, label in chunk]])
+
+        print(f"classes: {classes['mapping']}")
     info = ModelInfo(name=args.name or model.name, description=f"{model.name} int8 classifier ({len(labels)} classes)")
     report = export_model(
         model,
-        lambda: data.representative(args.calibration_images),
+        lambda: (load_eval_image(path, size)[None] for path in calibration_files),
         output_dir=args.out,
         labels=labels,
         info=info,
         io_dtype=args.io,
         hswish=args.hswish,
-        eval_batches=lambda: ((images, to_output[y]) for images, y in data.eval.as_numpy_iterator()),
+        eval_batches=eval_batches,
     )
-    print(f"classes: {classes['mapping']}")
-    acc = report.get("accuracy", {})
-    print(f"wrote {report['model_file']} ({report['size_bytes']:,} bytes); int8 top-1 "
-          f"{acc.get('int8_top1', float('nan')):.4f}, "
-          f"keras top-1 {acc.get('keras_top1', float('nan')):.4f}, agreement {acc.get('agreement', float('nan')):.4f}")
+    print(f"calibrated on {len(calibration_files)} images of {train_dir}")
+    line = f"wrote {report['model_file']} ({report['size_bytes']:,} bytes)"
+    if "accuracy" in report:
+        acc = report["accuracy"]
+        line += (f"; int8 top-1 {acc['int8_top1']:.4f}, keras top-1 {acc['keras_top1']:.4f}, agreement "
+                 f"{acc['agreement']:.4f} on {acc['images']} labelled images")
+    print(line)
     return 0
 
 

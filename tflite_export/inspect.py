@@ -12,7 +12,7 @@ import json
 import sys
 from typing import Sequence
 
-from tflite_export._cli import EXIT_FAIL, EXIT_OK, run_main
+from tflite_export.cli import EXIT_FAIL, EXIT_OK, run_main
 from tflite_export.verify import analyze, problems_of
 
 PROG = "python -m tflite_export.inspect"

@@ -30,13 +30,12 @@ import os
 import zipfile
 from typing import Any
 
-from tflite_export._cli import ModelError, load_model_bytes
+from tflite_export.files import LABELS_FILE, ModelError, labels_text, load_model_bytes
 
-__all__ = ["MetadataError", "write_metadata", "read_metadata", "metadata_to_json_dict", "LABELS_FILE_NAME"]
+__all__ = ["MetadataError", "write_metadata", "read_metadata", "metadata_to_json_dict"]
 
 METADATA_FIELD_NAME = b"TFLITE_METADATA"
 METADATA_FILE_IDENTIFIER = b"M001"
-LABELS_FILE_NAME = "labels.txt"
 MIN_PARSER_VERSION = "1.0.0"
 INPUT_NAME = "image"
 INPUT_DESCRIPTION = "Input image to be classified."
@@ -173,7 +172,7 @@ def write_metadata(
     elif out_tensor.type == T.INT8:
         scores.stats = _stats([127.0], [-128.0])
     label_file = metadata_fb.AssociatedFileT()
-    label_file.name = LABELS_FILE_NAME
+    label_file.name = LABELS_FILE
     label_file.description = LABELS_DESCRIPTION
     label_file.type = metadata_fb.AssociatedFileType.TENSOR_AXIS_LABELS
     scores.associatedFiles = [label_file]
@@ -217,7 +216,7 @@ def write_metadata(
     stream = io.BytesIO()
     stream.write(packed)
     with zipfile.ZipFile(stream, "a") as archive:
-        archive.writestr(LABELS_FILE_NAME, ("\n".join(labels) + "\n").encode("utf-8"))
+        archive.writestr(LABELS_FILE, labels_text(labels))
     return stream.getvalue()
 
 

@@ -32,7 +32,8 @@ from typing import Iterable
 
 import numpy as np
 
-from tflite_export._cli import ModelError, load_model_bytes
+from tflite_export.cli import first_line
+from tflite_export.files import ModelError, load_model_bytes
 
 __all__ = ["ModelAnalysis", "TensorInfo", "VerificationError", "ModelError", "analyze", "verify", "op_name"]
 
@@ -241,9 +242,8 @@ def _xnnpack_analysis(data: bytes) -> dict:
         interpreter = Interpreter(model_content=data, num_threads=1)
         interpreter.allocate_tensors()
     except Exception as exc:  # noqa: BLE001  (LiteRT raises RuntimeError/ValueError with C++ messages)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return dict(xnnpack_partitions=None, xnnpack_undelegated={}, xnnpack_undelegated_edge={},
-                    xnnpack_error=f"LiteRT could not load the model: {first}")
+                    xnnpack_error=f"LiteRT could not load the model: {first_line(exc)}")
     w = interpreter._interpreter  # noqa: SLF001 - the pybind wrapper: NodeName/NodeInputs/NodeOutputs cover the delegate nodes too
     n = w.NumNodes()
     names = [w.NodeName(i) for i in range(n)]

@@ -1,9 +1,12 @@
 package com.mobilenetpipeline.core
 
 /**
- * `model_card.json`, written by the pipeline's exporter next to `model.tflite` and `labels.txt`:
- * `{"name": ..., "input": {"height", "width", "channels", "dtype", "scale", "zero_point", "mean": [..], "std": [..]},
- *   "output": {"dtype", "scale", "zero_point", "num_classes"}, "labels_file": "labels.txt"}`.
+ * `model_card.json`, written by the pipeline's exporter next to `model.tflite` and `labels.txt`
+ * (`tflite_export/model_card.py` defines it): `{"schema_version": 1, "name": ...,
+ *   "input": {"height", "width", "channels", "dtype", "scale", "zero_point", "mean": [..], "std": [..]},
+ *   "output": {"dtype", "scale", "zero_point", "num_classes"}, "labels_file": "labels.txt", ...}`.
+ * A card of another [SCHEMA_VERSION], or without one, is refused with the reason, as the Python reader refuses it:
+ * its fields may not mean what this code reads them as.
  */
 class ModelCard(
     val name: String,
@@ -14,8 +17,19 @@ class ModelCard(
     val labelsFile: String?,
 ) {
     companion object {
+        /** The card format this code reads; `SCHEMA_VERSION` in tflite_export/model_card.py. */
+        const val SCHEMA_VERSION = 1
+
         fun parse(json: String): ModelCard {
             val root = Json.parse(json) as? Map<*, *> ?: throw IllegalArgumentException("model card is not an object")
+            val version =
+                root["schema_version"]
+                    ?: throw IllegalArgumentException(
+                        "model card has no 'schema_version' (written before versioned cards): re-export the model",
+                    )
+            require(version is Number && version.toDouble() == SCHEMA_VERSION.toDouble()) {
+                "model card schema_version $version is not supported (this app reads version $SCHEMA_VERSION)"
+            }
             val input = root["input"] as? Map<*, *> ?: throw IllegalArgumentException("model card has no 'input'")
             val output = root["output"] as? Map<*, *> ?: throw IllegalArgumentException("model card has no 'output'")
             val inDType = TensorDType.parse(input.string("dtype"))

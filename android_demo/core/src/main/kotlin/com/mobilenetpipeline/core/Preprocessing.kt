@@ -13,7 +13,7 @@ data class CropBox(
 )
 
 /**
- * The evaluation preprocessing of the Python pipeline (`pipeline/preprocessing.py`: `eval_resize`), reproduced bit
+ * The evaluation preprocessing of the Python pipeline (`tflite_export/preprocessing.py`: `eval_resize`), reproduced bit
  * for bit: `tf.image.central_crop(image, 0.875)` then `tf.image.resize(float32, [h, w], "bilinear", antialias=False)`
  * (TensorFlow's ResizeBilinear kernel with half-pixel centres), all in float32 with TensorFlow's order of operations.
  */

@@ -3,6 +3,7 @@ package com.mobilenetpipeline.core
 import org.junit.Assert.assertArrayEquals
 import org.junit.Assert.assertEquals
 import org.junit.Assert.assertNull
+import org.junit.Assert.assertThrows
 import org.junit.Assert.assertTrue
 import org.junit.Test
 import java.io.ByteArrayOutputStream
@@ -52,7 +53,8 @@ class ModelFilesTest {
         val card =
             ModelCard.parse(
                 """
-                {"name": "mobilenet_v3_small", "input": {"height": 224, "width": 192, "channels": 3, "dtype": "uint8",
+                {"schema_version": 1, "name": "mobilenet_v3_small",
+                 "input": {"height": 224, "width": 192, "channels": 3, "dtype": "uint8",
                  "scale": 1.0, "zero_point": 0, "mean": [0, 0, 0], "std": [1, 1, 1]},
                  "output": {"dtype": "uint8", "scale": 0.00390625, "zero_point": 0, "num_classes": 10},
                  "labels_file": "labels.txt"}
@@ -71,7 +73,8 @@ class ModelFilesTest {
         val scale = 1f / 127f
         val c2 =
             ModelCard.parse(
-                """{"input": {"height": 1, "width": 1, "dtype": "int8", "scale": ${scale.toDouble()}, "zero_point": -1,
+                """{"schema_version": 1, "input": {"height": 1, "width": 1, "dtype": "int8", "scale": ${scale.toDouble()},
+                "zero_point": -1,
                 "mean": 127.5, "std": [127.5]}, "output": {"dtype": "float32", "num_classes": 2}}""",
             )
         assertEquals(
@@ -81,6 +84,23 @@ class ModelFilesTest {
         )
         assertArrayEquals(FloatArray(3) { 127.5f }, c2.input.std, 0f)
         assertNull(c2.labelsFile)
+    }
+
+    @Test
+    fun modelCardOfAnotherSchemaVersionIsRefused() {
+        val fields =
+            """"input": {"height": 1, "width": 1, "dtype": "uint8", "scale": 1.0, "zero_point": 0},
+            "output": {"dtype": "uint8", "scale": 0.00390625, "zero_point": 0, "num_classes": 2}"""
+        assertEquals(2, ModelCard.parse("{\"schema_version\": ${ModelCard.SCHEMA_VERSION}, $fields}").numClasses)
+        for ((version, reason) in listOf(
+            null to "no 'schema_version'",
+            "2" to "schema_version 2",
+            "\"1\"" to "not supported",
+        )) {
+            val json = if (version == null) "{$fields}" else "{\"schema_version\": $version, $fields}"
+            val error = assertThrows(IllegalArgumentException::class.java) { ModelCard.parse(json) }
+            assertTrue(error.message, error.message!!.contains(reason) && error.message!!.contains("model card"))
+        }
     }
 
     @Test

@@ -1,23 +1,72 @@
-"""Small helpers shared by the `python -m tflite_export.*` tools and the pipeline: model loading, one-line errors,
-atomic writes of one file, and atomic replacement of a set of files (`ArtifactSet`)."""
+"""Files: the names of the files an export is made of, the image types the project reads, TFLite model bytes checked
+before use, and writes that readers never see half done (one file: `atomic_write_bytes`, `atomic_output`; a set of
+files that change together: `ArtifactSet`). Standard library only (numpy for JSON of arrays, LiteRT's schema for the
+model check, both imported when used)."""
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import pathlib
 import secrets
 import shutil
 import struct
-import sys
-import threading
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
-EXIT_OK = 0
-EXIT_FAIL = 1  # the tool ran but a check it was asked to enforce failed
-EXIT_BAD_INPUT = 2  # unreadable / missing / malformed input, bad arguments
+# What an export is made of (tflite_export.export writes them, the pipeline adds its report, the app reads them).
+MODEL_FILE = "model.tflite"
+LABELS_FILE = "labels.txt"
+CARD_FILE = "model_card.json"
+REPORT_FILE = "report.json"
+
+# The image files every reader of the project accepts: what tf.io.decode_image decodes (and the Android app's decoder).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+
+
+def is_image_file(name: str | os.PathLike) -> bool:
+    """`name` has an image extension (any case) and is not hidden (macOS `._x.jpg` resource forks are not images)."""
+    name = os.path.basename(os.fspath(name))
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+
+
+def image_files(folder: str | os.PathLike) -> list[pathlib.Path]:
+    """The image files directly in `folder`, sorted by name."""
+    return sorted(p for p in pathlib.Path(folder).iterdir() if p.is_file() and is_image_file(p.name))
+
+
+def images_under(folder: str | os.PathLike, limit: int | None = None) -> list[str]:
+    """Every image file under `folder`, in any layout (flat, class sub-folders, deeper), sorted; with `limit`, that
+    many spread evenly over the sorted list (so over the classes, not the first ones). ValueError when there is none."""
+    folder = pathlib.Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: no such folder")
+    files = sorted(os.path.join(root, name) for root, dirs, names in os.walk(folder)
+                   for name in names if is_image_file(name)
+                   if not any(part.startswith(".") for part in pathlib.Path(root).relative_to(folder).parts))
+    if not files:
+        raise ValueError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)})")
+    if limit is None:
+        return files
+    step = max(1, len(files) // limit)
+    return files[::step][:limit]
+
+
+def read_labels(path: str | os.PathLike, what: str = "labels file") -> list[str]:
+    """One label per line; trailing blank lines are not labels. Unreadable: ValueError naming `path`."""
+    try:
+        lines = pathlib.Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeError) as exc:
+        raise ValueError(f"{what} {path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return lines
+
+
+def labels_text(labels: Sequence[str]) -> bytes:
+    """The bytes of a labels file (`LABELS_FILE`, and the copy packed into the model's metadata)."""
+    return ("\n".join(labels) + "\n").encode("utf-8")
+
 
 TFLITE_IDENTIFIER = b"TFL3"
 
@@ -117,28 +166,51 @@ def check_writable_file(path: str | os.PathLike, what: str) -> None:
     check_writable_dir(path.parent, what, shown=path)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then os.replace: readers never see a half-written file.
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[pathlib.Path]:
+    """`with atomic_output(path) as tmp:` write `tmp` (a file, or a directory such as a SavedModel) any way you like;
+    on a clean exit it replaces `path` with one rename, on an error it is removed and `path` is left as it was. (A
+    directory already at `path` is deleted just before the rename: for that moment there is none.)
 
-    The file is created with mode 0666 minus the umask, like any file a program writes (mkstemp's 0600 made shipped
-    artifacts private). Disk-full and other write errors name `path`, not the temporary file, which is removed.
+    `tmp` sits beside `path` (same file system, so the rename is atomic), is hidden and ends with `path`'s name (Keras
+    picks the save format from the ending: `.weights.h5` and `.h5` are different formats). Disk-full and other write
+    errors name `path`, not the temporary file.
     """
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    tmp = path.parent / f".tmp-{secrets.token_hex(4)}-{path.name}"
     try:
+        yield tmp
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)  # os.replace cannot replace a non-empty directory
+        os.replace(tmp, path)
+    except BaseException as exc:
+        _remove(tmp)
+        if isinstance(exc, OSError):
+            raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from None
+        raise
+
+
+def _remove(path: pathlib.Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never a part (`atomic_output`).
+
+    The file is created with mode 0666 minus the umask, like any file a program writes (mkstemp's 0600 made shipped
+    artifacts private), and synced before the rename.
+    """
+    with atomic_output(path) as tmp:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from None
-        raise
 
 
 class ArtifactSet:
@@ -247,85 +319,3 @@ def _json_default(value):
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
-
-
-def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None, prog: str = "") -> int:
-    """Run a tool's main; expected failures become one line on stderr and exit code 2 (no traceback)."""
-    try:
-        return int(main(argv) or 0)
-    except (ModelError, ValueError, OSError, MemoryError) as exc:
-        print(f"{prog + ': ' if prog else ''}error: {one_line_error(exc)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print(f"{prog + ': ' if prog else ''}interrupted", file=sys.stderr)
-        return 130
-
-
-def one_line_error(exc: BaseException) -> str:
-    """The message of an expected failure as one line; disk-full and out-of-memory errors say what to do."""
-    if isinstance(exc, MemoryError):
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return (f"out of memory{': ' + detail if detail else ''}; use a smaller input (image size, batch size, image "
-                "count)")
-    message = str(exc).strip().replace("\n", "; ") or type(exc).__name__
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC and "no space" not in message.lower():
-        message = f"no space left on device: {message}"
-    return message
-
-
-def parse_int_list(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in str(text).replace(" ", "").split(",") if part]
-    except ValueError:
-        raise ValueError(f"expected a comma-separated list of integers, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise ValueError(f"expected positive integers, got {text!r}")
-    return values
-
-
-# Progress bars (tqdm) are drawn unless a tool turns them off (the pipeline's --verbose 0).
-_progress_enabled = True
-
-
-def set_progress(enabled: bool) -> None:
-    global _progress_enabled
-    _progress_enabled = bool(enabled)
-
-
-def progress(iterable: Iterable, *, desc: str, total: int | None = None, unit: str = "img"):
-    """`iterable` with a tqdm bar (count, rate, ETA when `total` is known) on the real stderr, so it stays visible
-    while TensorFlow's native logs are captured (calibration runs inside the converter call)."""
-    from tqdm import tqdm
-
-    from keras_models.backend import console
-
-    return tqdm(iterable, desc=desc, total=total, unit=unit, file=console, disable=not _progress_enabled)
-
-
-@contextlib.contextmanager
-def elapsed(desc: str, seconds: float = 1.0) -> Iterator[None]:
-    """A tqdm line with the time spent so far, redrawn every `seconds` during one call that reports no progress of its
-    own (TFLite conversion): it claims no percentage and no ETA."""
-    from tqdm import tqdm
-
-    from keras_models.backend import console
-
-    with tqdm(desc=desc, bar_format="{desc}: {elapsed} elapsed", file=console, disable=not _progress_enabled) as bar:
-        stop = threading.Event()
-
-        def tick():
-            while not stop.wait(seconds):
-                bar.refresh()
-
-        ticker = threading.Thread(target=tick, daemon=True)
-        ticker.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            ticker.join()
-
-
-def header(title: str) -> None:
-    """The line that opens a stage of a long command on the console (stdout, beside Keras' progress and the summary)."""
-    print(f"\n== {title}", flush=True)

@@ -1,4 +1,4 @@
-"""Image preprocessing shared by training, evaluation, export calibration and the Android app.
+"""The preprocessing contract shared by evaluation, export calibration, the pipeline and the Android app.
 
 Conventions (the Android `core` module mirrors the evaluation path bit for bit; keep them in step):
 
@@ -9,6 +9,8 @@ Conventions (the Android `core` module mirrors the evaluation path bit for bit; 
   crop, the one Google's published accuracy for its reference models is measured with.
 * Quantizing an input for an integer model: `q = clamp(round_half_away_from_zero(((p - mean) / std) / scale) + zp)`,
   computed in float32 in that order, which is how TFLite itself rounds (`TfLiteRound`).
+
+Training augmentation, which only the pipeline needs, is `pipeline.augment`.
 """
 
 from __future__ import annotations
@@ -18,10 +20,9 @@ import numpy as np
 from keras_models.backend import tf
 
 EVAL_CROP_FRACTION = 0.875
-# Random-resized-crop area range. ImageNet recipes use (0.08, 1); small images and small data sets lose too much with
-# crops that tight, so the default keeps at least a quarter of the picture.
-TRAIN_CROP_AREA = (0.25, 1.0)
-TRAIN_CROP_ASPECT = (3 / 4, 4 / 3)
+# Models built by this project take raw pixels: mean 0, std 1 per channel (the metadata and model card say so).
+PIXEL_MEAN = [0.0, 0.0, 0.0]
+PIXEL_STD = [1.0, 1.0, 1.0]
 
 
 def decode_rgb(encoded: tf.Tensor) -> tf.Tensor:
@@ -36,31 +37,6 @@ def eval_resize(image: tf.Tensor, size: int) -> tf.Tensor:
     image = tf.image.central_crop(image, EVAL_CROP_FRACTION)
     image = tf.image.resize(tf.cast(image, tf.float32), [size, size], method="bilinear", antialias=False)
     return image
-
-
-def train_augment(
-    image: tf.Tensor, size: int, seed: tf.Tensor | None = None, area_range: tuple[float, float] = TRAIN_CROP_AREA
-) -> tf.Tensor:
-    """uint8 [H, W, 3] -> float32 [size, size, 3]: random resized crop and horizontal flip (Inception-style).
-
-    `area_range` bounds the crop's share of the picture; data sets whose object must stay whole use a milder one.
-    """
-    if seed is None:
-        seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
-    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(image),
-        bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
-        seed=seed,
-        min_object_covered=0.0,
-        aspect_ratio_range=TRAIN_CROP_ASPECT,
-        area_range=tuple(area_range),
-        max_attempts=10,
-        use_image_if_no_bounding_boxes=True,
-    )
-    image = tf.slice(image, begin, crop_size)
-    image = tf.image.resize(tf.cast(image, tf.float32), [size, size], method="bilinear", antialias=False)
-    image = tf.image.stateless_random_flip_left_right(image, seed=seed[::-1])
-    return tf.ensure_shape(image, [size, size, 3])
 
 
 def round_half_away_from_zero(values: np.ndarray) -> np.ndarray:
