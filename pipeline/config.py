@@ -265,6 +265,20 @@ def recorded_model(output_dir: str) -> dict | None:
     return legacy
 
 
+def recorded_setting(output_dir: str, name: str):
+    """One setting (the data set, the recipe) of the run that made `output_dir`, or None: from run_config.json's typed
+    record, else report.json's config; every version of both keeps its settings under "config"."""
+    from pipeline.report import REPORT_FILE
+
+    for record in (RUN_CONFIG_FILE, REPORT_FILE):
+        path = os.path.join(output_dir, record)
+        if os.path.exists(path):
+            value = schema.read_json(path).get("config", {}).get(name)
+            if value:
+                return value
+    return None
+
+
 def check_run_directory(config: RunConfig, recorded: dict | None, classes: list[str] | None = None) -> None:
     """Refuse a rerun that would build another model from the folder's checkpoints and weights (ValueError naming the
     settings that differ). Called with the config before the data is loaded, then with its classes."""

@@ -911,19 +911,6 @@ def define_flags() -> None:
     flags.DEFINE_integer("seed", 0, "Random seed.")
 
 
-def _recorded_setting(run_dir: str, name: str) -> str | None:
-    """A setting of the run that made `run_dir` (the data set, the recipe): from run_config.json's typed record, else
-    report.json's config (both keep it under "config", whichever version wrote them)."""
-    for record in ("run_config.json", "report.json"):
-        path = os.path.join(run_dir, record)
-        if os.path.exists(path):
-            with open(path) as f:
-                value = json.load(f).get("config", {}).get(name)
-            if value:
-                return value
-    return None
-
-
 def _settings() -> dict:
     """Flags plus what the run folder says, checked before anything is loaded (one-line ValueErrors)."""
     run_dir = FLAGS.run_dir
@@ -933,10 +920,10 @@ def _settings() -> dict:
     config_path = os.path.join(run_dir, "run_config.json")
     if not os.path.isfile(float_model) or not os.path.isfile(config_path):
         raise ValueError(f"{run_dir} has no float_model.h5 and run_config.json: not a finished pipeline run")
-    from pipeline.config import recorded_model
+    from pipeline.config import recorded_model, recorded_setting
 
     config = recorded_model(run_dir)  # the model-defining settings and classes, whichever version wrote the folder
-    dataset = FLAGS.dataset or _recorded_setting(run_dir, "dataset")
+    dataset = FLAGS.dataset or recorded_setting(run_dir, "dataset")
     if not dataset:
         raise ValueError(f"{run_dir} does not say which data set it was trained on: pass --dataset")
     if config.get("variant") not in ("small", "large"):
@@ -978,7 +965,7 @@ def _settings() -> dict:
             "calibration_images": FLAGS.calibration_images, "calibration_batches": FLAGS.calibration_batches,
             "reward_w": FLAGS.reward_w, "search_only": FLAGS.search_only,
             # The run's own choice: the transfer recipe fine-tunes with BatchNorm frozen (prepare_batch_norm).
-            "freeze_batch_norm": _recorded_setting(run_dir, "recipe") == "transfer"}
+            "freeze_batch_norm": recorded_setting(run_dir, "recipe") == "transfer"}
 
 
 class SearchLog:
