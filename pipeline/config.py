@@ -77,6 +77,7 @@ class RunConfig:
     sync_batch_norm: bool = False
     cpu_replicas: int = 0
     tfds_manual_dir: str | None = None
+    logits: bool = False  # the int8 file ends at the logits (no SOFTMAX op); an export choice, not the model's
 
     @property
     def runs_qat(self) -> bool:
@@ -116,7 +117,7 @@ class RunConfig:
             calibration_images=flags.calibration_images, benchmark_runs=flags.benchmark_runs, android=flags.android,
             output_dir=output_dir, verbose=flags.verbose, strategy=flags.strategy,
             sync_batch_norm=flags.sync_batch_norm, cpu_replicas=flags.cpu_replicas,
-            tfds_manual_dir=flags.tfds_manual_dir,
+            tfds_manual_dir=flags.tfds_manual_dir, logits=flags.logits,
         )
         config.validate()
         return config

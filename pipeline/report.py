@@ -71,6 +71,7 @@ class ExportSummary:
     float_tensors: int
     xnnpack_partitions: int | None
     accuracy: Int8Accuracy
+    output: str = "softmax"  # or "logits" (--logits); reports written before the option have no such field
 
 
 @dataclasses.dataclass(frozen=True)

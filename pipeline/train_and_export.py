@@ -82,6 +82,9 @@ flags.DEFINE_float("fine_tune_learning_rate", 1e-4,
 flags.DEFINE_boolean("qat", True, "Quantization-aware training; --noqat exports with post-training quantization.")
 flags.DEFINE_enum("io", "uint8", ["uint8", "int8"], "Input/output dtype of the TFLite model.")
 flags.DEFINE_enum("hswish", "lowered", ["lowered", "builtin"], "h-swish as ADD/RELU6/MUL ops, or HARD_SWISH.")
+flags.DEFINE_boolean("logits", False, "End the TFLite file at the classifier's logits instead of its softmax: no "
+                     "SOFTMAX op (faster; XNNPACK runs none in int8); the model card says activation 'none' and the "
+                     "Android core applies softmax itself.")
 flags.DEFINE_enum("on_bad_image", "skip", ["skip", "error"], "Unreadable image files: report and skip, or stop.")
 flags.DEFINE_string("output_dir", None, "Where checkpoints, logs and artifacts go (default runs/<variant>-<dataset>).")
 flags.DEFINE_integer("seed", 0, "Random seed (data split, shuffling, initialization).")
@@ -349,7 +352,7 @@ def export_and_evaluate(config: RunConfig, trained: Trained, run_data: RunData,
         name=f"{family} {config.alpha:g} {config.image_size}px int8",
         description=f"{family} (alpha {config.alpha:g}) trained on {config.dataset}; "
                     f"{'quantization-aware trained' if trained.qat_model else 'post-training quantized'}, "
-                    f"fully integer, {config.io} I/O",
+                    f"fully integer, {config.io} I/O{', ends at the logits' if config.logits else ''}",
     )
     header(f"int8 export ({'QAT ranges' if trained.qat_model else 'post-training calibration'}), verification and "
            "int8 evaluation")
@@ -363,12 +366,13 @@ def export_and_evaluate(config: RunConfig, trained: Trained, run_data: RunData,
         io_dtype=config.io,
         hswish=config.hswish,
         artifacts=artifacts,
+        logits=config.logits,
     )
     with open(artifacts.path(MODEL_FILE), "rb") as f:
         content = f.read()
     # Compared with the float model: the agreement says how much of the float model's behaviour the int8 file keeps.
     predictions = held_out_predictions(content, trained.model, progress(data.eval, desc="int8 evaluation",
-                                                                          unit="batch"))
+                                                                          unit="batch"), logits=config.logits)
     return export_report, predictions
 
 
@@ -472,12 +476,19 @@ def write_report(config: RunConfig, run_data: RunData, trained: Trained, export_
     return report
 
 
-def run(config: RunConfig, distribution: distribute.Distribution) -> Report | None:
-    """The whole job, in `distribution`'s scope; returns the report (None on a multi-worker run's other workers, which
-    stop after training). User errors raise exceptions with one-line messages."""
-    from pipeline.android import install_into_android_app
+@dataclasses.dataclass
+class Training:
+    """What `train` hands to `publish`: the data, the trained models, and when the run started."""
+
+    config: RunConfig
+    run_data: RunData
+    trained: Trained
+    started: float
+
+
+def train(config: RunConfig, distribution: distribute.Distribution) -> Training:
+    """Data, model, float training and QAT, in `distribution`'s scope (every worker of a multi-worker run)."""
     from pipeline.config import check_run_directory, recorded_model
-    from tflite_export.files import MODEL_FILE, artifact_set
 
     started = time.perf_counter()
     distribute.check_batch_size(config.batch_size, distribution.num_replicas, config.sync_batch_norm, MIN_BATCH_SIZE)
@@ -489,13 +500,39 @@ def run(config: RunConfig, distribution: distribute.Distribution) -> Report | No
     os.makedirs(config.output_dir, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
 
-    run_data = load_data(config, recorded)
-    model, bn_momentum = build_model(config, run_data)
-    trained = train_float(config, model, bn_momentum, run_data)
-    if config.runs_qat:
-        train_qat(config, trained, run_data)
-    if not distribution.is_chief:
-        return None  # the chief exports and reports
+    with distribution.scope():  # models, optimizers and their checkpoints are replicated
+        run_data = load_data(config, recorded)
+        model, bn_momentum = build_model(config, run_data)
+        trained = train_float(config, model, bn_momentum, run_data)
+        if config.runs_qat:
+            train_qat(config, trained, run_data)
+    return Training(config, run_data, trained, started)
+
+
+def plain_copies(config: RunConfig, trained: Trained) -> Trained:
+    """The trained models as saved by the chief, loaded outside any strategy.
+
+    Under MultiWorkerMirroredStrategy, BatchNorm's moving statistics are sync-on-read variables: reading them outside
+    a replica averages them over the workers, so a graph traced from the trained model holds a CollectiveReduceV2 op
+    (the TFLite converter cannot lower it, and the other workers have stopped by then). The saved files hold the
+    values those reads agreed on when every worker was still there."""
+    from tflite_export.quantization import quantize_scope
+
+    with quantize_scope():
+        model = keras.models.load_model(os.path.join(config.output_dir, "float_model.h5"), compile=False)
+        qat_model = (keras.models.load_model(os.path.join(config.output_dir, "qat_model"), compile=False)
+                     if trained.qat_model is not None else None)
+    return dataclasses.replace(trained, model=model, qat_model=qat_model)
+
+
+def publish(training: Training, distribution: distribute.Distribution) -> Report:
+    """On the chief, outside the strategy: the int8 file, its checks and evaluation, latency, the report, the app."""
+    from pipeline.android import install_into_android_app
+    from tflite_export.files import MODEL_FILE, artifact_set
+
+    config, run_data, trained = training.config, training.run_data, training.trained
+    if distribution.num_workers > 1:
+        trained = plain_copies(config, trained)
     # Model, labels, card and report are staged together and published as one set when the last is written: a failure
     # (disk full, a failed check) leaves the previous run's set in place, never a new card beside an old model.
     with artifact_set(config.output_dir) as artifacts:
@@ -504,10 +541,19 @@ def run(config: RunConfig, distribution: distribute.Distribution) -> Report | No
         export_seconds = time.perf_counter() - export_started
         latency = measure_latency(config, artifacts.path(MODEL_FILE))
         report = write_report(config, run_data, trained, export_report, predictions, latency, export_seconds,
-                              started, artifacts, distribution)
+                              training.started, artifacts, distribution)
     if config.android:
         install_into_android_app(config.output_dir)
     return report
+
+
+def run(config: RunConfig, distribution: distribute.Distribution) -> Report | None:
+    """The whole job; returns the report (None on a multi-worker run's other workers, which stop after training).
+    User errors raise exceptions with one-line messages."""
+    training = train(config, distribution)
+    if not distribution.is_chief:
+        return None  # the chief exports and reports
+    return publish(training, distribution)
 
 
 def main(argv):
@@ -529,8 +575,7 @@ def main(argv):
         config = RunConfig.from_flags(FLAGS)
         # Before anything runs TensorFlow: a strategy configures the runtime (devices, the workers' collectives).
         distribution = distribute.create(config.strategy, cpu_replicas=config.cpu_replicas)
-        with distribution.scope():  # models, optimizers and their checkpoints are replicated
-            report = run(config, distribution)
+        report = run(config, distribution)
     except (DataError, WeightsError, ConversionError, VerificationError, ValueError, OSError, MemoryError) as err:
         print(f"error: {one_line_error(err)}", file=sys.stderr)
         sys.exit(2)

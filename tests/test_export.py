@@ -238,3 +238,40 @@ def test_export_cli_bad_model_is_a_one_line_error_without_output(kind, tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("tflite_export.export: error:")
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_logits_export_ends_at_the_logits_and_says_so(trained, tmp_path):
+    """`logits=True` drops the final SOFTMAX (with int8 I/O the whole file is then one XNNPACK partition), tracks the
+    Keras model's logits, and names its output as logits in the metadata and the card (the app applies softmax)."""
+    from tflite_export.export import ModelInfo, ending_at_logits, export_model, held_out_predictions, run_tflite
+    from tflite_export.metadata import read_metadata
+    from tflite_export.model_card import ModelCard
+
+    qat = trained[1]
+    classes = [f"c{i}" for i in range(qat.output_shape[-1])]
+    images = np.concatenate(CALIBRATION)
+    report = export_model(qat, representative, output_dir=str(tmp_path), labels=classes,
+                          info=ModelInfo("tiny", "test"), io_dtype="int8", logits=True)
+    assert "SOFTMAX" not in report["ops"] and report["output"] == "logits" and report["xnnpack_partitions"] == 1
+    card = ModelCard.read(tmp_path / "model_card.json")
+    assert card.output.activation == "none"
+    assert read_metadata(report["model_file"])["output"]["name"] == "logits"
+
+    expected = np.asarray(ending_at_logits(qat)(images))
+    got = run_tflite(report["model_file"], images)
+    # Within a few output steps of the QAT model's logits (measured: 3 steps at most).
+    assert np.abs(got - expected).max() <= 4 * card.output.scale, (np.abs(got - expected).max(), card.output.scale)
+    # The evaluation turns the outputs into probabilities, ranked as the QAT model's softmax ranks them.
+    content = open(report["model_file"], "rb").read()
+    predictions = held_out_predictions(content, qat, [(images, np.zeros(len(images), np.int64))], logits=True)
+    np.testing.assert_allclose(predictions.scores.sum(-1), 1.0, rtol=1e-5)
+    assert (predictions.scores.argmax(-1) == got.argmax(-1)).all()
+    assert (got.argmax(-1) == np.asarray(qat(images)).argmax(-1)).mean() >= 7 / 8
+
+
+def test_logits_export_needs_a_final_softmax():
+    from tflite_export.export import ending_at_logits
+
+    assert ending_at_logits(tiny_classifier_keras()).output_shape == (1, 4)
+    with pytest.raises(ConversionError, match="needs a model that ends in a softmax"):
+        ending_at_logits(tiny_classifier_keras(softmax=False))

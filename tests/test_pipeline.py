@@ -169,16 +169,24 @@ def test_rerun_with_other_epochs_stops_instead_of_reusing_the_old_stage(tiny_run
 
 
 def test_distilled_qat_run_records_its_targets_and_keeps_them_on_rerun(tmp_path):
+    # The same run also exports with int8 I/O ending at the logits (one pipeline run less in CI).
     out = tmp_path / "run"
     args = [*TINY, "--float_epochs", "1", "--qat_epochs", "1", "--freeze_bn_epochs", "0", "--benchmark_runs", "0",
-            "--output_dir", str(out)]
+            "--io", "int8", "--logits", "--output_dir", str(out)]
     result = _run([*args, "--qat_distill"])
     assert result.returncode == 0, result.stderr[-2000:]
     report = Report.read(out / "report.json")
     assert report.config.qat_distill is True and report.accuracy.qat_keras is not None
     settings = json.loads((out / "checkpoints" / "qat.settings.json").read_text())
     assert settings["targets"] == "float model" and settings["label_smoothing"] == 0.0
-    assert analyze(str(out / "model.tflite")).float_tensors == []
+    analysis = analyze(str(out / "model.tflite"))
+    assert analysis.float_tensors == [] and "SOFTMAX" not in analysis.op_histogram
+    assert analysis.outputs[0].dtype == "int8" and analysis.xnnpack_partitions == 1
+    assert report.config.logits and report.export.output == "logits"
+    assert ModelCard.read(out / "model_card.json").output.activation == "none"
+    # The int8 evaluation reads the logits as probabilities (softmax applied): confidences in [0, 1].
+    worst = report.int8_evaluation.worst  # mistakes first, then the least sure correct images: never empty
+    assert worst and all(0.0 <= w.true_class_score <= w.confidence <= 1.0 for w in worst)
     # Resuming the QAT stage with the labels as targets would mix two trainings: refused, nothing touched.
     result = _run([*args, "--noqat_distill"])
     assert result.returncode == 2

@@ -2,7 +2,13 @@
 
 Library: `export_model(...)`, called at the end of `python -m pipeline.train_and_export`.
 CLI:     `python -m tflite_export.export MODEL.h5 --dataset DIR --out DIR [--labels FILE] [--io uint8]`
-         `[--hswish lowered]` converts a saved Keras model (float: post-training quantization; QAT: its learned ranges).
+         `[--hswish lowered] [--logits]` converts a saved Keras model (float: post-training quantization; QAT: its
+         learned ranges).
+
+--logits ends the file at the classifier's logits instead of its softmax: no SOFTMAX op, which XNNPACK cannot run in
+int8 and which costs a separate kernel call per inference; the ranking is the same (softmax keeps the order). The
+metadata names the output `logits` and the model card says `"activation": "none"`, so apps apply softmax themselves
+where they show probabilities (the Android core does).
 
 --dataset is a folder of images for calibration: class sub-folders (`DIR/<class>/*.jpg`, optionally `DIR/train/` and
 `DIR/test/` or `DIR/val/`), or a flat folder of unlabelled images. Class folders also give the int8-vs-Keras accuracy
@@ -100,22 +106,45 @@ def compare_with_keras(
     return held_out_predictions(content, keras_model, batches).summary()
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(-1, keepdims=True))
+    return shifted / shifted.sum(-1, keepdims=True)
+
+
+def ending_at_logits(model: keras.Model) -> keras.Model:
+    """`model` (float or QAT) without its final softmax: the same layers and weights, ending at the logits.
+
+    The builders end the classifier in a softmax `Activation` (tfmot wraps it in QAT models); a model that does not
+    gets a ConversionError."""
+    last = model.layers[-1]
+    inner = getattr(last, "layer", last)  # tfmot's QuantizeWrapper keeps the layer it wraps as `.layer`
+    is_softmax = isinstance(inner, keras.layers.Softmax) or (
+        isinstance(inner, keras.layers.Activation) and inner.get_config().get("activation") == "softmax")
+    if not is_softmax:
+        raise ConversionError(f"--logits needs a model that ends in a softmax; {model.name} ends in {last.name} "
+                              f"({type(inner).__name__})")
+    return keras.Model(model.inputs, last.input, name=f"{model.name}_logits")
+
+
 def held_out_predictions(
-    content: bytes, keras_model: keras.Model, batches: Iterable[tuple[np.ndarray, np.ndarray]]
+    content: bytes, keras_model: keras.Model, batches: Iterable[tuple[np.ndarray, np.ndarray]], *,
+    logits: bool = False,
 ) -> HeldOutPredictions:
-    """Every image's int8 outputs and Keras top-1, with its label, in the order of `batches`."""
+    """Every image's int8 outputs (as probabilities: softmax applied when the file ends at its `logits`) and Keras
+    top-1, with its label, in the order of `batches`."""
     labels, scores, reference = [], [], []
     for images, batch_labels in batches:
         images = np.asarray(images, np.float32)
         labels.append(np.asarray(batch_labels).reshape(-1))
-        scores.append(run_tflite(content, images))
+        outputs = run_tflite(content, images)
+        scores.append(softmax(outputs) if logits else outputs)
         reference.append(np.asarray(keras_model.predict_on_batch(images)).argmax(-1))
     if not labels:
         raise ValueError("no evaluation images")
     return HeldOutPredictions(np.concatenate(labels), np.concatenate(scores), np.concatenate(reference))
 
 
-def model_card(analysis, info: ModelInfo, labels: list[str], hswish: str) -> ModelCard:
+def model_card(analysis, info: ModelInfo, labels: list[str], hswish: str, logits: bool = False) -> ModelCard:
     inp, out = analysis.inputs[0], analysis.outputs[0]
     return ModelCard(
         **dataclasses.asdict(info),  # name, description, version, author, license: as in the metadata
@@ -125,7 +154,7 @@ def model_card(analysis, info: ModelInfo, labels: list[str], hswish: str) -> Mod
                         dtype=inp.dtype, scale=float(inp.scale), zero_point=int(inp.zero_point),
                         mean=list(PIXEL_MEAN), std=list(PIXEL_STD)),
         output=OutputSpec(dtype=out.dtype, scale=float(out.scale), zero_point=int(out.zero_point),
-                          num_classes=len(labels)),
+                          num_classes=len(labels), activation="none" if logits else "softmax"),
         classes=list(labels),
         hswish=hswish,
         ops=dict(analysis.op_histogram),
@@ -144,10 +173,12 @@ def export_model(
     eval_batches: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]] | None = None,
     reference_model: keras.Model | None = None,
     artifacts: ArtifactSet | None = None,
+    logits: bool = False,
 ) -> dict:
     """Convert, verify, add metadata, write `model.tflite`, `labels.txt`, `model_card.json`; return a report dict.
 
-    `reference_model` is the Keras model the int8 accuracy is compared with (defaults to `model`).
+    `reference_model` is the Keras model the int8 accuracy is compared with (defaults to `model`). `logits`: the file
+    ends at the classifier's logits (`ending_at_logits`), not its softmax.
     Raises ConversionError / VerificationError before anything is written. The files go into `artifacts` when the
     caller has an open set (the pipeline adds its report to it before publishing), else into a set of their own
     published in `output_dir`.
@@ -156,27 +187,30 @@ def export_model(
     if len(labels) != num_outputs:
         raise ConversionError(f"{len(labels)} labels for a model with {num_outputs} outputs")
     started = time.perf_counter()
-    content = convert(model, representative_data, io_dtype=io_dtype, hswish=hswish)
+    content = convert(ending_at_logits(model) if logits else model, representative_data, io_dtype=io_dtype,
+                      hswish=hswish)
     convert_seconds = time.perf_counter() - started
     analysis = tflite_verify.verify(content, allow_hard_swish=(hswish == "builtin"), io_dtype=io_dtype)
     content = tflite_metadata.write_metadata(content, labels=labels, **dataclasses.asdict(info), mean=PIXEL_MEAN,
-                                             std=PIXEL_STD)
+                                             std=PIXEL_STD, logits=logits)
     report = {
         "model_file": os.path.join(output_dir, MODEL_FILE),
         "size_bytes": len(content),
         "convert_seconds": round(convert_seconds, 1),
         "io_dtype": io_dtype,
         "hswish": hswish,
+        "output": "logits" if logits else "softmax",
         "ops": dict(analysis.op_histogram),
         "float_tensors": len(analysis.float_tensors),
         "xnnpack_partitions": analysis.xnnpack_partitions,
     }
     if eval_batches is not None:
-        report["accuracy"] = compare_with_keras(content, reference_model or model, eval_batches())
+        report["accuracy"] = held_out_predictions(content, reference_model or model, eval_batches(),
+                                                  logits=logits).summary()
     own_set = artifact_set(output_dir, replaces=(MODEL_FILE, LABELS_FILE, CARD_FILE, REPORT_FILE))
     with contextlib.nullcontext(artifacts) if artifacts is not None else own_set as files:
         atomic_write_bytes(files.path(LABELS_FILE), labels_text(labels))
-        atomic_write_bytes(files.path(CARD_FILE), model_card(analysis, info, labels, hswish).to_json().encode())
+        atomic_write_bytes(files.path(CARD_FILE), model_card(analysis, info, labels, hswish, logits).to_json().encode())
         atomic_write_bytes(files.path(MODEL_FILE), content)
     return report
 
@@ -209,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--io", default="uint8", choices=["uint8", "int8"])
     parser.add_argument("--hswish", default="lowered", choices=["lowered", "builtin"])
+    parser.add_argument("--logits", action="store_true",
+                        help="end the file at the logits, not the softmax (no SOFTMAX op; see the module doc)")
     parser.add_argument("--labels", help="labels file (one per line); default: the dataset's class folders, else the "
                         f"{LABELS_FILE} beside the model")
     parser.add_argument("--name", default=None)
@@ -267,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         io_dtype=args.io,
         hswish=args.hswish,
         eval_batches=eval_batches,
+        logits=args.logits,
     )
     print(f"calibrated on {len(calibration_files)} images of {train_dir}")
     line = f"wrote {report['model_file']} ({report['size_bytes']:,} bytes)"

@@ -41,6 +41,8 @@ INPUT_NAME = "image"
 INPUT_DESCRIPTION = "Input image to be classified."
 OUTPUT_NAME = "probability"
 OUTPUT_DESCRIPTION = "Probabilities of the labels respectively."
+LOGITS_NAME = "logits"
+LOGITS_DESCRIPTION = "Logits of the labels respectively (softmax turns them into probabilities; the order is the same)."
 LABELS_DESCRIPTION = "Labels for categories that the model can recognize."
 
 
@@ -100,8 +102,10 @@ def write_metadata(
     license: str,  # noqa: A002  (the metadata field's name)
     mean: list[float],
     std: list[float],
+    logits: bool = False,
 ) -> bytes:
     """Return `model` (a single-input, single-output image classifier) with classifier metadata and labels packed in.
+    `logits`: the output is the classifier's logits, not softmax probabilities (named and described so).
 
     Existing metadata and associated files are replaced. The model's tensors and buffers are not changed.
     """
@@ -160,14 +164,14 @@ def write_metadata(
 
     # Output: score semantics, value range, labels as TENSOR_AXIS_LABELS.
     scores = metadata_fb.TensorMetadataT()
-    scores.name = OUTPUT_NAME
-    scores.description = OUTPUT_DESCRIPTION
+    scores.name = LOGITS_NAME if logits else OUTPUT_NAME
+    scores.description = LOGITS_DESCRIPTION if logits else OUTPUT_DESCRIPTION
     scores.content = metadata_fb.ContentT()
     scores.content.contentPropertiesType = metadata_fb.ContentProperties.FeatureProperties
     scores.content.contentProperties = metadata_fb.FeaturePropertiesT()
     if out_tensor.type == T.UINT8:
         scores.stats = _stats([255.0], [0.0])
-    elif out_tensor.type == T.FLOAT32:
+    elif out_tensor.type == T.FLOAT32 and not logits:  # float logits have no fixed range
         scores.stats = _stats([1.0], [0.0])
     elif out_tensor.type == T.INT8:
         scores.stats = _stats([127.0], [-128.0])

@@ -6,6 +6,7 @@ class ModelSpec(
     val outputDType: TensorDType,
     val outputQuant: QuantParams,
     val labels: List<String>,
+    val outputActivation: OutputActivation = OutputActivation.SOFTMAX,
 ) {
     val numClasses: Int get() = labels.size
 
@@ -13,7 +14,8 @@ class ModelSpec(
         /**
          * The spec of a model: the pipeline's `model_card.json` when given (it is authoritative for mean/std),
          * otherwise the `.tflite` file's own tensors and metadata. Labels come from [labelsText] (`labels.txt`) when
-         * given, else from the label file packed in the model, else "class N".
+         * given, else from the label file packed in the model, else "class N". Whether the output is logits comes
+         * from the card; without one it is taken as probabilities (the ranking is the same either way).
          */
         fun resolve(
             model: TfliteModel,
@@ -47,7 +49,7 @@ class ModelSpec(
                 }
             val rawLabels = labelsText?.let { Labels.parse(it) } ?: model.embeddedLabels()
             val labels = rawLabels?.let { Labels.forClasses(it, numClasses) } ?: List(numClasses) { "class $it" }
-            return ModelSpec(input, outDType, out.quant, labels)
+            return ModelSpec(input, outDType, out.quant, labels, card?.outputActivation ?: OutputActivation.SOFTMAX)
         }
     }
 }
@@ -74,11 +76,34 @@ class ClassifierCore(
     private fun resized(frame: RgbImage): FloatArray =
         Preprocessing.evalResize(frame, spec.input.width, spec.input.height, out = pixels)
 
+    /** An integer output tensor -> probabilities (dequantized; softmax applied when the model ends at logits). */
     fun scores(outputBytes: ByteArray): FloatArray =
-        Quantization.dequantize(outputBytes, spec.outputDType, spec.outputQuant)
+        probabilities(Quantization.dequantize(outputBytes, spec.outputDType, spec.outputQuant))
+
+    /** A float output tensor -> probabilities (softmax applied, in place, when the model ends at logits). */
+    fun scores(outputFloats: FloatArray): FloatArray = probabilities(outputFloats)
+
+    private fun probabilities(values: FloatArray): FloatArray =
+        if (spec.outputActivation == OutputActivation.NONE) Softmax.inPlace(values) else values
 
     fun top(
         scores: FloatArray,
         k: Int,
     ): List<Pair<String, Float>> = TopK.topK(scores, k).map { spec.labels[it.index] to it.score }
+}
+
+object Softmax {
+    /** exp(v - max) / sum, written over [values] and returned; the order of the values is kept. */
+    fun inPlace(values: FloatArray): FloatArray {
+        if (values.isEmpty()) return values
+        val max = values.max()
+        var sum = 0.0
+        for (i in values.indices) {
+            val e = Math.exp((values[i] - max).toDouble())
+            values[i] = e.toFloat()
+            sum += e
+        }
+        for (i in values.indices) values[i] = (values[i] / sum).toFloat()
+        return values
+    }
 }

@@ -4,7 +4,9 @@ package com.mobilenetpipeline.core
  * `model_card.json`, written by the pipeline's exporter next to `model.tflite` and `labels.txt`
  * (`tflite_export/model_card.py` defines it): `{"schema_version": 1, "name": ...,
  *   "input": {"height", "width", "channels", "dtype", "scale", "zero_point", "mean": [..], "std": [..]},
- *   "output": {"dtype", "scale", "zero_point", "num_classes"}, "labels_file": "labels.txt", ...}`.
+ *   "output": {"dtype", "scale", "zero_point", "num_classes", "activation"}, "labels_file": "labels.txt", ...}`.
+ * `output.activation` is "softmax" (probabilities; also when absent) or "none" (the file ends at the logits: exported
+ * with `--logits`, and [ClassifierCore] applies the softmax itself).
  * A card of another [SCHEMA_VERSION], or without one, is refused with the reason, as the Python reader refuses it:
  * its fields may not mean what this code reads them as.
  */
@@ -15,6 +17,7 @@ class ModelCard(
     val outputQuant: QuantParams,
     val numClasses: Int,
     val labelsFile: String?,
+    val outputActivation: OutputActivation = OutputActivation.SOFTMAX,
 ) {
     companion object {
         /** The card format this code reads; `SCHEMA_VERSION` in tflite_export/model_card.py. */
@@ -51,6 +54,7 @@ class ModelCard(
                 outputQuant = quantOf(output, outDType),
                 numClasses = output.int("num_classes"),
                 labelsFile = root["labels_file"] as? String,
+                outputActivation = OutputActivation.parse(output["activation"]),
             )
         }
 
@@ -103,5 +107,24 @@ class ModelCard(
 
         private fun Map<*, *>.string(key: String): String =
             this[key] as? String ?: throw IllegalArgumentException("model card: '$key' missing or not a string")
+    }
+}
+
+/** What the model's output tensor holds: probabilities (its last op is a softmax) or logits (no softmax). */
+enum class OutputActivation(
+    val cardName: String,
+) {
+    SOFTMAX("softmax"),
+    NONE("none"),
+    ;
+
+    companion object {
+        fun parse(value: Any?): OutputActivation {
+            if (value == null) return SOFTMAX // cards written before the field existed: every model ended in softmax
+            return entries.firstOrNull { it.cardName == value }
+                ?: throw IllegalArgumentException(
+                    "model card: output activation '$value' is not supported (softmax or none)",
+                )
+        }
     }
 }

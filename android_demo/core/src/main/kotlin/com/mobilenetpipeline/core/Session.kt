@@ -225,7 +225,7 @@ class ClassifierSession(
             current.run()
             scores =
                 if (core.spec.outputDType == TensorDType.FLOAT32) {
-                    current.readOutputFloats()
+                    core.scores(current.readOutputFloats())
                 } else {
                     core.scores(current.readOutputBytes())
                 }

@@ -104,6 +104,49 @@ class ModelFilesTest {
     }
 
     @Test
+    fun modelCardOutputActivation() {
+        fun card(activation: String?): String {
+            val field = if (activation == null) "" else ", \"activation\": $activation"
+            return """{"schema_version": 1, "input": {"height": 1, "width": 1, "dtype": "int8", "scale": 1.0,
+                "zero_point": 0}, "output": {"dtype": "int8", "scale": 0.25, "zero_point": -3, "num_classes": 3$field}}"""
+        }
+        assertEquals(OutputActivation.SOFTMAX, ModelCard.parse(card(null)).outputActivation)
+        assertEquals(OutputActivation.SOFTMAX, ModelCard.parse(card("\"softmax\"")).outputActivation)
+        assertEquals(OutputActivation.NONE, ModelCard.parse(card("\"none\"")).outputActivation)
+        for (bad in listOf("\"sigmoid\"", "1")) {
+            val error = assertThrows(IllegalArgumentException::class.java) { ModelCard.parse(card(bad)) }
+            assertTrue(error.message, error.message!!.contains("output activation"))
+        }
+    }
+
+    @Test
+    fun logitsBecomeProbabilitiesInTheSameOrder() {
+        fun spec(activation: OutputActivation) =
+            ModelSpec(
+                InputSpec(1, 1, TensorDType.INT8, QuantParams(1f, 0)),
+                TensorDType.INT8,
+                QuantParams(0.25f, -3),
+                listOf("a", "b", "c"),
+                activation,
+            )
+        val raw = byteArrayOf(5, -3, 9) // logits (5 + 3) / 4 = 2, 0, 3
+        val logits = ClassifierCore(spec(OutputActivation.SOFTMAX)).scores(raw)
+        assertArrayEquals(floatArrayOf(2f, 0f, 3f), logits, 0f)
+        val core = ClassifierCore(spec(OutputActivation.NONE))
+        val probabilities = core.scores(raw)
+        val sum = Math.exp(2.0) + 1.0 + Math.exp(3.0)
+        assertArrayEquals(
+            floatArrayOf((Math.exp(2.0) / sum).toFloat(), (1.0 / sum).toFloat(), (Math.exp(3.0) / sum).toFloat()),
+            probabilities,
+            1e-6f,
+        )
+        assertEquals(listOf("c", "a", "b"), core.top(probabilities, 3).map { it.first })
+        // A float logits tensor too, and large logits do not overflow.
+        val floats = core.scores(floatArrayOf(1000f, 999f))
+        assertArrayEquals(floatArrayOf(0.7310586f, 0.26894143f), floats, 1e-6f)
+    }
+
+    @Test
     fun zipAppendedToAModelIsRead() {
         val prefix = ByteArray(1000) { (it * 31).toByte() }
         val zipBytes = ByteArrayOutputStream()
