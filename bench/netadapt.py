@@ -18,6 +18,7 @@ images; latency is timed on this machine, 1 thread, each file as a pair with the
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -38,6 +39,9 @@ def parse_args(argv=None):
     p.add_argument("--delta_ratio", type=float, default=0.05)
     p.add_argument("--final_steps", type=int, default=200)
     p.add_argument("--qat_steps", type=int, default=100)
+    p.add_argument("--target_alpha", type=float, default=0.75,
+                   help="search until the latency of this width multiplier (a finished search rerun with a lower one "
+                        "goes on from where it stopped)")
     p.add_argument("--max_iterations", type=int, default=30,
                    help="stop the search there (the 2026-11-30 run: 1, for lack of time; see BENCHMARKS.md)")
     p.add_argument("--seed", type=int, default=0)
@@ -57,7 +61,8 @@ def main(argv=None) -> int:
         cmd = [sys.executable, "-m", "pipeline.netadapt", "--run_dir", args.run_dir, "--output_dir", args.output_dir,
                "--image_size", str(args.image_size), "--start_steps", str(args.start_steps),
                "--finetune_steps", str(args.finetune_steps), "--delta_ratio", str(args.delta_ratio),
-               "--latency_rounds", "2", "--latency_runs", "1000", "--target_alpha", "0.75", "--alphas", "0.75,0.5",
+               "--latency_rounds", "2", "--latency_runs", "1000", "--target_alpha", str(args.target_alpha),
+               "--alphas", "0.75,0.5",
                "--final_steps", str(args.final_steps), "--qat_steps", str(args.qat_steps), "--seed", str(args.seed),
                "--max_iterations", str(args.max_iterations)]
         log_path = os.path.join(args.output_dir, "run.log")
@@ -69,9 +74,11 @@ def main(argv=None) -> int:
         machine["loadavg_at_end"] = os.getloadavg()
         if code:
             sys.exit(f"error: pipeline.netadapt exited with {code}; see {log_path}")
-    report = _common.load_report(args.output_dir)
-    if report is None:
+    report_path = os.path.join(args.output_dir, "report.json")  # pipeline.netadapt's report, not a run's Report
+    if not os.path.exists(report_path):
         sys.exit(f"error: no report.json in {args.output_dir}")
+    with open(report_path) as f:
+        report = json.load(f)
     print(f"machine: {machine['cpu']} ({machine['isa']}), {machine['nproc']} cores, load "
           f"{machine.get('loadavg_at_start')} -> {machine.get('loadavg_at_end')}; revision {_common.git_revision()}")
     print(f"start {report['start_ms']:.3f} ms; target {report['target']} ({report['target_ms']:.3f} ms); search "

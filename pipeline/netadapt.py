@@ -631,17 +631,7 @@ def start_search(ctx: Context, log) -> SearchState:
     start_path = ctx.meter.export(ctx.start_arch, model)
     if start_path is None:
         raise ValueError("the start model's int8 file has collapsed activation ranges: it cannot be timed")
-    if s["target_alpha"]:
-        alpha_arch = ArchTable.paper(ctx.variant, s["target_alpha"], s["minimalistic"])
-        alpha_path = ctx.latency_file(ctx.start_arch, alpha_arch, model)
-        start_ms, alpha_ms = ctx.meter.time([start_path, alpha_path])
-        target_ratio, note = alpha_ms / start_ms, f"alpha {s['target_alpha']:g}'s latency"
-    else:
-        (start_ms,) = ctx.meter.time([start_path])
-        if s["target_ms"]:
-            target_ratio, note = s["target_ms"] / start_ms, f"{s['target_ms']:g} ms"
-        else:
-            target_ratio, note = s["target_ratio"], f"{s['target_ratio']:g} x the start"
+    start_ms, target_ratio, note = measure_target(ctx, model, start_path)
     log(f"start: {ctx.start_arch.model_type} alpha {s['alpha']:g} at {s['image_size']} px, {start_ms:.3f} ms, "
         f"held-out top-1 {accuracy:.4f}; target {note} = {target_ratio:.3f} x start ({target_ratio * start_ms:.3f} ms)")
     return SearchState(settings=_state_settings(s), start_ms=start_ms, target_ratio=target_ratio, target_note=note,
@@ -650,11 +640,40 @@ def start_search(ctx: Context, log) -> SearchState:
                        history=[], slopes={})
 
 
+def measure_target(ctx: Context, start_model: keras.Model, start_path: str) -> tuple[float, float, str]:
+    """The start model's latency, and the target as a fraction of it with its description."""
+    s = ctx.settings
+    if s["target_alpha"]:
+        alpha_arch = ArchTable.paper(ctx.variant, s["target_alpha"], s["minimalistic"])
+        alpha_path = ctx.latency_file(ctx.start_arch, alpha_arch, start_model)
+        start_ms, alpha_ms = ctx.meter.time([start_path, alpha_path])
+        return start_ms, alpha_ms / start_ms, f"alpha {s['target_alpha']:g}'s latency"
+    (start_ms,) = ctx.meter.time([start_path])
+    if s["target_ms"]:
+        return start_ms, s["target_ms"] / start_ms, f"{s['target_ms']:g} ms"
+    return start_ms, s["target_ratio"], f"{s['target_ratio']:g} x the start"
+
+
+# The target only says where the search stops: a resumed search may be given another one (it goes on past the old
+# target, or stops at the new one). Every other setting shaped the iterations already made.
+TARGET_KEYS = ("target_ms", "target_ratio", "target_alpha")
+SEARCH_KEYS = ("run_dir", "dataset", "image_size", "batch_size", "seed", "delta_ratio", "finetune_steps",
+               "start_steps", "learning_rate", "holdout_images", "freeze_batch_norm")
+
+
 def _state_settings(settings: dict) -> dict:
-    """The settings a resumed search must share with the one it continues (the final stage's may differ)."""
-    keys = ("run_dir", "dataset", "image_size", "batch_size", "seed", "target_ms", "target_ratio", "target_alpha",
-            "delta_ratio", "finetune_steps", "start_steps", "learning_rate", "holdout_images", "freeze_batch_norm")
-    return {key: settings[key] for key in keys}
+    """The settings a search records in its state file (the final stage's may differ)."""
+    return {key: settings[key] for key in SEARCH_KEYS + TARGET_KEYS}
+
+
+def retarget(ctx: Context, state: SearchState, log) -> None:
+    """A resumed search given another target than the one recorded: measure it, and go on towards it."""
+    old = state.target_note
+    _, start_model = ctx.load(state.snapshots[0])
+    start_path = ctx.meter.export(ctx.start_arch, start_model)
+    _, state.target_ratio, state.target_note = measure_target(ctx, start_model, start_path)
+    state.settings.update({key: ctx.settings[key] for key in TARGET_KEYS})
+    log(f"\n(new target: {state.target_note} = {state.target_ratio:.3f} x start; it was {old})")
 
 
 def iterate(ctx: Context, state: SearchState, log) -> None:
@@ -738,7 +757,14 @@ def finish(ctx: Context, candidate: Candidate) -> dict:
     result_path = os.path.join(workdir, "result.json")
     if os.path.exists(result_path):
         with open(result_path) as f:
-            return json.load(f)
+            result = json.load(f)
+        if result["arch"] == candidate.arch.to_json() and result["float_steps"] == candidate.float_steps:
+            return result
+        # A search resumed past its old target matches an alpha model with a later iteration, whose longer search
+        # the alpha model's training must equal: its earlier training does not count.
+        import shutil
+
+        shutil.rmtree(workdir)
     header(f"final training of {candidate.name}: {candidate.float_steps} float + {s['qat_steps']} QAT steps")
     os.makedirs(workdir, exist_ok=True)
     atomic_write_json(os.path.join(workdir, "arch.json"), candidate.arch.to_json())
@@ -991,8 +1017,12 @@ def run(settings: dict) -> dict:
         from pipeline.train import check_same_settings
 
         state = SearchState.load(state_path)
-        check_same_settings(state_path, _state_settings(settings), "a search made", ctx.out, recorded=state.settings)
+        check_same_settings(state_path, {key: settings[key] for key in SEARCH_KEYS}, "a search made", ctx.out,
+                            recorded=state.settings)
         log(f"\n(resumed after iteration {state.snapshots[-1].iteration})")
+        if any(state.settings[key] != settings[key] for key in TARGET_KEYS):
+            retarget(ctx, state, log)
+            state.save(state_path)
     else:
         log(f"# NetAdapt search of {settings['run_dir']}\n\nproposals scored on {ctx.holdout_note}; "
             f"delta {settings['delta_ratio']:g} x current latency; T = {settings['finetune_steps']} steps")
