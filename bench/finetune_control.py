@@ -21,6 +21,7 @@ import numpy as np
 
 from bench import _common
 from bench.qat_schedules import parse_schedule
+from pipeline.config import FLOAT_MODEL_FILE
 
 
 def main(argv=None):
@@ -34,7 +35,7 @@ def main(argv=None):
     if schedule["name"] == "ptq" or schedule["distill"]:
         raise SystemExit("error: --schedule must be QAT_EPOCHS:FREEZE_BN_EPOCHS:LEARNING_RATE (no ptq, no :kd)")
     report = _common.load_report(args.float_run)
-    h5 = os.path.join(args.float_run, "float_model.h5")
+    h5 = os.path.join(args.float_run, FLOAT_MODEL_FILE)
     if report is None or not os.path.exists(h5):
         raise SystemExit(f"error: {args.float_run} is not a finished pipeline run (needs report.json and "
                          "float_model.h5)")

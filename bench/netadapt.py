@@ -25,6 +25,7 @@ import sys
 import time
 
 from bench import _common
+from pipeline.config import FLOAT_MODEL_FILE
 
 START_RUN = os.path.join(_common.CACHE, "runs", "cifar10-imagenet-96")
 
@@ -54,7 +55,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     machine = _common.machine()
     if not args.report_only:
-        if not os.path.exists(os.path.join(args.run_dir, "float_model.h5")):
+        if not os.path.exists(os.path.join(args.run_dir, FLOAT_MODEL_FILE)):
             sys.exit(f"error: {args.run_dir} has no float_model.h5; train the start model first (see BENCHMARKS.md)")
         _common.unpack_once(_common.shared_path("datasets", "cifar10-jpeg.tar.gz"), "cifar10-jpeg")
         os.makedirs(args.output_dir, exist_ok=True)

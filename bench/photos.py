@@ -15,6 +15,7 @@ import shutil
 import sys
 
 from bench import _common
+from pipeline.config import FLOAT_MODEL_FILE
 from pipeline.schema import to_json_dict
 
 
@@ -29,7 +30,7 @@ def batch_norm_probe(output_dir: str, dataset: str, image_size: int) -> dict:
     from pipeline.data import load_dataset
 
     data = load_dataset(dataset, image_size=image_size, batch_size=32, seed=0)
-    model = keras.models.load_model(os.path.join(output_dir, "float_model.h5"), compile=False)
+    model = keras.models.load_model(os.path.join(output_dir, FLOAT_MODEL_FILE), compile=False)
     out = {}
     for split, ds in (("val", data.eval), ("train", data.train)):
         for training in (False, True):

@@ -26,6 +26,7 @@ import numpy as np
 from bench import _common
 from keras_models import backend  # noqa: F401  (before TensorFlow)
 from keras_models.backend import keras
+from pipeline.config import FLOAT_MODEL_FILE, QAT_MODEL_DIR
 
 
 def _activations(*fragments: str, exclude: str | None = None):
@@ -89,7 +90,7 @@ def main(argv=None):
     from tflite_export.quantization import quantize_scope
 
     report = _common.load_report(args.run_dir)
-    qat_dir, h5 = os.path.join(args.run_dir, "qat_model"), os.path.join(args.run_dir, "float_model.h5")
+    qat_dir, h5 = os.path.join(args.run_dir, QAT_MODEL_DIR), os.path.join(args.run_dir, FLOAT_MODEL_FILE)
     if report is None or not os.path.isdir(qat_dir) or not os.path.exists(h5):
         raise SystemExit(f"error: {args.run_dir} is not a finished QAT run (needs report.json, qat_model/ and "
                          "float_model.h5)")

@@ -27,6 +27,7 @@ import os
 from bench import _common
 from keras_models import backend  # noqa: F401  (before TensorFlow)
 from keras_models.backend import keras
+from pipeline.config import FLOAT_MODEL_FILE
 
 
 def gate_first_hard_swish(x, name: str | None = None):
@@ -89,7 +90,7 @@ def main(argv=None):
     from tflite_export.verify import analyze
 
     report = _common.load_report(args.run_dir)
-    h5 = os.path.join(args.run_dir, "float_model.h5")
+    h5 = os.path.join(args.run_dir, FLOAT_MODEL_FILE)
     if report is None or not os.path.exists(h5):
         raise SystemExit(f"error: no finished run in {args.run_dir} (run python -m bench.cifar10 first)")
     c = report.config

@@ -18,6 +18,10 @@ import os
 from pipeline import schema
 
 RUN_CONFIG_FILE = "run_config.json"
+# The trained models a run folder keeps beside its records: the float model (HDF5), and the QAT model as a SavedModel
+# (HDF5 cannot hold tfmot's shared quantizer variables).
+FLOAT_MODEL_FILE = "float_model.h5"
+QAT_MODEL_DIR = "qat_model"
 # Training-mode BatchNorm over a batch holding one value per channel (one image at the 1x1 resolution of the last
 # blocks) outputs exactly 0: one training image, or batches of one, kill every activation; QAT then learns
 # zero-width ranges and LiteRT's XNNPACK delegate aborted the process on the exported file ("double free or

@@ -950,11 +950,12 @@ def _settings() -> dict:
     run_dir = FLAGS.run_dir
     if not run_dir:
         raise ValueError("--run_dir is required (a pipeline.train_and_export run folder)")
-    float_model = os.path.join(run_dir, "float_model.h5")
-    config_path = os.path.join(run_dir, "run_config.json")
+    from pipeline.config import FLOAT_MODEL_FILE, RUN_CONFIG_FILE, recorded_model, recorded_setting
+
+    float_model = os.path.join(run_dir, FLOAT_MODEL_FILE)
+    config_path = os.path.join(run_dir, RUN_CONFIG_FILE)
     if not os.path.isfile(float_model) or not os.path.isfile(config_path):
-        raise ValueError(f"{run_dir} has no float_model.h5 and run_config.json: not a finished pipeline run")
-    from pipeline.config import recorded_model, recorded_setting
+        raise ValueError(f"{run_dir} has no {FLOAT_MODEL_FILE} and {RUN_CONFIG_FILE}: not a finished pipeline run")
 
     config = recorded_model(run_dir)  # the model-defining settings and classes, whichever version wrote the folder
     dataset = FLAGS.dataset or recorded_setting(run_dir, "dataset")

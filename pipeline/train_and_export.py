@@ -27,7 +27,7 @@ from absl import app, flags, logging
 from keras_models import backend
 from keras_models.backend import keras, tf
 from pipeline import distribute
-from pipeline.config import MIN_BATCH_SIZE, MIN_TRAIN_IMAGES, RunConfig
+from pipeline.config import FLOAT_MODEL_FILE, MIN_BATCH_SIZE, MIN_TRAIN_IMAGES, QAT_MODEL_DIR, RunConfig
 
 if TYPE_CHECKING:
     from pipeline.data import Dataset
@@ -279,7 +279,7 @@ def train_float(config: RunConfig, model: keras.Model, bn_momentum: float, run_d
                             recipe=_float_recipe(config), **stage_args))
     float_top1 = _eval_keras(model, run_data.data.eval, "float evaluation")
     logging.info("float model: held-out top-1 %.4f", float_top1)
-    with distribute.chief_path(os.path.join(config.output_dir, "float_model.h5")) as path:
+    with distribute.chief_path(os.path.join(config.output_dir, FLOAT_MODEL_FILE)) as path:
         _save_atomically(model, path)
     return Trained(model, bn_momentum, float_top1, stages)
 
@@ -332,7 +332,7 @@ def train_qat(config: RunConfig, trained: Trained, run_data: RunData) -> None:
                                     **_stage_args(config, run_data))
         trained.qat_top1 = _eval_keras(qat_model, data.eval, "QAT evaluation")
         # HDF5 cannot hold tfmot's shared quantizer variables; the SavedModel format round-trips them.
-        with distribute.chief_path(os.path.join(config.output_dir, "qat_model")) as path:
+        with distribute.chief_path(os.path.join(config.output_dir, QAT_MODEL_DIR)) as path:
             _save_atomically(qat_model, path, save_format="tf")
     logging.info("QAT model: held-out top-1 %.4f", trained.qat_top1)
     trained.qat_model = qat_model
@@ -519,8 +519,8 @@ def plain_copies(config: RunConfig, trained: Trained) -> Trained:
     from tflite_export.quantization import quantize_scope
 
     with quantize_scope():
-        model = keras.models.load_model(os.path.join(config.output_dir, "float_model.h5"), compile=False)
-        qat_model = (keras.models.load_model(os.path.join(config.output_dir, "qat_model"), compile=False)
+        model = keras.models.load_model(os.path.join(config.output_dir, FLOAT_MODEL_FILE), compile=False)
+        qat_model = (keras.models.load_model(os.path.join(config.output_dir, QAT_MODEL_DIR), compile=False)
                      if trained.qat_model is not None else None)
     return dataclasses.replace(trained, model=model, qat_model=qat_model)
 
