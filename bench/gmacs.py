@@ -98,9 +98,9 @@ def graph_variants(outdir: str, calibration: int = 8) -> dict[str, str]:
     calib = [rng.uniform(0, 255, size=(1, 224, 224, 3)).astype(np.float32) for _ in range(calibration)]
     files = {}
     model = keras_models.build("small", input_shape=(224, 224, 3), alpha=1.0, num_classes=1001)
+    qat = calibrated_qat(quantize_model(model), calib)
     for name, logits in (("ours int8 lowered, int8 I/O", False),
                          ("ours int8 lowered, int8 I/O, ends at logits", True)):
-        qat = calibrated_qat(quantize_model(model), calib)
         # As `--io int8 [--logits]` exports it.
         content = convert(ending_at_logits(qat) if logits else qat, lambda: iter(calib), io_dtype="int8")
         path = os.path.join(outdir, name.replace(",", "").replace("/", "").replace(" ", "_") + ".tflite")

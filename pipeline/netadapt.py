@@ -39,6 +39,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 import time
 
@@ -762,8 +763,6 @@ def finish(ctx: Context, candidate: Candidate) -> dict:
             return result
         # A search resumed past its old target matches an alpha model with a later iteration, whose longer search
         # the alpha model's training must equal: its earlier training does not count.
-        import shutil
-
         shutil.rmtree(workdir)
     header(f"final training of {candidate.name}: {candidate.float_steps} float + {s['qat_steps']} QAT steps")
     os.makedirs(workdir, exist_ok=True)

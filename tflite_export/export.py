@@ -100,10 +100,11 @@ def run_tflite(model: bytes | str | os.PathLike, images: np.ndarray, num_threads
 
 
 def compare_with_keras(
-    content: bytes, keras_model: keras.Model, batches: Iterable[tuple[np.ndarray, np.ndarray]]
+    content: bytes, keras_model: keras.Model, batches: Iterable[tuple[np.ndarray, np.ndarray]], *,
+    logits: bool = False,
 ) -> dict:
     """Top-1 of the int8 file and of the Keras model on the same held-out images, and how often they agree."""
-    return held_out_predictions(content, keras_model, batches).summary()
+    return held_out_predictions(content, keras_model, batches, logits=logits).summary()
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -205,8 +206,7 @@ def export_model(
         "xnnpack_partitions": analysis.xnnpack_partitions,
     }
     if eval_batches is not None:
-        report["accuracy"] = held_out_predictions(content, reference_model or model, eval_batches(),
-                                                  logits=logits).summary()
+        report["accuracy"] = compare_with_keras(content, reference_model or model, eval_batches(), logits=logits)
     own_set = artifact_set(output_dir, replaces=(MODEL_FILE, LABELS_FILE, CARD_FILE, REPORT_FILE))
     with contextlib.nullcontext(artifacts) if artifacts is not None else own_set as files:
         atomic_write_bytes(files.path(LABELS_FILE), labels_text(labels))
