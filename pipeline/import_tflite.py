@@ -7,10 +7,11 @@
         --eval_dir ../shared/datasets/imagenet-samples --output_dir runs/imagenet-small
 
 The file's weights go into our builder (keras_models.tflite_weights), the model is wrapped for quantization-aware
-training with its BatchNorms frozen (they hold the file's folded biases), and every activation range the file has is
-taken from it (pipeline.qat.import_activation_ranges): the weights were trained under those ranges. The few ranges
-the file has no tensor for (h-swish's inner relu6(x + 3), the input rescaling) are calibrated on `--calibration_dir`
-(any images; labels are not used). The export is the pipeline's: h-swish lowered to ADD/RELU6/MUL, uint8 or int8
+training with its BatchNorms frozen (they hold the file's folded biases), and the file's activation ranges are taken
+from it (pipeline.qat.import_activation_ranges): the weights were trained under those ranges. The ranges the file
+has no tensor for (h-swish's inner relu6(x + 3), the input rescaling) and the average pools' (the file's are as coarse
+as the pools' inputs: pipeline/qat.py says why) are calibrated on `--calibration_dir` (any images; labels are not
+used). The export is the pipeline's: h-swish lowered to ADD/RELU6/MUL, uint8 or int8
 I/O, metadata with the labels, verification. The 1001-class file's background logit is dropped: 1000 classes.
 
 Output: `model.tflite`, `labels.txt`, `model_card.json`, `import_report.json` in --output_dir, and with --android the

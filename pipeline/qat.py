@@ -210,18 +210,21 @@ class RangeRules(keras.callbacks.Callback):
 # Where a TF-slim MobileNetV3 .tflite file (Google's published V3 files) holds the activation that each of our
 # fake-quant ranges covers: our layer name's suffix -> the file's tensor name's suffix, under "MobilenetV3/". The
 # file fuses conv + BatchNorm ("add_fold") and runs h-swish as one op ("hard_swish/mul_1", its output).
+# The average pools (squeeze-and-excite's and the global one) are left out on purpose: TFLite's uint8
+# AVERAGE_POOL_2D must keep its input's range, so the file's pool outputs carry the whole feature map's range (the
+# global pool: steps of about 0.4 for means below 10), while our MEAN may calibrate its own, ten times finer. A range
+# that coarse also exposes LiteRT's optimized int8 MEAN, which rounds up to half a step off (BENCHMARKS.md).
 _TF_SLIM_V3_SUFFIXES = (
     ("/BatchNorm", "/add_fold"),
     ("/act/div6", "/hard_swish/mul_1"),
     ("/act", "/Relu"),
-    ("/squeeze_excite/AvgPool", "/squeeze_excite/AvgPool"),
     ("/squeeze_excite/Relu", "/squeeze_excite/Conv/Relu"),
     ("/squeeze_excite/Conv_1", "/squeeze_excite/Conv_1/BiasAdd"),
     ("/squeeze_excite/hard_sigmoid/relu6", "/squeeze_excite/Conv_1/Relu6"),
     ("/Mul", "/mul"),
     ("/Add", "/add"),
 )
-_TF_SLIM_V3_NAMES = {"global_pool": "AvgPool2D/AvgPool", "Conv_2": "Conv_2/BiasAdd",
+_TF_SLIM_V3_NAMES = {"Conv_2": "Conv_2/BiasAdd",
                      "Logits": "Logits/Conv2d_1c_1x1/BiasAdd"}
 
 

@@ -1,0 +1,136 @@
+"""Where does our int8 V3-Small's time go: convolutions, or the ops around them? (issue #17: what limits int8)
+
+    python -m bench.op_share [--model PATH] [--runs 300] [--json OUT]
+
+Times, side by side at 1 thread, the int8 file and copies of it with op groups cut out of the flatbuffer:
+
+* `h-swish`: every lowered h-swish (ADD+RELU6, MUL, x1/6 MUL) removed, its readers reading its input;
+* `squeeze-excite`: every SE branch (MEAN, two 1x1 convs, the hard sigmoid, the gating MUL) removed, the block's
+  projection reading the depthwise output;
+* both.
+
+The cut files compute nothing meaningful (no retraining, scales left as they were): they only bound what any rewrite
+of those ops could gain, since a rewrite cannot be cheaper than removing them. The default model is the ImageNet
+re-export of `bench.imagenet_import` (a trained V3-Small 1.0 at 224 from this project's export path); Google's file
+is timed in the same run for the ratio the issue's target is written in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+from bench import _common
+from keras_models import backend  # noqa: F401  (before TensorFlow)
+
+DEFAULT_MODEL = os.path.join(_common.CACHE, "imagenet-small", "model.tflite")
+HSWISH_OUTPUT = "/act/div6/"  # our h-swish's last op (keras_models.blocks.hard_swish); "act/mul" and "act/add3" feed it
+SE_GATE = "/squeeze_excite/Mul/"  # the MUL that scales the block's features by the SE gate
+SE_BRANCH = "/squeeze_excite/"
+
+
+def _name(subgraph, index: int) -> str:
+    name = subgraph.tensors[index].name
+    return name.decode() if isinstance(name, bytes) else name
+
+
+def cut(content: bytes, *, hswish: bool, squeeze_excite: bool) -> tuple[bytes, int]:
+    """`content` with the chosen op groups removed (module docstring); returns the file and how many ops went."""
+    import numpy as np
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model_t = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+    subgraph = model_t.subgraphs[0]
+    producer = {int(op.outputs[0]): op for op in subgraph.operators}
+    bypass: dict[int, int] = {}  # tensor -> the tensor its readers read instead
+    dropped: list = []
+
+    def first_name(op) -> str:  # converter names fused tensors "a;b;c": one of them names our layer
+        return _name(subgraph, int(op.outputs[0]))
+
+    for op in subgraph.operators:
+        name = first_name(op)
+        if hswish and HSWISH_OUTPUT in name and SE_BRANCH not in name:
+            # x1/6 <- MUL(x, gate) <- gate = ADD(x, 3) with RELU6 fused; the constants have no producer
+            product = next((producer[int(i)] for i in op.inputs if int(i) in producer), None)
+            if product is None:
+                continue
+            inputs = [int(i) for i in product.inputs]
+            gates = [i for i in inputs if i in producer and "/act/add3" in first_name(producer[i])]
+            if len(gates) != 1 or len(inputs) != 2:
+                continue
+            bypass[int(op.outputs[0])] = next(i for i in inputs if i != gates[0])
+            dropped += [op, product, producer[gates[0]]]
+        elif squeeze_excite and SE_GATE in name:
+            gate = next(int(i) for i in op.inputs if SE_BRANCH in _name(subgraph, int(i))
+                        and SE_GATE not in _name(subgraph, int(i)))
+            features = next(int(i) for i in op.inputs if int(i) != gate)
+            bypass[int(op.outputs[0])] = features
+            dropped.append(op)
+        elif squeeze_excite and SE_BRANCH in name:
+            dropped.append(op)
+
+    def resolve(index: int) -> int:
+        while index in bypass:
+            index = bypass[index]
+        return index
+
+    kept = [op for op in subgraph.operators if all(op is not d for d in dropped)]
+    for op in kept:
+        op.inputs = np.array([resolve(int(i)) if i >= 0 else i for i in op.inputs], np.int32)
+    subgraph.outputs = np.array([resolve(int(i)) for i in subgraph.outputs], np.int32)
+    subgraph.operators = kept
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model_t)), len(dropped)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=DEFAULT_MODEL, help="our int8 V3-Small (default: bench.imagenet_import's)")
+    p.add_argument("--runs", type=int, default=300)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    if not os.path.isfile(args.model):
+        print(f"error: {args.model} not found: run `python -m bench.imagenet_import` first or pass --model",
+              file=sys.stderr)
+        return 2
+    from bench.latency import describe
+    from tflite_export.benchmark import benchmark_models
+
+    machine = _common.machine()
+    with open(args.model, "rb") as f:
+        content = f.read()
+    workdir = tempfile.mkdtemp(prefix="bench-op-share-")
+    files = {"Google V3-Small uint8 (reference)": _common.REFERENCE_V3_SMALL, "ours int8 (as exported)": args.model}
+    removed = {}
+    for label, options in (("without h-swish", dict(hswish=True, squeeze_excite=False)),
+                           ("without squeeze-excite", dict(hswish=False, squeeze_excite=True)),
+                           ("without both", dict(hswish=True, squeeze_excite=True))):
+        data, removed[label] = cut(content, **options)
+        path = os.path.join(workdir, label.replace(" ", "_") + ".tflite")
+        with open(path, "wb") as f:
+            f.write(data)
+        files[f"ours, {label}"] = path
+    names = list(files)
+    results = benchmark_models([files[n] for n in names], threads=[1], runs=args.runs, warmup=args.warmup)
+    ours_ms = results[1]["median_ms"]
+    rows = []
+    for name, r in zip(names, results):
+        d = describe(files[name])
+        r["name"] = name
+        cut_ops = next((count for label, count in removed.items() if name.endswith(label)), 0)
+        rows.append([name, f"{r['median_ms']:.3f}", f"{r['p10_ms']:.3f}-{r['p90_ms']:.3f}",
+                     f"{r['ratio_vs_first']:.3f}", f"{r['median_ms'] / ours_ms:.3f}", d["ops"], cut_ops,
+                     d["xnnpack_partitions"]])
+    print(_common.table(["file (224, 1 thread)", "median ms", "p10-p90 ms", "x Google", "x ours", "ops", "ops cut",
+                         "XNNPACK partitions"], rows))
+    print(f"machine: {machine['cpu']} ({machine['isa']}), {machine['nproc']} cores, load average at start "
+          f"{machine.get('loadavg_at_start')}; revision {_common.git_revision()}")
+    _common.write_json(args.json, {"machine": machine, "model": args.model, "removed": removed, "results": results})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
