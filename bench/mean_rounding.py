@@ -14,6 +14,7 @@ file whose AVERAGE_POOL_2D keeps its input's range (pipeline/qat.py).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -68,6 +69,8 @@ def main(argv=None) -> int:
     p.add_argument("--count", type=int, default=40)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    if not os.path.isfile(args.model):
+        sys.exit(f"error: {args.model}: no such file")
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     from tflite_export.files import images_under

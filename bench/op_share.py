@@ -93,9 +93,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if not os.path.isfile(args.model):
-        print(f"error: {args.model} not found: run `python -m bench.imagenet_import` first or pass --model",
-              file=sys.stderr)
-        return 2
+        sys.exit(f"error: {args.model} not found: run `python -m bench.imagenet_import` first or pass --model")
     from bench.latency import describe
     from tflite_export.benchmark import benchmark_models
 

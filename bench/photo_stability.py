@@ -27,6 +27,9 @@ def main(argv=None) -> int:
     p.add_argument("--dataset", default=_common.shared_path("datasets", "hymenoptera_data", "val"))
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    missing = [run for run in args.runs if not os.path.isfile(os.path.join(run, "model.tflite"))]
+    if missing:
+        sys.exit(f"error: {missing[0]} has no model.tflite: pass pipeline run folders")
     from ai_edge_litert.interpreter import Interpreter
 
     from tflite_export.evaluate import discover_dataset
