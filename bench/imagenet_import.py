@@ -6,7 +6,8 @@
    from hymenoptera_data (any photos would do; labels unused), evaluation on ../shared/datasets/imagenet-samples;
    with --distill, also fine-tuned towards the file's outputs on hymenoptera_data's 398 photos (never on the
    evaluation images).
-2. Top-1/top-5 of both files by `tflite_export.evaluate` in this process, and how often their top-1 agree.
+2. Top-1/top-5 of both files by `tflite_export.evaluate` in this process, how often their top-1 agree, and the
+   paired difference with a 95% interval (from the photos only one of the two gets right).
 3. LiteRT latency of both, interleaved in one `tflite_export.benchmark.benchmark_models` call (1 and 2 threads), with
    the CPU model and ISA flags.
 """
@@ -26,8 +27,9 @@ from bench import _common
 from keras_models import backend  # noqa: F401  (before TensorFlow)
 
 
-def top1_predictions(model_path: str, items: list, raw_bytes: bool) -> np.ndarray:
-    """argmax of each image through LiteRT, fed as tflite_export.evaluate feeds it (pixel bytes for uint8 inputs)."""
+def top1_predictions(model_path: str, items: list) -> np.ndarray:
+    """argmax of each image through LiteRT, fed as tflite_export.evaluate feeds a uint8 model: the pixel bytes,
+    rounded as `quantize_input` rounds (half away from zero; numpy's half-to-even moves some photos' verdicts)."""
     from tflite_export.export import run_tflite
     from tflite_export.preprocessing import load_eval_image
 
@@ -35,11 +37,21 @@ def top1_predictions(model_path: str, items: list, raw_bytes: bool) -> np.ndarra
         content = f.read()
     predictions = []
     for start in range(0, len(items), 50):
-        pixels = np.stack([np.round(load_eval_image(path, 224)) for path, _ in items[start:start + 50]])
-        if raw_bytes:  # Google's input is scale 1/127, zero point 128: pass values that quantize to the bytes
-            pixels = (pixels - 128.0) / 127.0
-        predictions.append(run_tflite(content, pixels).argmax(-1))
+        pixels = np.stack([load_eval_image(path, 224) for path, _ in items[start:start + 50]])
+        predictions.append(run_tflite(content, pixels, pixel_bytes=True).argmax(-1))
     return np.concatenate(predictions)
+
+
+def paired_difference(ours_right: np.ndarray, google_right: np.ndarray) -> dict:
+    """Google's top-1 minus ours over the same photos, with a 95% interval from the photos where exactly one of the
+    two is right (the others cannot move the difference)."""
+    n = len(ours_right)
+    only_google = int(np.sum(google_right & ~ours_right))
+    only_ours = int(np.sum(ours_right & ~google_right))
+    difference = (only_google - only_ours) / n
+    standard_error = np.sqrt(max(0.0, only_google + only_ours - (only_google - only_ours) ** 2 / n)) / n
+    return {"only_google_right": only_google, "only_ours_right": only_ours, "difference": difference,
+            "interval_95": [difference - 1.96 * standard_error, difference + 1.96 * standard_error]}
 
 
 def main() -> None:
@@ -77,9 +89,11 @@ def main() -> None:
     items = discover_dataset(samples).items
     ours_eval = evaluate_tflite(ours, items, num_classes=1000)
     google_eval = evaluate_tflite(google, items, num_classes=1000)
-    ours_top1 = top1_predictions(ours, items, raw_bytes=False)
-    google_top1 = top1_predictions(google, items, raw_bytes=True) - 1  # background class at 0
+    ours_top1 = top1_predictions(ours, items)
+    google_top1 = top1_predictions(google, items) - 1  # background class at 0
     agreement = float(np.mean(ours_top1 == google_top1))
+    truth = np.array([label for _, label in items])
+    paired = paired_difference(ours_top1 == truth, google_top1 == truth)
     latency = benchmark_models([ours, google], threads=[1, 2], runs=args.runs, warmup=20)
 
     def median(path, threads):
@@ -97,8 +111,13 @@ def main() -> None:
                          "latency ratio (1 thread)"], rows))
     print(f"top-1 gap to Google: {100 * (google_eval['top1'] - ours_eval['top1']):.2f} points; "
           f"import + export took {import_seconds if import_seconds is None else round(import_seconds)} s")
+    low, high = paired["interval_95"]
+    print(f"paired: Google's file alone is right on {paired['only_google_right']} photos, ours alone on "
+          f"{paired['only_ours_right']}: Google - ours = {100 * paired['difference']:.2f} points, 95% interval "
+          f"[{100 * low:.2f}, {100 * high:.2f}]")
     _common.write_json(args.json, {"machine": _common.machine(), "revision": _common.git_revision(),
                                    "ours": ours_eval, "google": google_eval, "agreement": agreement,
+                                   "paired": paired,
                                    "latency": latency, "import": imported, "import_seconds": import_seconds})
 
 
