@@ -7,7 +7,8 @@
    with --distill, also fine-tuned towards the file's outputs on hymenoptera_data's 398 photos (never on the
    evaluation images).
 2. Top-1/top-5 of both files by `tflite_export.evaluate` in this process, how often their top-1 agree, and the
-   paired difference with a 95% interval (from the photos only one of the two gets right).
+   paired difference with a 95% interval (from the photos only one of the two gets right); with --kernels, the
+   top-1 of both under XNNPACK, TFLite's builtin kernels and its reference kernels.
 3. LiteRT latency of both, interleaved in one `tflite_export.benchmark.benchmark_models` call (1 and 2 threads), with
    the CPU model and ISA flags.
 """
@@ -42,6 +43,34 @@ def top1_predictions(model_path: str, items: list) -> np.ndarray:
     return np.concatenate(predictions)
 
 
+def top1_by_kernels(model_path: str, items: list) -> dict[str, float]:
+    """Top-1 of one uint8 file under each of LiteRT's kernel sets: XNNPACK (the default, what evaluate and apps use),
+    TFLite's builtin optimized kernels and its reference kernels. They round differently (XNNPACK requantizes once in
+    float, the builtin and reference kernels in fixed point, twice), which is all that differs between the runs."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from tflite_export.preprocessing import load_eval_image, quantize_input
+
+    pixels = [quantize_input(load_eval_image(path, 224), mean=0.0, std=1.0, scale=1.0, zero_point=0, dtype=np.uint8)
+              for path, _ in items]
+    truth = np.array([label for _, label in items])
+    top1 = {}
+    for kernels, resolver in (("XNNPACK", OpResolverType.AUTO),
+                              ("builtin", OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES),
+                              ("reference", OpResolverType.BUILTIN_REF)):
+        interpreter = Interpreter(model_path=model_path, experimental_op_resolver_type=resolver, num_threads=2)
+        interpreter.allocate_tensors()
+        (source,), (output,) = interpreter.get_input_details(), interpreter.get_output_details()
+        predictions = []
+        for image in pixels:
+            interpreter.set_tensor(source["index"], image[None])
+            interpreter.invoke()
+            predictions.append(int(np.argmax(interpreter.get_tensor(output["index"])[0])))
+        offset = 1 if int(output["shape"][-1]) == 1001 else 0  # Google's background class at 0
+        top1[kernels] = float(np.mean(np.array(predictions) - offset == truth))
+    return top1
+
+
 def paired_difference(ours_right: np.ndarray, google_right: np.ndarray) -> dict:
     """Google's top-1 minus ours over the same photos, with a 95% interval from the photos where exactly one of the
     two is right (the others cannot move the difference)."""
@@ -62,6 +91,8 @@ def main() -> None:
     parser.add_argument("--distill", action="store_true",
                         help="import with --distill_dir hymenoptera_data (the int8 model fine-tuned on the file's "
                              "outputs)")
+    parser.add_argument("--kernels", action="store_true",
+                        help="also score both files under XNNPACK, the builtin and the reference kernels (minutes)")
     parser.add_argument("--json")
     args = parser.parse_args()
 
@@ -111,13 +142,20 @@ def main() -> None:
                          "latency ratio (1 thread)"], rows))
     print(f"top-1 gap to Google: {100 * (google_eval['top1'] - ours_eval['top1']):.2f} points; "
           f"import + export took {import_seconds if import_seconds is None else round(import_seconds)} s")
+    by_kernels = {}
+    if args.kernels:
+        by_kernels = {"google": top1_by_kernels(google, items), "ours": top1_by_kernels(ours, items)}
+        print(_common.table(["top-1 % by LiteRT kernels", *by_kernels["google"]],
+                            [[name, *(f"{100 * v:.2f}" for v in values.values())]
+                             for name, values in (("Google uint8", by_kernels["google"]),
+                                                  ("ours int8", by_kernels["ours"]))]))
     low, high = paired["interval_95"]
     print(f"paired: Google's file alone is right on {paired['only_google_right']} photos, ours alone on "
           f"{paired['only_ours_right']}: Google - ours = {100 * paired['difference']:.2f} points, 95% interval "
           f"[{100 * low:.2f}, {100 * high:.2f}]")
     _common.write_json(args.json, {"machine": _common.machine(), "revision": _common.git_revision(),
                                    "ours": ours_eval, "google": google_eval, "agreement": agreement,
-                                   "paired": paired,
+                                   "paired": paired, "top1_by_kernels": by_kernels,
                                    "latency": latency, "import": imported, "import_seconds": import_seconds})
 
 
