@@ -11,8 +11,8 @@ training with its BatchNorms frozen (they hold the file's folded biases), and th
 from it (pipeline.qat.import_activation_ranges): the weights were trained under those ranges. The ranges the file
 has no tensor for (h-swish's inner relu6(x + 3), the input rescaling) and the average pools' (the file's are as coarse
 as the pools' inputs: pipeline/qat.py says why) are calibrated on `--calibration_dir` (any images; labels are not
-used). The export is the pipeline's: h-swish lowered to ADD/RELU6/MUL, uint8 or int8
-I/O, metadata with the labels, verification. The 1001-class file's background logit is dropped: 1000 classes.
+used). The export is the pipeline's: h-swish lowered to ADD/RELU6/MUL, uint8 or int8 I/O, metadata with the labels,
+verification. The 1001-class file's background logit is dropped: 1000 classes.
 
 Output: `model.tflite`, `labels.txt`, `model_card.json`, `import_report.json` in --output_dir, and with --android the
 demo app's bundled model.

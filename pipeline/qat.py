@@ -212,7 +212,7 @@ class RangeRules(keras.callbacks.Callback):
 # file fuses conv + BatchNorm ("add_fold") and runs h-swish as one op ("hard_swish/mul_1", its output).
 # The average pools (squeeze-and-excite's and the global one) are left out on purpose: TFLite's uint8
 # AVERAGE_POOL_2D must keep its input's range, so the file's pool outputs carry the whole feature map's range (the
-# global pool: steps of about 0.4 for means below 10), while our MEAN may calibrate its own, ten times finer. A range
+# global pool: steps of about 0.4 for means below 10), while our MEAN may calibrate its own, 5-13x finer. A range
 # that coarse also exposes LiteRT's optimized int8 MEAN, which rounds up to half a step off (BENCHMARKS.md).
 _TF_SLIM_V3_SUFFIXES = (
     ("/BatchNorm", "/add_fold"),
@@ -224,8 +224,7 @@ _TF_SLIM_V3_SUFFIXES = (
     ("/Mul", "/mul"),
     ("/Add", "/add"),
 )
-_TF_SLIM_V3_NAMES = {"Conv_2": "Conv_2/BiasAdd",
-                     "Logits": "Logits/Conv2d_1c_1x1/BiasAdd"}
+_TF_SLIM_V3_NAMES = {"Conv_2": "Conv_2/BiasAdd", "Logits": "Logits/Conv2d_1c_1x1/BiasAdd"}
 
 
 def tf_slim_v3_tensor(layer_name: str) -> str | None:
