@@ -47,27 +47,16 @@ def top1_by_kernels(model_path: str, items: list) -> dict[str, float]:
     """Top-1 of one uint8 file under each of LiteRT's kernel sets: XNNPACK (the default, what evaluate and apps use),
     TFLite's builtin optimized kernels and its reference kernels. They round differently (XNNPACK requantizes once in
     float, the builtin and reference kernels in fixed point, twice), which is all that differs between the runs."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from tflite_export.export import run_tflite
+    from tflite_export.preprocessing import load_eval_image
 
-    from tflite_export.preprocessing import load_eval_image, quantize_input
-
-    pixels = [quantize_input(load_eval_image(path, 224), mean=0.0, std=1.0, scale=1.0, zero_point=0, dtype=np.uint8)
-              for path, _ in items]
+    pixels = np.stack([load_eval_image(path, 224) for path, _ in items])
     truth = np.array([label for _, label in items])
     top1 = {}
-    for kernels, resolver in (("XNNPACK", OpResolverType.AUTO),
-                              ("builtin", OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES),
-                              ("reference", OpResolverType.BUILTIN_REF)):
-        interpreter = Interpreter(model_path=model_path, experimental_op_resolver_type=resolver, num_threads=2)
-        interpreter.allocate_tensors()
-        (source,), (output,) = interpreter.get_input_details(), interpreter.get_output_details()
-        predictions = []
-        for image in pixels:
-            interpreter.set_tensor(source["index"], image[None])
-            interpreter.invoke()
-            predictions.append(int(np.argmax(interpreter.get_tensor(output["index"])[0])))
-        offset = 1 if int(output["shape"][-1]) == 1001 else 0  # Google's background class at 0
-        top1[kernels] = float(np.mean(np.array(predictions) - offset == truth))
+    for kernels in ("xnnpack", "builtin", "reference"):
+        scores = run_tflite(model_path, pixels, pixel_bytes=True, kernels=kernels)
+        offset = 1 if scores.shape[-1] == 1001 else 0  # Google's background class at 0
+        top1[kernels] = float(np.mean(scores.argmax(-1) - offset == truth))
     return top1
 
 
