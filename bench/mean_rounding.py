@@ -23,21 +23,27 @@ from bench import _common
 from keras_models import backend  # noqa: F401  (before TensorFlow)
 
 
-def mean_rounding(model: str, images: np.ndarray, resolver) -> list[dict]:
-    """Per MEAN op: input and output quantization, bias and largest difference in output steps."""
+def mean_rounding(model: str, pixels: np.ndarray, kernels: str) -> list[dict]:
+    """Per MEAN op of `model` run on float `pixels` [N, H, W, 3] with LiteRT's `kernels` (tflite_export.export
+    .op_resolver): input and output quantization, bias and largest difference in output steps, saturated share."""
     from ai_edge_litert.interpreter import Interpreter
 
+    from tflite_export.export import op_resolver
+    from tflite_export.preprocessing import quantize_input
+
     interpreter = Interpreter(model_path=model, experimental_preserve_all_tensors=True,
-                              experimental_op_resolver_type=resolver)
+                              experimental_op_resolver_type=op_resolver(kernels))
     interpreter.allocate_tensors()
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     means = [op for op in interpreter._get_ops_details() if op["op_name"] == "MEAN"]  # noqa: SLF001
     (source,) = interpreter.get_input_details()
     differences: dict[int, list] = {op["index"]: [] for op in means}
     saturated = {op["index"]: 0 for op in means}
-    for image in images:
-        pixels = image[None] if source["dtype"] == np.uint8 else (image[None].astype(np.int16) - 128).astype(np.int8)
-        interpreter.set_tensor(source["index"], pixels)
+    scale, zero_point = source["quantization"]
+    for image in pixels:
+        # As the pipeline's evaluation feeds it: the project's contract (mean 0, std 1) in the input's quantization.
+        tensor = quantize_input(image, mean=0.0, std=1.0, scale=scale, zero_point=zero_point, dtype=source["dtype"])
+        interpreter.set_tensor(source["index"], tensor[None])
         interpreter.invoke()
         for op in means:
             inp, out = tensors[op["inputs"][0]], tensors[op["outputs"][0]]
@@ -71,18 +77,14 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if not os.path.isfile(args.model):
         sys.exit(f"error: {args.model}: no such file")
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from ai_edge_litert.interpreter import Interpreter
 
     from tflite_export.files import images_under
     from tflite_export.preprocessing import load_eval_image
 
     size = int(Interpreter(model_path=args.model).get_input_details()[0]["shape"][1])
-    images = np.stack([np.round(load_eval_image(path, size)).astype(np.uint8)
-                       for path in images_under(args.images, args.count)])
-    results = {}
-    for kernels, resolver in (("builtin", OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES),
-                              ("reference", OpResolverType.BUILTIN_REF)):
-        results[kernels] = mean_rounding(args.model, images, resolver)
+    images = np.stack([load_eval_image(path, size) for path in images_under(args.images, args.count)])
+    results = {kernels: mean_rounding(args.model, images, kernels) for kernels in ("builtin", "reference")}
     rows = [[b["tensor"][-60:], "x".join(map(str, b["input_hw"])), f"{b['output_scale']:.4f}",
              f"{b['bias_steps']:+.3f}", f"{b['max_steps']:.2f}", f"{r['bias_steps']:+.3f}", f"{r['max_steps']:.2f}",
              f"{100 * b['saturated']:.2f}%"]

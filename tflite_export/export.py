@@ -68,20 +68,29 @@ class ModelInfo:
     license: str = "Apache-2.0"
 
 
+def op_resolver(kernels: str):
+    """LiteRT's kernel set by name: "xnnpack" (the default, what apps run), "builtin" (TFLite's optimized kernels) or
+    "reference"; they round differently (XNNPACK requantizes once in float, the others in fixed point, twice)."""
+    from ai_edge_litert.interpreter import OpResolverType
+
+    resolvers = {"xnnpack": OpResolverType.AUTO, "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+                 "reference": OpResolverType.BUILTIN_REF}
+    if kernels not in resolvers:
+        raise ValueError(f"kernels must be one of {', '.join(resolvers)}, got {kernels!r}")
+    return resolvers[kernels]
+
+
 def run_tflite(model: bytes | str | os.PathLike, images: np.ndarray, num_threads: int = 2, *,
                pixel_bytes: bool = False, kernels: str = "xnnpack") -> np.ndarray:
     """Float pixels [N, H, W, 3] in [0, 255] -> dequantized outputs [N, classes], one image at a time as on a phone.
 
     The project's contract (mean 0, std 1) quantized with the input's own scale and zero point; `pixel_bytes` feeds a
     uint8 input the pixel bytes themselves whatever its quantization, as apps feed published uint8 models. `kernels`:
-    "xnnpack" (LiteRT's default, what apps run), "builtin" (TFLite's optimized kernels) or "reference"; they round
-    differently."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    see `op_resolver`."""
+    from ai_edge_litert.interpreter import Interpreter
 
-    resolvers = {"xnnpack": OpResolverType.AUTO, "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-                 "reference": OpResolverType.BUILTIN_REF}
     interpreter = Interpreter(model_content=load_model_bytes(model), num_threads=num_threads,
-                              experimental_op_resolver_type=resolvers[kernels])
+                              experimental_op_resolver_type=op_resolver(kernels))
     interpreter.allocate_tensors()
     inp = interpreter.get_input_details()[0]
     out = interpreter.get_output_details()[0]
