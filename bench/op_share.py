@@ -36,6 +36,25 @@ def _name(subgraph, index: int) -> str:
     return name.decode() if isinstance(name, bytes) else name
 
 
+def hswish_groups(subgraph) -> list[tuple]:
+    """Every lowered h-swish of `subgraph` as (x1/6 MUL, MUL(x, gate), ADD(x, 3) + RELU6, x tensor index)."""
+    producer = {int(op.outputs[0]): op for op in subgraph.operators}
+    groups = []
+    for op in subgraph.operators:
+        name = _name(subgraph, int(op.outputs[0]))
+        if HSWISH_OUTPUT not in name or SE_BRANCH in name:
+            continue
+        # x1/6 <- MUL(x, gate) <- gate = ADD(x, 3) with RELU6 fused; the constants have no producer
+        product = next((producer[int(i)] for i in op.inputs if int(i) in producer), None)
+        if product is None:
+            continue
+        inputs = [int(i) for i in product.inputs]
+        gates = [i for i in inputs if i in producer and "/act/add3" in _name(subgraph, int(producer[i].outputs[0]))]
+        if len(gates) == 1 and len(inputs) == 2:
+            groups.append((op, product, producer[gates[0]], next(i for i in inputs if i != gates[0])))
+    return groups
+
+
 def cut(content: bytes, *, hswish: bool, squeeze_excite: bool) -> tuple[bytes, int]:
     """`content` with the chosen op groups removed (module docstring); returns the file and how many ops went."""
     import numpy as np
@@ -43,33 +62,21 @@ def cut(content: bytes, *, hswish: bool, squeeze_excite: bool) -> tuple[bytes, i
 
     model_t = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
     subgraph = model_t.subgraphs[0]
-    producer = {int(op.outputs[0]): op for op in subgraph.operators}
     bypass: dict[int, int] = {}  # tensor -> the tensor its readers read instead
     dropped: list = []
-
-    def first_name(op) -> str:  # converter names fused tensors "a;b;c": one of them names our layer
-        return _name(subgraph, int(op.outputs[0]))
-
-    for op in subgraph.operators:
-        name = first_name(op)
-        if hswish and HSWISH_OUTPUT in name and SE_BRANCH not in name:
-            # x1/6 <- MUL(x, gate) <- gate = ADD(x, 3) with RELU6 fused; the constants have no producer
-            product = next((producer[int(i)] for i in op.inputs if int(i) in producer), None)
-            if product is None:
-                continue
-            inputs = [int(i) for i in product.inputs]
-            gates = [i for i in inputs if i in producer and "/act/add3" in first_name(producer[i])]
-            if len(gates) != 1 or len(inputs) != 2:
-                continue
-            bypass[int(op.outputs[0])] = next(i for i in inputs if i != gates[0])
-            dropped += [op, product, producer[gates[0]]]
-        elif squeeze_excite and SE_GATE in name:
+    if hswish:
+        for divide, product, gate, source in hswish_groups(subgraph):
+            bypass[int(divide.outputs[0])] = source
+            dropped += [divide, product, gate]
+    for op in subgraph.operators if squeeze_excite else ():
+        name = _name(subgraph, int(op.outputs[0]))  # fused tensors are named "a;b;c": one of them names our layer
+        if SE_GATE in name:
             gate = next(int(i) for i in op.inputs if SE_BRANCH in _name(subgraph, int(i))
                         and SE_GATE not in _name(subgraph, int(i)))
             features = next(int(i) for i in op.inputs if int(i) != gate)
             bypass[int(op.outputs[0])] = features
             dropped.append(op)
-        elif squeeze_excite and SE_BRANCH in name:
+        elif SE_BRANCH in name:
             dropped.append(op)
 
     def resolve(index: int) -> int:
