@@ -55,7 +55,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if not os.path.isfile(args.model):
         sys.exit(f"error: {args.model} not found: run `python -m bench.imagenet_import` first or pass --model")
-    from bench.imagenet_import import top1_by_kernels
+    import numpy as np
+
+    from bench.imagenet_import import eval_pixels, top1_by_kernels
     from tflite_export.evaluate import discover_dataset
 
     with open(args.model, "rb") as f:
@@ -64,8 +66,9 @@ def main(argv=None) -> int:
     with open(path, "wb") as f:
         f.write(restored)
     items = discover_dataset(_common.shared_path("datasets", "imagenet-samples")).items
-    scores = {"as exported (lowered)": top1_by_kernels(args.model, items),
-              f"{count} HARD_SWISH restored": top1_by_kernels(path, items)}
+    pixels, truth = eval_pixels(items), np.array([label for _, label in items])
+    scores = {"as exported (lowered)": top1_by_kernels(args.model, pixels, truth),
+              f"{count} HARD_SWISH restored": top1_by_kernels(path, pixels, truth)}
     print(_common.table(["top-1 % on imagenet-samples", *next(iter(scores.values()))],
                         [[name, *(f"{100 * v:.2f}" for v in values.values())] for name, values in scores.items()]))
     print(f"{len(items)} photos; model {args.model}; revision {_common.git_revision()}")

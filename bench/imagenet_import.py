@@ -28,36 +28,31 @@ from bench import _common
 from keras_models import backend  # noqa: F401  (before TensorFlow)
 
 
-def top1_predictions(model_path: str, items: list) -> np.ndarray:
-    """argmax of each image through LiteRT, fed as tflite_export.evaluate feeds a uint8 model: the pixel bytes,
-    rounded as `quantize_input` rounds (half away from zero; numpy's half-to-even moves some photos' verdicts)."""
-    from tflite_export.export import run_tflite
+def eval_pixels(items: list) -> np.ndarray:
+    """The evaluation pictures of `items`, loaded once for every file and kernel set that scores them."""
     from tflite_export.preprocessing import load_eval_image
 
-    with open(model_path, "rb") as f:
-        content = f.read()
-    predictions = []
-    for start in range(0, len(items), 50):
-        pixels = np.stack([load_eval_image(path, 224) for path, _ in items[start:start + 50]])
-        predictions.append(run_tflite(content, pixels, pixel_bytes=True).argmax(-1))
-    return np.concatenate(predictions)
+    return np.stack([load_eval_image(path, 224) for path, _ in items])
 
 
-def top1_by_kernels(model_path: str, items: list) -> dict[str, float]:
+def top1_predictions(model_path: str, pixels: np.ndarray, kernels: str = "xnnpack") -> np.ndarray:
+    """argmax of each picture through LiteRT, fed as tflite_export.evaluate feeds a uint8 model: the pixel bytes,
+    rounded as `quantize_input` rounds (half away from zero; numpy's half-to-even moves some photos' verdicts)."""
+    from tflite_export.export import run_tflite
+
+    return run_tflite(model_path, pixels, pixel_bytes=True, kernels=kernels).argmax(-1)
+
+
+def top1_by_kernels(model_path: str, pixels: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """Top-1 of one uint8 file under each of LiteRT's kernel sets: XNNPACK (the default, what evaluate and apps use),
     TFLite's builtin optimized kernels and its reference kernels. They round differently (XNNPACK requantizes once in
     float, the builtin and reference kernels in fixed point, twice), which is all that differs between the runs."""
-    from tflite_export.export import run_tflite
-    from tflite_export.preprocessing import load_eval_image
+    from ai_edge_litert.interpreter import Interpreter
 
-    pixels = np.stack([load_eval_image(path, 224) for path, _ in items])
-    truth = np.array([label for _, label in items])
-    top1 = {}
-    for kernels in ("xnnpack", "builtin", "reference"):
-        scores = run_tflite(model_path, pixels, pixel_bytes=True, kernels=kernels)
-        offset = 1 if scores.shape[-1] == 1001 else 0  # Google's background class at 0
-        top1[kernels] = float(np.mean(scores.argmax(-1) - offset == truth))
-    return top1
+    classes = int(Interpreter(model_path=model_path).get_output_details()[0]["shape"][-1])
+    offset = 1 if classes == 1001 else 0  # Google's background class at 0
+    return {kernels: float(np.mean(top1_predictions(model_path, pixels, kernels) - offset == truth))
+            for kernels in ("xnnpack", "builtin", "reference")}
 
 
 def paired_difference(ours_right: np.ndarray, google_right: np.ndarray) -> dict:
@@ -109,10 +104,10 @@ def main() -> None:
     items = discover_dataset(samples).items
     ours_eval = evaluate_tflite(ours, items, num_classes=1000)
     google_eval = evaluate_tflite(google, items, num_classes=1000)
-    ours_top1 = top1_predictions(ours, items)
-    google_top1 = top1_predictions(google, items) - 1  # background class at 0
+    pixels, truth = eval_pixels(items), np.array([label for _, label in items])
+    ours_top1 = top1_predictions(ours, pixels)
+    google_top1 = top1_predictions(google, pixels) - 1  # background class at 0
     agreement = float(np.mean(ours_top1 == google_top1))
-    truth = np.array([label for _, label in items])
     paired = paired_difference(ours_top1 == truth, google_top1 == truth)
     latency = benchmark_models([ours, google], threads=[1, 2], runs=args.runs, warmup=20)
 
@@ -133,7 +128,7 @@ def main() -> None:
           f"import + export took {import_seconds if import_seconds is None else round(import_seconds)} s")
     by_kernels = {}
     if args.kernels:
-        by_kernels = {"google": top1_by_kernels(google, items), "ours": top1_by_kernels(ours, items)}
+        by_kernels = {"google": top1_by_kernels(google, pixels, truth), "ours": top1_by_kernels(ours, pixels, truth)}
         print(_common.table(["top-1 % by LiteRT kernels", *by_kernels["google"]],
                             [[name, *(f"{100 * v:.2f}" for v in values.values())]
                              for name, values in (("Google uint8", by_kernels["google"]),
