@@ -112,6 +112,23 @@ def fold_rescales(content: bytes) -> tuple[bytes, int]:
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model_t)), removed
 
 
+def qat_with_pipeline_ranges(calibration: int = 8):
+    """Our untrained V3-Small at 224 (1001 classes) as a QAT model with its ranges set as the pipeline sets them
+    before QAT (calibrated, clamped where h-swish saturates, x1/6 aligned), and the random pictures it was calibrated
+    on. The alignment is what makes each x1/6 the identity on the integers, as in every file the pipeline exports."""
+    import keras_models
+    from pipeline.qat import align_rescaling_ranges, calibrate_activation_ranges, clamp_saturated_ranges, quantize_model
+
+    model = keras_models.build("small", input_shape=(224, 224, 3), alpha=1.0, num_classes=1001)
+    rng = np.random.default_rng(0)
+    calib = [rng.uniform(0, 255, size=(1, 224, 224, 3)).astype(np.float32) for _ in range(calibration)]
+    qat = quantize_model(model)
+    calibrate_activation_ranges(qat, iter(calib))
+    clamp_saturated_ranges(qat)
+    align_rescaling_ranges(qat)
+    return qat, calib
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=300)
@@ -119,24 +136,15 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int, default=64, help="random pictures both files must agree on, level for level")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    import keras_models
     from bench.latency import describe
-    from pipeline.qat import align_rescaling_ranges, calibrate_activation_ranges, clamp_saturated_ranges, quantize_model
     from tflite_export.benchmark import benchmark_models
     from tflite_export.convert import convert
     from tflite_export.export import run_tflite
 
     machine = _common.machine()
     reference = _common.shared_path("reference_models", "mobilenet_v3", "v3-small_224_1.0_uint8.tflite")
-    model = keras_models.build("small", input_shape=(224, 224, 3), alpha=1.0, num_classes=1001)
-    rng = np.random.default_rng(0)
-    calib = [rng.uniform(0, 255, size=(1, 224, 224, 3)).astype(np.float32) for _ in range(8)]
-    # Ranges as the pipeline sets them before QAT (calibrated, clamped where h-swish saturates, x1/6 aligned): the
-    # alignment is what makes each x1/6 the identity on the integers, as in every file the pipeline exports.
-    qat = quantize_model(model)
-    calibrate_activation_ranges(qat, iter(calib))
-    clamp_saturated_ranges(qat)
-    align_rescaling_ranges(qat)
+    qat, calib = qat_with_pipeline_ranges()
+    rng = np.random.default_rng(1)
     unfolded = convert(qat, lambda: iter(calib), io_dtype="uint8")
     folded, removed = fold_rescales(unfolded)
     images = rng.uniform(0, 255, size=(args.images, 224, 224, 3)).astype(np.float32)
