@@ -17,7 +17,6 @@ if TYPE_CHECKING:
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.environ.get("MOBILENET_SHARED", os.path.join(os.path.dirname(REPO), "shared"))
 CACHE = os.environ.get("MOBILENET_BENCH_CACHE", os.path.expanduser("~/.cache/mobilenet-bench"))
-REFERENCE_V3_SMALL = os.path.join(SHARED, "reference_models", "mobilenet_v3", "v3-small_224_1.0_uint8.tflite")
 
 
 def shared_path(*parts: str) -> str:
@@ -27,6 +26,11 @@ def shared_path(*parts: str) -> str:
         sys.exit(f"error: {path} not found. The benchmarks read shared data from {SHARED} "
                  "(set MOBILENET_SHARED to point elsewhere); it is not part of the repository.")
     return path
+
+
+def reference_v3_small() -> str:
+    """Google's published uint8 MobileNetV3-Small 224, the file our latency and accuracy are compared with."""
+    return shared_path("reference_models", "mobilenet_v3", "v3-small_224_1.0_uint8.tflite")
 
 
 def unpack_once(archive: str, top_dir: str) -> str:

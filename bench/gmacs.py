@@ -129,7 +129,7 @@ def main(argv=None):
 
     threads = [int(t) for t in args.threads.split(",")]
     machine = _common.machine()
-    reference = _common.shared_path("reference_models", "mobilenet_v3", "v3-small_224_1.0_uint8.tflite")
+    reference = _common.reference_v3_small()
     workdir = tempfile.mkdtemp(prefix="bench-gmacs-")
 
     print("numpy float32 matmul peak ...", flush=True)

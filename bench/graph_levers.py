@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int, default=64, help="random pictures levers 2 and 3 must agree on")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    reference = _common.shared_path("reference_models", "mobilenet_v3", "v3-small_224_1.0_uint8.tflite")
+    reference = _common.reference_v3_small()
     from bench.latency import describe
     from bench.rescale_fold import fold_rescales, qat_with_pipeline_ranges
     from tflite_export.benchmark import benchmark_models

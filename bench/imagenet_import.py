@@ -83,7 +83,7 @@ def main() -> None:
     from tflite_export.benchmark import benchmark_models
     from tflite_export.evaluate import discover_dataset, evaluate_tflite
 
-    google = _common.REFERENCE_V3_SMALL
+    google = _common.reference_v3_small()
     samples = _common.shared_path("datasets", "imagenet-samples")
     ours = os.path.join(args.out, "model.tflite")
     import_seconds = None

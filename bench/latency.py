@@ -95,7 +95,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     from tflite_export.benchmark import benchmark_models
 
-    reference = _common.shared_path("reference_models", "mobilenet_v3", "v3-small_224_1.0_uint8.tflite")
+    reference = _common.reference_v3_small()
     sizes = [int(s) for s in args.sizes.split(",")]
     threads = [int(t) for t in args.threads.split(",")]
     machine = _common.machine()

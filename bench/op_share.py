@@ -108,7 +108,7 @@ def main(argv=None) -> int:
     with open(args.model, "rb") as f:
         content = f.read()
     workdir = tempfile.mkdtemp(prefix="bench-op-share-")
-    files = {"Google V3-Small uint8 (reference)": _common.REFERENCE_V3_SMALL, "ours int8 (as exported)": args.model}
+    files = {"Google V3-Small uint8 (reference)": _common.reference_v3_small(), "ours int8 (as exported)": args.model}
     removed = {}
     for label, options in (("without h-swish", dict(hswish=True, squeeze_excite=False)),
                            ("without squeeze-excite", dict(hswish=False, squeeze_excite=True)),

@@ -142,12 +142,11 @@ def main(argv=None) -> int:
     from tflite_export.export import run_tflite
 
     machine = _common.machine()
-    reference = _common.shared_path("reference_models", "mobilenet_v3", "v3-small_224_1.0_uint8.tflite")
+    reference = _common.reference_v3_small()
     qat, calib = qat_with_pipeline_ranges()
-    rng = np.random.default_rng(1)
     unfolded = convert(qat, lambda: iter(calib), io_dtype="uint8")
     folded, removed = fold_rescales(unfolded)
-    images = rng.uniform(0, 255, size=(args.images, 224, 224, 3)).astype(np.float32)
+    images = np.random.default_rng(1).uniform(0, 255, size=(args.images, 224, 224, 3)).astype(np.float32)
     identical = bool(np.array_equal(run_tflite(unfolded, images), run_tflite(folded, images)))
     workdir = tempfile.mkdtemp(prefix="bench-fold-")
     files = {"Google V3-Small uint8 (reference)": reference}
