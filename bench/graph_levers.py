@@ -7,7 +7,7 @@ from the graph, not from the benchmark. The levers, each added to the one before
 
   1. the pipeline's default export (uint8 I/O, softmax);
   2. `--io int8 --logits`: no QUANTIZE at the edges, no SOFTMAX at the end (both run outside XNNPACK);
-  3. h-swish's x1/6 MULs folded into the convolutions that read them (`bench.rescale_fold.fold_rescales`, exact).
+  3. h-swish's x1/6 MULs folded into the convolutions that read them (`bench.rescale_fold`, exact).
 
 A second copy of lever 2's file is timed too, as a control: whatever separates it from lever 2 is the benchmark's
 own noise, the yardstick for the other differences. The model is untrained (latency does not depend on the weights),
@@ -21,8 +21,6 @@ import argparse
 import os
 import sys
 import tempfile
-
-import numpy as np
 
 from bench import _common
 from keras_models import backend  # noqa: F401  (before TensorFlow)
@@ -38,10 +36,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     reference = _common.reference_v3_small()
     from bench.latency import describe
-    from bench.rescale_fold import fold_rescales, qat_with_pipeline_ranges
+    from bench.rescale_fold import folded_and_checked, qat_with_pipeline_ranges
     from tflite_export.benchmark import benchmark_models
     from tflite_export.convert import convert
-    from tflite_export.export import ending_at_logits, run_tflite
+    from tflite_export.export import ending_at_logits
 
     machine = _common.machine()
     qat, calib = qat_with_pipeline_ranges()
@@ -52,9 +50,7 @@ def main(argv=None) -> int:
 
     default = convert(qat, representative, io_dtype="uint8")
     edges = convert(logits, representative, io_dtype="int8")
-    folded, removed = fold_rescales(edges)
-    images = np.random.default_rng(1).uniform(0, 255, size=(args.images, 224, 224, 3)).astype(np.float32)
-    identical = bool(np.array_equal(run_tflite(edges, images), run_tflite(folded, images)))
+    folded, removed, identical = folded_and_checked(edges, args.images)
 
     workdir = tempfile.mkdtemp(prefix="bench-levers-")
     files = {"Google V3-Small uint8 (reference)": reference}

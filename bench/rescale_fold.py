@@ -112,6 +112,17 @@ def fold_rescales(content: bytes) -> tuple[bytes, int]:
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model_t)), removed
 
 
+def folded_and_checked(content: bytes, images: int) -> tuple[bytes, int, bool]:
+    """`fold_rescales(content)` and whether the folded file gives the same integers as `content` on `images` random
+    pictures (the fold must be exact): (folded file, MULs removed, identical)."""
+    from tflite_export.export import run_tflite
+
+    folded, removed = fold_rescales(content)
+    pictures = np.random.default_rng(1).uniform(0, 255, size=(images, 224, 224, 3)).astype(np.float32)
+    identical = bool(np.array_equal(run_tflite(content, pictures), run_tflite(folded, pictures)))
+    return folded, removed, identical
+
+
 def qat_with_pipeline_ranges(calibration: int = 8):
     """Our untrained V3-Small at 224 (1001 classes) as a QAT model with its ranges set as the pipeline sets them
     before QAT (calibrated, clamped where h-swish saturates, x1/6 aligned), and the random pictures it was calibrated
@@ -139,15 +150,12 @@ def main(argv=None) -> int:
     from bench.latency import describe
     from tflite_export.benchmark import benchmark_models
     from tflite_export.convert import convert
-    from tflite_export.export import run_tflite
 
     machine = _common.machine()
     reference = _common.reference_v3_small()
     qat, calib = qat_with_pipeline_ranges()
     unfolded = convert(qat, lambda: iter(calib), io_dtype="uint8")
-    folded, removed = fold_rescales(unfolded)
-    images = np.random.default_rng(1).uniform(0, 255, size=(args.images, 224, 224, 3)).astype(np.float32)
-    identical = bool(np.array_equal(run_tflite(unfolded, images), run_tflite(folded, images)))
+    folded, removed, identical = folded_and_checked(unfolded, args.images)
     workdir = tempfile.mkdtemp(prefix="bench-fold-")
     files = {"Google V3-Small uint8 (reference)": reference}
     for name, content in (("ours int8 (as exported)", unfolded), ("ours int8, x1/6 folded", folded)):
