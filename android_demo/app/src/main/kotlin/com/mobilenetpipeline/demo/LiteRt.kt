@@ -1,5 +1,6 @@
 package com.mobilenetpipeline.demo
 
+import android.content.Context
 import android.content.res.AssetManager
 import com.google.ai.edge.litert.Accelerator
 import com.google.ai.edge.litert.CompiledModel
@@ -8,9 +9,11 @@ import com.google.ai.edge.litert.TensorBuffer
 import com.mobilenetpipeline.core.Acceleration
 import com.mobilenetpipeline.core.Engine
 import com.mobilenetpipeline.core.EngineFactory
+import com.mobilenetpipeline.core.ModelCacheKey
 import com.mobilenetpipeline.core.ModelSpec
 import com.mobilenetpipeline.core.TfliteModel
 import com.mobilenetpipeline.core.closeIfFails
+import java.io.File
 import java.io.FileNotFoundException
 
 /** Where the model and its side files live in the APK (written by scripts/install_model.py). */
@@ -21,10 +24,19 @@ object ModelAssets {
 
     fun exists(assets: AssetManager): Boolean = assets.list("")?.contains(MODEL) == true
 
-    /** The model's spec: its own tensors and metadata, refined by model_card.json / labels.txt when present. */
-    fun loadSpec(assets: AssetManager): ModelSpec {
-        val model = TfliteModel.parse(assets.open(MODEL).use { it.readBytes() })
-        return ModelSpec.resolve(model, cardJson = readText(assets, CARD), labelsText = readText(assets, LABELS))
+    /**
+     * The model's spec (its own tensors and metadata, refined by model_card.json / labels.txt when present) and the
+     * key its compiled GPU programs are kept under.
+     */
+    fun load(assets: AssetManager): BundledModel {
+        val bytes = assets.open(MODEL).use { it.readBytes() }
+        val spec =
+            ModelSpec.resolve(
+                TfliteModel.parse(bytes),
+                cardJson = readText(assets, CARD),
+                labelsText = readText(assets, LABELS),
+            )
+        return BundledModel(spec, ModelCacheKey.of(bytes))
     }
 
     private fun readText(
@@ -38,18 +50,39 @@ object ModelAssets {
         }
 }
 
+/** What the app knows of its model before compiling it: read once, kept across reloads. */
+data class BundledModel(
+    val spec: ModelSpec,
+    /** [ModelCacheKey] of `model.tflite`. */
+    val cacheKey: String,
+)
+
 /**
  * Compiles `model.tflite` from the assets with LiteRT's CompiledModel API. LiteRT copies the asset into a buffer of
  * its own (it does not memory-map it). One LiteRT [Environment] serves the GPU question and every compilation; it is
  * created on first use, so that a missing or wrong-ABI `litert_jni` surfaces inside core's `ClassifierSession`, which
  * reports it, rather than in this constructor. Use it on one thread.
+ *
+ * What a reload need not redo is kept on disk: the Environment gets the Context, which gives LiteRT its compiler
+ * cache (in the app's cache dir; without a Context LiteRT turns the cache off; its sources use it for NPU
+ * compilations), and a GPU compilation writes its compiled programs to [gpuCacheDir] under [modelCacheKey], from
+ * where the next GPU load of the same model reads them.
  */
 class LiteRtEngineFactory(
-    private val assets: AssetManager,
+    context: Context,
+    private val modelCacheKey: String,
 ) : EngineFactory {
+    private val context: Context = context.applicationContext
+    private val assets: AssetManager = this.context.assets
     private var environment: Environment? = null
 
-    private fun environment(): Environment = environment ?: Environment.create().also { environment = it }
+    /**
+     * Android empties code_cache whenever the app or the system is updated, which is when compiled GPU programs
+     * may stop fitting LiteRT or the GPU driver.
+     */
+    private val gpuCacheDir: File by lazy { File(this.context.codeCacheDir, "litert-gpu").apply { mkdirs() } }
+
+    private fun environment(): Environment = environment ?: Environment.create(context).also { environment = it }
 
     override fun gpuAvailable(): Boolean = Accelerator.GPU in environment().getAvailableAccelerators()
 
@@ -59,11 +92,22 @@ class LiteRtEngineFactory(
     ): Engine {
         val options =
             when (acceleration) {
-                Acceleration.CPU -> CompiledModel.Options(Accelerator.CPU)
+                Acceleration.CPU -> {
+                    CompiledModel.Options(Accelerator.CPU)
+                }
 
                 // GPU alone fails for any model with an op the GPU lacks (an int8 model's QUANTIZE edges): see
                 // Acceleration.GPU_AND_CPU.
-                Acceleration.GPU_AND_CPU -> CompiledModel.Options(Accelerator.GPU, Accelerator.CPU)
+                Acceleration.GPU_AND_CPU -> {
+                    CompiledModel.Options(Accelerator.GPU, Accelerator.CPU).apply {
+                        gpuOptions =
+                            CompiledModel.GpuOptions(
+                                serializationDir = gpuCacheDir.path,
+                                modelCacheKey = modelCacheKey,
+                                serializeProgramCache = true,
+                            )
+                    }
+                }
             }
         // Also sets the threads of the CPU part of a GPU+CPU compilation.
         options.cpuOptions = CompiledModel.CpuOptions(numThreads = threads)

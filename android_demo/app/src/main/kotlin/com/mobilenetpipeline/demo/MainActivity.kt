@@ -28,7 +28,7 @@ import com.mobilenetpipeline.core.Backend
 import com.mobilenetpipeline.core.ClassifierCore
 import com.mobilenetpipeline.core.ClassifierSession
 import com.mobilenetpipeline.core.Failures
-import com.mobilenetpipeline.core.ModelSpec
+import com.mobilenetpipeline.core.LinkageFailures
 import com.mobilenetpipeline.core.Notice
 import com.mobilenetpipeline.core.RgbImage
 import com.mobilenetpipeline.demo.databinding.ActivityMainBinding
@@ -48,8 +48,8 @@ class MainActivity : AppCompatActivity() {
     /** Analysis thread only. */
     private var session: ClassifierSession? = null
 
-    /** The model's spec, parsed once (analysis thread only): switching accelerator or threads does not change it. */
-    private var spec: ModelSpec? = null
+    /** The model, read once (analysis thread only): switching accelerator or threads does not change it. */
+    private var model: BundledModel? = null
 
     @Volatile private var backend = Backend.CPU
 
@@ -84,6 +84,7 @@ class MainActivity : AppCompatActivity() {
         }
         getSystemService(DisplayManager::class.java).registerDisplayListener(displayListener, null)
         setUpControls()
+        binding.reload.setOnClickListener { reloadModel() }
         reloadModel()
 
         if (hasCameraPermission()) startCamera() else requestCamera.launch(Manifest.permission.CAMERA)
@@ -166,6 +167,7 @@ class MainActivity : AppCompatActivity() {
     private fun reloadModel() {
         binding.results.setText(R.string.loading_model)
         binding.stats.text = ""
+        binding.reload.visibility = View.GONE
         val wantBackend = backend
         val wantThreads = threads
         analysisExecutor.execute {
@@ -176,8 +178,9 @@ class MainActivity : AppCompatActivity() {
                     if (!ModelAssets.exists(assets)) {
                         Notice.NoModel
                     } else {
-                        val modelSpec = spec ?: ModelAssets.loadSpec(assets).also { spec = it }
-                        val s = ClassifierSession(ClassifierCore(modelSpec), LiteRtEngineFactory(assets))
+                        val m = model ?: ModelAssets.load(assets).also { model = it }
+                        val factory = LiteRtEngineFactory(applicationContext, m.cacheKey)
+                        val s = ClassifierSession(ClassifierCore(m.spec), factory, linkageFailures)
                         session = s
                         s.start(wantBackend, wantThreads)
                     }
@@ -185,7 +188,7 @@ class MainActivity : AppCompatActivity() {
                     // Errors too: a missing litert_jni is an UnsatisfiedLinkError, not an Exception.
                     if (!Failures.isRecoverable(t)) throw t
                     Log.e(TAG, "model load failed", t)
-                    Notice.LoadFailed(Failures.reason(t))
+                    Notice.LoadFailed(Failures.reason(linkageFailures.explain(t)))
                 }
             notice?.let { Log.w(TAG, "model: $it") }
             val running = session?.running == true
@@ -197,13 +200,15 @@ class MainActivity : AppCompatActivity() {
     }
 
     /**
-     * On the UI thread. Failures that leave nothing running replace the results; a GPU fallback goes under the stats
-     * ([replaceStats] false when the caller has just written stats that already end with it).
+     * On the UI thread. Failures that leave nothing running replace the results, with a Reload button when loading
+     * again can help; a GPU fallback goes under the stats ([replaceStats] false when the caller has just written
+     * stats that already end with it).
      */
     private fun showNotice(
         notice: Notice?,
         replaceStats: Boolean = true,
     ) {
+        binding.reload.visibility = if (notice?.offersReload == true) View.VISIBLE else View.GONE
         when (notice) {
             null -> {
                 return
@@ -358,6 +363,11 @@ class MainActivity : AppCompatActivity() {
         }
 
     private companion object {
+        /**
+         * One for the process: a native-library failure outlives the activity and its sessions, and later loads
+         * only see NoClassDefFoundError.
+         */
+        val linkageFailures = LinkageFailures()
         const val TAG = "MobileNetDemo"
         const val TOP_K = 3
         const val DEFAULT_THREADS = 2

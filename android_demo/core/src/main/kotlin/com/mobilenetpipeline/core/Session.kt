@@ -75,38 +75,13 @@ sealed class Notice {
     data class Stopped(
         val reason: String,
     ) : Notice()
-}
-
-/** Which failures the app survives, and how it names them in one line. */
-object Failures {
-    private const val MAX_REASON_LENGTH = 160
-    const val NO_GPU = "this device has no GPU accelerator that LiteRT can use"
 
     /**
-     * Exceptions, and the linkage errors that a missing or wrong-ABI `litert_jni` raises (UnsatisfiedLinkError,
-     * ExceptionInInitializerError, NoClassDefFoundError on a later use of the same class). Those are Errors, so a
-     * plain `catch (e: Exception)` lets them kill the camera's analysis thread and the app. Anything else
-     * (OutOfMemoryError, StackOverflowError) still propagates.
+     * Whether the screen offers to load the model again: nothing runs, and a new [ClassifierSession.start] with the
+     * same accelerator and thread count may change that. Picking the accelerator or thread count already selected
+     * does not reload, so without this offer the user would have no way to retry.
      */
-    fun isRecoverable(t: Throwable): Boolean = t is Exception || t is LinkageError
-
-    /** A single line for the screen: the first line of the message (or the class name), at most 160 characters. */
-    fun reason(t: Throwable): String {
-        val root = if (t is ExceptionInInitializerError) t.cause ?: t else t
-        val detail =
-            root.message
-                ?.lineSequence()
-                ?.map { it.trim() }
-                ?.firstOrNull { it.isNotEmpty() }
-                ?: root.javaClass.simpleName
-        val text =
-            when (root) {
-                is UnsatisfiedLinkError -> "LiteRT's native library could not be loaded ($detail)"
-                is LinkageError -> "${root.javaClass.simpleName}: $detail"
-                else -> detail
-            }
-        return if (text.length <= MAX_REASON_LENGTH) text else text.take(MAX_REASON_LENGTH - 1) + "…"
-    }
+    val offersReload: Boolean get() = this is LoadFailed || this is Stopped
 }
 
 /**
@@ -146,6 +121,8 @@ data class Classification(
 class ClassifierSession(
     val core: ClassifierCore,
     private val factory: EngineFactory,
+    /** The process's one [LinkageFailures]: a native-library failure outlives the session that first met it. */
+    private val linkageFailures: LinkageFailures,
     private val clock: () -> Long = System::nanoTime,
 ) : AutoCloseable {
     private var engine: Engine? = null
@@ -198,30 +175,39 @@ class ClassifierSession(
 
     /**
      * Classifies an upright frame that arrived at [frameStartNs] (on [clock]). Returns null when nothing runs, then
-     * [notice] says why. A failure on the GPU moves the session to the CPU and retries the frame there, once; a
-     * failure on the CPU stops the session, so a broken model is reported once instead of on every frame.
+     * [notice] says why. A failure of the engine (writing the input, running, reading the output) on the GPU moves
+     * the session to the CPU and retries the frame there, once; a failure on the CPU stops the session, so a broken
+     * model is reported once instead of on every frame.
      */
     fun classify(
         frame: RgbImage,
         topK: Int,
         frameStartNs: Long,
     ): Classification? {
-        val current = engine ?: return null
-        try {
-            // Preprocessing cannot get better on another accelerator: its failure stops the session.
-            if (core.spec.input.dtype == TensorDType.FLOAT32) {
-                current.writeInput(core.inputFloats(frame))
-            } else {
-                current.writeInput(core.inputBytes(frame))
+        if (engine == null) return null
+        val input =
+            try {
+                ModelInput.of(core, frame)
+            } catch (t: Throwable) {
+                // Preprocessing cannot get better on another accelerator: its failure stops the session.
+                stop(recoverableReason(t))
+                return null
             }
-        } catch (t: Throwable) {
-            stop(recoverableReason(t))
-            return null
-        }
+        return infer(input, topK, frameStartNs)
+    }
+
+    private fun infer(
+        input: ModelInput,
+        topK: Int,
+        frameStartNs: Long,
+    ): Classification? {
+        val current = engine ?: return null
         val scores: FloatArray
         val inferenceNs: Long
         try {
             val start = clock()
+            // Inside the engine's try: LiteRT locks the GPU engine's input buffer to write it, and that can fail.
+            input.writeTo(current)
             current.run()
             scores =
                 if (core.spec.outputDType == TensorDType.FLOAT32) {
@@ -244,7 +230,7 @@ class ClassifierSession(
                 return null
             }
             notice = Notice.GpuFailedWhileRunning(reason)
-            return classify(frame, topK, frameStartNs)
+            return infer(input, topK, frameStartNs)
         }
         val top = core.top(scores, topK)
         return Classification(top, inferenceNs / 1e6, (clock() - frameStartNs) / 1e6, current.acceleration, threads)
@@ -280,6 +266,28 @@ class ClassifierSession(
     /** The screen's reason for [t]; rethrows what the app must not swallow (see [Failures.isRecoverable]). */
     private fun recoverableReason(t: Throwable): String {
         if (!Failures.isRecoverable(t)) throw t
-        return Failures.reason(t)
+        return Failures.reason(linkageFailures.explain(t))
+    }
+}
+
+/** The model's input tensor for one frame, built once and written to whichever engine runs the frame. */
+private class ModelInput private constructor(
+    private val bytes: ByteArray?,
+    private val floats: FloatArray?,
+) {
+    fun writeTo(engine: Engine) {
+        if (floats != null) engine.writeInput(floats) else engine.writeInput(checkNotNull(bytes))
+    }
+
+    companion object {
+        fun of(
+            core: ClassifierCore,
+            frame: RgbImage,
+        ): ModelInput =
+            if (core.spec.input.dtype == TensorDType.FLOAT32) {
+                ModelInput(null, core.inputFloats(frame))
+            } else {
+                ModelInput(core.inputBytes(frame), null)
+            }
     }
 }

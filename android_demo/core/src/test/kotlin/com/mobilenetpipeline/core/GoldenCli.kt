@@ -134,7 +134,7 @@ private fun modelInfo(
 }
 
 /**
- * The spec the app builds at start-up (the demo's ModelAssets.loadSpec): the model file's tensors and metadata, refined
+ * The spec the app builds at start-up (the demo's ModelAssets.load): the model file's tensors and metadata, refined
  * by model_card.json and labels.txt when they are there. Checking the bundled model through this path, rather than
  * through the card alone, catches a card or labels file that disagrees with the model the app actually loads.
  */

@@ -2,6 +2,7 @@ package com.mobilenetpipeline.core
 
 import org.junit.Assert.assertArrayEquals
 import org.junit.Assert.assertEquals
+import org.junit.Assert.assertNotEquals
 import org.junit.Assert.assertNull
 import org.junit.Assert.assertThrows
 import org.junit.Assert.assertTrue
@@ -28,6 +29,22 @@ class ModelFilesTest {
         assertEquals(listOf("background", "tench, Tinca tinca"), Labels.parse("0  background\n1: tench, Tinca tinca\n"))
         // Numbers that are not 0, 1, 2, ... in order are part of the names.
         assertEquals(listOf("7 up", "3 musketeers"), Labels.parse("7 up\n3 musketeers\n"))
+    }
+
+    @Test
+    fun modelCacheKeyFollowsEveryByteOfTheModel() {
+        val model = ByteArray(4096) { (it * 31).toByte() }
+        val key = ModelCacheKey.of(model)
+        assertEquals(key, ModelCacheKey.of(model.copyOf()))
+        assertTrue(key, Regex("tflite-[0-9a-f]{64}").matches(key))
+        // One changed constant deep in the file is another model: its compiled GPU programs must not be reused.
+        val edited = model.copyOf().also { it[3000] = (it[3000] + 1).toByte() }
+        assertNotEquals(key, ModelCacheKey.of(edited))
+        // Known SHA-256 of the empty input, so the key is the digest and not, say, a hash code.
+        assertEquals(
+            "tflite-e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            ModelCacheKey.of(ByteArray(0)),
+        )
     }
 
     @Test(expected = IllegalArgumentException::class)

@@ -2,6 +2,7 @@ package com.mobilenetpipeline.core
 
 import org.junit.Assert.assertEquals
 import org.junit.Assert.assertFalse
+import org.junit.Assert.assertNotEquals
 import org.junit.Assert.assertNull
 import org.junit.Assert.assertSame
 import org.junit.Assert.assertTrue
@@ -10,18 +11,21 @@ import org.junit.Test
 
 /** The app's accelerator choice, fallbacks and failure notices, driven through fake LiteRT engines. */
 class SessionTest {
-    /** Records what it is asked; [failRun] makes [run] throw. */
+    /** Records what it is asked; [failWrite] makes [writeInput] throw (after recording), [failRun] makes [run] throw. */
     private class FakeEngine(
         override val acceleration: Acceleration,
         private val output: ByteArray,
         var failRun: Throwable? = null,
+        var failWrite: Throwable? = null,
     ) : Engine {
         var closed = false
         var runs = 0
         var lastInput: ByteArray? = null
 
         override fun writeInput(values: ByteArray) {
+            check(!closed) { "write to a closed engine" }
             lastInput = values.copyOf()
+            failWrite?.let { throw it }
         }
 
         override fun writeInput(values: FloatArray) = throw AssertionError("the test model takes uint8")
@@ -41,11 +45,15 @@ class SessionTest {
         }
     }
 
-    /** [gpu] answers gpuAvailable() (a Throwable is thrown); [failOpen] makes open() throw for that acceleration. */
+    /**
+     * [gpu] answers gpuAvailable() (a Throwable is thrown); [failOpen] makes open() throw for that acceleration;
+     * [failRunOn] and [failWriteOn] make the engines opened for that acceleration fail in run() or writeInput().
+     */
     private class FakeFactory(
         private val gpu: Any = true,
         private val failOpen: Map<Acceleration, Throwable> = emptyMap(),
         private val failRunOn: Map<Acceleration, Throwable> = emptyMap(),
+        private val failWriteOn: Map<Acceleration, Throwable> = emptyMap(),
     ) : EngineFactory {
         val opened = mutableListOf<FakeEngine>()
         val openedThreads = mutableListOf<Int>()
@@ -59,7 +67,8 @@ class SessionTest {
         ): Engine {
             failOpen[acceleration]?.let { throw it }
             openedThreads += threads
-            return FakeEngine(acceleration, OUTPUT.copyOf(), failRunOn[acceleration]).also { opened += it }
+            return FakeEngine(acceleration, OUTPUT.copyOf(), failRunOn[acceleration], failWriteOn[acceleration])
+                .also { opened += it }
         }
 
         override fun close() {
@@ -69,7 +78,8 @@ class SessionTest {
 
     private var now = 0L
 
-    private fun session(factory: FakeFactory) = ClassifierSession(ClassifierCore(SPEC), factory) { now }
+    private fun session(factory: FakeFactory) =
+        ClassifierSession(ClassifierCore(SPEC), factory, LinkageFailures(), clock = { now })
 
     private fun frame() = RgbImage(4, 4, ByteArray(48) { (it * 5).toByte() })
 
@@ -121,12 +131,9 @@ class SessionTest {
 
     @Test
     fun missingNativeLibraryIsReportedInsteadOfCrashing() {
+        // The first use of a class whose static initializer loads the library throws the library's own error.
         val link = UnsatisfiedLinkError("dlopen failed: library \"liblitert_jni.so\" not found")
-        val factory =
-            FakeFactory(
-                gpu = link,
-                failOpen = mapOf(Acceleration.CPU to ExceptionInInitializerError(link)),
-            )
+        val factory = FakeFactory(gpu = link, failOpen = mapOf(Acceleration.CPU to link))
         val s = session(factory)
         val notice = s.start(Backend.GPU, 1)
         assertEquals(
@@ -137,6 +144,41 @@ class SessionTest {
         )
         assertFalse(s.running)
         assertNull(s.classify(frame(), 3, 0))
+    }
+
+    @Test
+    fun aReloadAfterANativeLibraryFailureStillNamesTheLibrary() {
+        // Each load is a new session, as in the app; the process, and so the failed class, stays.
+        val thrown = mutableListOf<Throwable>()
+        val factory =
+            object : EngineFactory {
+                override fun gpuAvailable() = false
+
+                override fun open(
+                    acceleration: Acceleration,
+                    threads: Int,
+                ): Engine {
+                    try {
+                        NativeBacked.use()
+                    } catch (t: Throwable) {
+                        thrown += t
+                        throw t
+                    }
+                    throw AssertionError("the library loaded: ${NativeBacked.LIBRARY} must not exist")
+                }
+            }
+        val linkage = LinkageFailures()
+        val first = ClassifierSession(ClassifierCore(SPEC), factory, linkage).start(Backend.GPU, 1)
+        val second = ClassifierSession(ClassifierCore(SPEC), factory, linkage).start(Backend.CPU, 2)
+        // What the JVM really throws: the library's error first, then NoClassDefFoundError for every later use.
+        assertTrue(thrown[0].toString(), thrown[0] is UnsatisfiedLinkError)
+        assertTrue(thrown[1].toString(), thrown[1] is NoClassDefFoundError)
+        assertTrue(thrown[1].message!!.startsWith("Could not initialize class "))
+        val reason = (first as Notice.LoadFailed).reason
+        assertTrue(reason, reason.startsWith("LiteRT's native library could not be loaded (no ${NativeBacked.LIBRARY}"))
+        assertEquals("the second load must name the library too", first, second)
+        // Without the first failure kept, the second error would not name it.
+        assertNotEquals(reason, Failures.reason(thrown[1]))
     }
 
     @Test
@@ -171,17 +213,64 @@ class SessionTest {
     }
 
     @Test
-    fun cpuFailureWhileRunningStopsOnceInsteadOfFailingEveryFrame() {
-        val factory = FakeFactory(failRunOn = mapOf(Acceleration.CPU to IllegalStateException("bad tensor")))
+    fun gpuFailureWhileWritingTheInputMovesToTheCpuAndRetriesTheFrame() {
+        // LiteRT locks a GPU engine's input buffer to write it; a failed lock throws from the write.
+        val factory =
+            FakeFactory(
+                gpu = true,
+                failWriteOn = mapOf(Acceleration.GPU_AND_CPU to RuntimeException("Failed to lock the tensor buffer")),
+            )
         val s = session(factory)
-        assertNull(s.start(Backend.CPU, 1))
+        assertNull(s.start(Backend.GPU, 2))
+        val result = s.classify(frame(), 3, 0)!!
+        assertEquals(Acceleration.CPU, result.acceleration)
+        assertEquals(listOf("c" to 200 / 256f, "a" to 100 / 256f, "d" to 50 / 256f), result.top)
+        assertEquals(Notice.GpuFailedWhileRunning("Failed to lock the tensor buffer"), s.notice)
+        val (gpu, cpu) = factory.opened
+        assertTrue("the failed GPU model must be closed", gpu.closed)
+        assertEquals("the GPU model must not run after its input failed", 0, gpu.runs)
+        assertTrue(gpu.lastInput!!.contentEquals(cpu.lastInput!!))
+        assertEquals(1, cpu.runs)
+    }
+
+    @Test
+    fun cpuFailureWhileWritingOrRunningStopsOnceInsteadOfFailingEveryFrame() {
+        val failure = IllegalStateException("bad tensor")
+        val failingWrite = FakeFactory(failWriteOn = mapOf(Acceleration.CPU to failure))
+        val failingRun = FakeFactory(failRunOn = mapOf(Acceleration.CPU to failure))
+        // The engine's run count when it failed: a failed write never reaches run().
+        for ((factory, runs) in listOf(failingWrite to 0, failingRun to 1)) {
+            val s = session(factory)
+            assertNull(s.start(Backend.CPU, 1))
+            assertNull(s.classify(frame(), 3, 0))
+            assertEquals(Notice.Stopped("bad tensor"), s.notice)
+            assertFalse(s.running)
+            val engine = factory.opened.single()
+            assertTrue(engine.closed)
+            assertNull(s.classify(frame(), 3, 0))
+            assertEquals("a stopped session must not run the model again", runs, engine.runs)
+        }
+    }
+
+    @Test
+    fun aStopOffersAReloadAndTheReloadRunsTheModelAgain() {
+        val factory = FakeFactory()
+        val s = session(factory)
+        assertNull(s.start(Backend.CPU, 2))
+        factory.opened.single().failRun = IllegalStateException("busy")
         assertNull(s.classify(frame(), 3, 0))
-        assertEquals(Notice.Stopped("bad tensor"), s.notice)
-        assertFalse(s.running)
-        val engine = factory.opened.single()
-        assertTrue(engine.closed)
-        assertNull(s.classify(frame(), 3, 0))
-        assertEquals("a stopped session must not run the model again", 1, engine.runs)
+        val stopped = s.notice!!
+        assertTrue(stopped.offersReload)
+        // The reload action: the same accelerator and thread count again.
+        assertNull(s.start(Backend.CPU, 2))
+        assertNull(s.notice)
+        assertEquals(Acceleration.CPU, s.classify(frame(), 3, 0)!!.acceleration)
+        assertEquals(2, factory.opened.size)
+        assertTrue(Notice.LoadFailed("x").offersReload)
+        // These leave a model running, or (no model in the app) nothing a reload could change.
+        assertFalse(Notice.GpuUnavailable("x").offersReload)
+        assertFalse(Notice.GpuFailedWhileRunning("x").offersReload)
+        assertFalse(Notice.NoModel.offersReload)
     }
 
     @Test
@@ -242,7 +331,30 @@ class SessionTest {
             "NoClassDefFoundError: Could not initialize class Environment",
             Failures.reason(NoClassDefFoundError("Could not initialize class Environment")),
         )
+        // ART's later-use error: the class name, with the initializer's error attached as the cause.
+        val art = NoClassDefFoundError("com.google.ai.edge.litert.Environment")
+        art.initCause(
+            UnsatisfiedLinkError("dlopen failed: \"liblitert_jni.so\" is for EM_X86_64 (62) instead of EM_AARCH64"),
+        )
+        assertEquals(
+            "LiteRT's native library could not be loaded (dlopen failed: \"liblitert_jni.so\" is for EM_X86_64 (62) " +
+                "instead of EM_AARCH64)",
+            Failures.reason(art),
+        )
         assertSame(false, Failures.isRecoverable(StackOverflowError()))
+    }
+
+    /** Loads a library that does not exist in its static initializer, as LiteRT's Environment loads litert_jni. */
+    private class NativeBacked {
+        companion object {
+            const val LIBRARY = "litert_jni_absent_from_the_tests"
+
+            init {
+                System.loadLibrary(LIBRARY)
+            }
+
+            fun use() = Unit
+        }
     }
 
     private companion object {
