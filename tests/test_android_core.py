@@ -108,7 +108,9 @@ def test_gradle_wrapper_is_committed_and_runs_a_gradle_agp9_accepts():
     assert (DEMO / "gradlew.bat").is_file()
     props = (DEMO / "gradle" / "wrapper" / "gradle-wrapper.properties").read_text()
     version = re.search(r"gradle-(\d+)\.(\d+)(?:\.\d+)?-bin\.zip", props)
-    assert version and (int(version[1]), int(version[2])) >= (9, 1), "AGP 9.0 refuses Gradle older than 9.1"
+    assert version and (int(version[1]), int(version[2])) >= (9, 3), "AGP 9.1 refuses Gradle older than 9.3.1"
+    # The wrapper checks the download it runs against this sum before unpacking it.
+    assert re.search(r"^distributionSha256Sum=[0-9a-f]{64}$", props, re.M), "the wrapper must pin the download's sum"
 
 
 def test_manifest_drops_litert_foreground_service_permissions():
