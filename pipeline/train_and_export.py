@@ -211,6 +211,7 @@ def load_data(config: RunConfig, recorded_model: dict | None) -> RunData:
         config.dataset, image_size=config.image_size, batch_size=config.batch_size, seed=config.seed,
         on_bad_image=config.on_bad_image, synthetic_size=config.synthetic_size, tfds_manual_dir=config.tfds_manual_dir,
         cache_dir=os.path.join(config.output_dir, "cache") if distribute.is_chief() else None,
+        replicas=tf.distribute.get_strategy().num_replicas_in_sync,
     )
     classes = data.class_names
     logging.info("data: %d train, %d eval (%s), classes: %s", data.num_train, data.num_eval, data.eval_split_name,
