@@ -564,3 +564,66 @@ def test_mirrored_training_with_a_short_last_batch(tmp_path):
                                "--float_epochs", "1", "--qat_epochs", "0", "--noqat", "--calibration_images", "4",
                                "--benchmark_runs", "0", "--output_dir", out, *sync])
         assert result.returncode == 0, result.stderr[-2000:]
+
+
+# ------------------------------------------------------------- issue 28, 4, 5 and 8. refusals before data, the folder
+@pytest.fixture(scope="module")
+def other_architecture_h5(tmp_path_factory):
+    import keras_models
+
+    path = tmp_path_factory.mktemp("v1_weights") / "v1.h5"
+    keras_models.build("v1", input_shape=(32, 32, 3), alpha=0.25, num_classes=3).save_weights(str(path))
+    return path
+
+
+def test_weights_of_another_architecture_are_refused_naming_the_file(other_architecture_h5):
+    import keras_models
+
+    with pytest.raises(keras_models.WeightsError, match=r"v1\.h5 matches 0 of the model's \d+ layers"):
+        keras_models.build("small", input_shape=(32, 32, 3), alpha=0.35, num_classes=3,
+                           weights=str(other_architecture_h5))
+
+
+@pytest.mark.parametrize("case,args,needle", [
+    ("weights of another architecture", ["--weights", "V1"], "matches 0 of the model's"),
+    ("transfer without weights", ["--recipe", "transfer"], "--recipe transfer fine-tunes pretrained weights"),
+])
+def test_refused_before_the_data_is_loaded(pipeline_cli, other_architecture_h5, tmp_path, case, args, needle):
+    out = tmp_path / "out"
+    args = [str(other_architecture_h5) if a == "V1" else a for a in args]
+    code, err = pipeline_cli([*TINY, "--float_epochs", "1", "--dataset", "/nonexistent/photos", "--output_dir", out,
+                              *args])
+    assert needle in _error_line(code, err), case
+    assert not out.exists()
+
+
+def test_a_first_run_that_fails_after_the_data_loads_does_not_lock_the_folder(pipeline_cli, tmp_path, monkeypatch):
+    """The run record used to stay, and the corrected command was refused with "rerun with the same flags to resume
+    it", which could never succeed."""
+    from pipeline import train_and_export
+
+    def failing_build(config, run_data):
+        raise ValueError("the model cannot be built (a failure after the data loaded)")
+
+    out = tmp_path / "out"
+    small = [*TINY, "--synthetic_size", "8,4", "--float_epochs", "1", "--output_dir", out]
+    with monkeypatch.context() as patch:
+        patch.setattr(train_and_export, "build_model", failing_build)
+        code, err = pipeline_cli([*small, "--image_size", "48"])
+    assert "cannot be built" in _error_line(code, err)
+    assert not (out / "run_config.json").exists()
+    with monkeypatch.context() as patch:  # the corrected command is a new run, not a refused resume
+        patch.setattr(train_and_export, "build_model", failing_build)
+        code, err = pipeline_cli(small)
+    assert "cannot be built" in _error_line(code, err)
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused(pipeline_cli, tmp_path):
+    from tflite_export.files import exclusive_folder
+
+    out = tmp_path / "out"
+    with exclusive_folder(out):  # the first run, still going
+        code, err = pipeline_cli([*TINY, "--float_epochs", "1", "--output_dir", out])
+    line = _error_line(code, err)
+    assert "in use by another run" in line and str(out) in line
+    assert list(out.iterdir()) == []  # refused before it wrote anything
