@@ -627,3 +627,26 @@ def test_a_second_run_into_a_folder_in_use_is_refused(pipeline_cli, tmp_path):
     line = _error_line(code, err)
     assert "in use by another run" in line and str(out) in line
     assert list(out.iterdir()) == []  # refused before it wrote anything
+
+
+# ------------------------------------------------------------------- issue 28, 3, 10, 11. import_tflite and evaluate
+@pytest.mark.parametrize("count", [5, 999])
+def test_import_refuses_labels_the_files_classifier_cannot_give(shared, tmp_path, count):
+    """5 labels published a 5-class model with an untrained head; 999 scored int8 top-1 0.003 and exited 0."""
+    from keras_models import WeightsError
+    from keras_models.tflite_weights import check_label_count
+
+    model = shared("reference_models", "mobilenet_v3", "v3-small_224_1.0_uint8.tflite")
+    with pytest.raises(WeightsError, match=f"has {count} labels but the classifier of .* gives 1001 outputs"):
+        check_label_count(str(model), [f"class {i}" for i in range(count)], "labels.txt")
+    check_label_count(str(model), [f"class {i}" for i in range(1000)], "labels.txt")  # background dropped: accepted
+
+
+@pytest.mark.parametrize("mean", ["nan", "inf"])
+def test_evaluate_refuses_a_mean_that_is_not_a_number(tiny_models, tmp_path, capsys, mean):
+    from tflite_export import evaluate
+    from tflite_export.cli import run_main
+
+    code = run_main(evaluate.main, [str(tiny_models["four"]), "--dataset", str(tmp_path), "--mean", mean, "--std",
+                                    "1"], prog="evaluate")
+    assert "must be finite" in _error_line(code, capsys.readouterr().err, "evaluate")
