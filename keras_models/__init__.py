@@ -11,7 +11,7 @@ from keras_models.mobilenet_v1 import mobilenet_v1
 from keras_models.mobilenet_v2 import mobilenet_v2
 from keras_models.mobilenet_v3 import ArchTable, ArchTableError, mobilenet_v3, mobilenet_v3_large, mobilenet_v3_small
 from keras_models.tflite_weights import load_tflite_weights
-from keras_models.weights import WeightsError, load_imagenet, load_weights_file
+from keras_models.weights import WeightsError, check_layers_match, load_imagenet, load_weights_file
 
 VARIANTS = {"v1": "MobileNetV1", "v2": "MobileNetV2", "large": "MobileNetV3-Large", "small": "MobileNetV3-Small"}
 _ALIASES = {
@@ -92,15 +92,24 @@ def build(
             minimalistic=minimalistic, depth_multiplier=depth_multiplier,
         )
         load_imagenet(model, variant, config)
-    elif str(weights).endswith(".tflite"):
+    elif str(weights).lower().endswith(".tflite"):
         load_tflite_weights(model, weights)
     else:
         load_weights_file(model, weights)
     return model
 
 
+def check_weights_file(model, path: str) -> None:
+    """WeightsError (one line naming `path`) unless the weights file `path` fits `model`'s architecture, whatever the
+    class count: for checks before the data, and so the classes, are known. `model` may receive the file's weights."""
+    if str(path).lower().endswith(".tflite"):
+        load_tflite_weights(model, path)  # its classifier is matched for any class count
+    else:
+        check_layers_match(model, path)
+
+
 __all__ = [
     "ArchTable", "ArchTableError", "DEFAULT_DROPOUT", "MIN_INPUT_SIZE", "VARIANTS", "WeightsError", "build",
-    "canonical_variant", "mobilenet_v1",
+    "canonical_variant", "check_weights_file", "mobilenet_v1",
     "mobilenet_v2", "mobilenet_v3", "mobilenet_v3_large", "mobilenet_v3_small",
 ]

@@ -211,3 +211,17 @@ def _load_classifier(layer, source: TfliteConv) -> None:
     elif classes != file_classes:
         return
     layer.set_weights([kernel.reshape(_kernel_shape(layer)) if _kind(layer) != "dense" else kernel[0, 0], bias])
+
+
+def check_label_count(path: str, labels: list[str], labels_file: str) -> None:
+    """WeightsError unless the file's classifier gives one output per label (or one more, TF-slim's background class
+    at output 0): with another count the imported model would ship a new, untrained classifier."""
+    convs = read_tflite(path).convs
+    outputs = int(convs[-1].kernel.shape[-1]) if convs else 0
+    accepted = (outputs, outputs - 1) if outputs == BACKGROUND_CLASSES else (outputs,)
+    if len(labels) not in accepted:
+        expected = " or ".join(str(n) for n in sorted(accepted))
+        raise WeightsError(f"{labels_file} has {len(labels)} labels but the classifier of {path} gives {outputs} "
+                           f"outputs: pass the file's own label list ({expected} lines); importing keeps the file's "
+                           "classifier and trains no new one")
+

@@ -71,11 +71,46 @@ def load_weights_file(model: keras.Model, path: str) -> None:
     """Load a Keras .h5 weights file by layer name, or a TF checkpoint / .weights.h5 saved from our own models."""
     if not os.path.exists(path) and not os.path.exists(path + ".index"):
         raise WeightsError(f"weights file not found: {path}")
+    check_layers_match(model, path)
     try:
-        if path.endswith((".h5", ".hdf5")):
+        if path.lower().endswith((".h5", ".hdf5")):
             model.load_weights(path, by_name=True)
         else:
             model.load_weights(path).expect_partial()
     except Exception as err:  # noqa: BLE001 - corrupt/incompatible files raise many types; report one line
         raise WeightsError(f"could not load weights from {path}: {type(err).__name__}: "
                            f"{str(err).splitlines()[0]}") from None
+
+
+def _h5_layer_shapes(path: str) -> dict[str, list[tuple]]:
+    """Layer name -> weight shapes of a Keras HDF5 file (a weights file, or a whole model's `model_weights`)."""
+    import h5py
+
+    def text(value) -> str:
+        return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+    try:
+        with h5py.File(path, "r") as f:
+            root = f["model_weights"] if "model_weights" in f else f
+            return {text(name): [tuple(root[text(name)][text(w)].shape)
+                                 for w in root[text(name)].attrs.get("weight_names", [])]
+                    for name in root.attrs.get("layer_names", [])}
+    except (OSError, KeyError, ValueError) as err:
+        raise WeightsError(f"{path} is not a readable Keras HDF5 weights file ({str(err).splitlines()[0]})") from None
+
+
+def check_layers_match(model: keras.Model, path: str) -> None:
+    """For a Keras HDF5 file (other formats are not read here). Weights load by layer name, and a name the file lacks
+    is skipped silently: a file of another architecture (or width) would load nothing and leave a random backbone.
+    Refuse when fewer than half of the model's layers with weights find a layer of the same name and shapes in the
+    file."""
+    if not os.path.exists(path):
+        raise WeightsError(f"weights file not found: {path}")
+    if not path.lower().endswith((".h5", ".hdf5")):
+        return
+    shapes = _h5_layer_shapes(path)
+    layers = [layer for layer in model.layers if layer.weights]
+    matched = sum(shapes.get(layer.name) == [tuple(w.shape) for w in layer.weights] for layer in layers)
+    if 2 * matched < len(layers):
+        raise WeightsError(f"{path} matches {matched} of the model's {len(layers)} layers with weights by name and "
+                           f"shape: it holds the weights of another architecture or width ({model.name} expected)")

@@ -168,10 +168,24 @@ class RunConfig:
             raise ValueError("--weight_decay must be >= 0 and --bn_momentum in [0, 1)")
         if self.weights not in ("none", "imagenet") and not os.path.isfile(self.weights):
             raise ValueError(f"--weights file not found: {self.weights}")
+        if self.recipe == "transfer" and self.weights == "none":
+            raise ValueError("--recipe transfer fine-tunes pretrained weights: give --weights (imagenet, a .h5 or a "
+                             ".tflite file), or use --recipe scratch")
         if self.dataset == "synthetic" and self.synthetic_size[0] < MIN_TRAIN_IMAGES:
             raise ValueError(f"--synthetic_size needs at least {MIN_TRAIN_IMAGES} training images (BatchNorm trains "
                              f"on two or more per batch), got {self.synthetic_size[0]}")
         self._check_memory()
+        if self.weights not in ("none", "imagenet"):
+            self._check_weights_file()
+
+    def _check_weights_file(self) -> None:
+        """Load --weights into a throwaway model of this config: a file of another architecture, or one that does not
+        load, is refused before the data is read (keras_models.WeightsError, one line naming the file)."""
+        import keras_models
+
+        model = keras_models.build(self.variant, input_shape=(self.image_size, self.image_size, 3), alpha=self.alpha,
+                                   num_classes=2, minimalistic=self.minimalistic)
+        keras_models.check_weights_file(model, self.weights)
 
     def _check_memory(self) -> None:
         """Memory the input alone needs, before TensorFlow or numpy fail with a traceback: one float32 training batch,
@@ -235,6 +249,21 @@ def write_run_record(config: RunConfig, classes: list[str]) -> None:
     path = os.path.join(config.output_dir, RUN_CONFIG_FILE)
     if not os.path.exists(path):
         atomic_write_json(path, schema.to_json_dict(RunRecord(RunRecord.SCHEMA_VERSION, config, list(classes))))
+
+
+def forget_unresumable_run(output_dir: str) -> None:
+    """After a failed first run: when it left nothing to resume (no finished stage, no epoch checkpoint), remove its
+    run record and stage settings, so that a corrected command is a new run instead of a refused "resume"."""
+    checkpoints = os.path.join(output_dir, "checkpoints")
+    names = os.listdir(checkpoints) if os.path.isdir(checkpoints) else []
+    if any(name.endswith(".weights.h5") or (name.endswith("_backup") and os.listdir(os.path.join(checkpoints, name)))
+           for name in names):
+        return
+    for name in names:
+        if name.endswith(".settings.json"):
+            os.remove(os.path.join(checkpoints, name))
+    if os.path.exists(os.path.join(output_dir, RUN_CONFIG_FILE)):
+        os.remove(os.path.join(output_dir, RUN_CONFIG_FILE))
 
 
 def recorded_model(output_dir: str) -> dict | None:

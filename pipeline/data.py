@@ -38,6 +38,7 @@ from absl import logging
 
 from keras_models.backend import tf
 from pipeline import augment, synthetic
+from pipeline.config import MIN_BATCH_SIZE
 from tflite_export import preprocessing
 from tflite_export.cli import first_line
 from tflite_export.files import IMAGE_EXTENSIONS, is_image_file
@@ -94,9 +95,34 @@ def load_dataset(
     cache_dir: str | None = None,
     synthetic_size: tuple[int, int] | None = None,
     tfds_manual_dir: str | None = None,
+    replicas: int = 1,
 ) -> Dataset:
     """`spec`: "synthetic", a folder path, "tfds:NAME", or a bare TFDS name that is not an existing path.
-    `tfds_manual_dir`: where the files of a TFDS set that is downloaded by hand are (tfds:imagenet2012)."""
+    `tfds_manual_dir`: where the files of a TFDS set that is downloaded by hand are (tfds:imagenet2012). `replicas`:
+    the devices each training batch is split over (`trainable_batches`)."""
+    dataset = _load(spec, image_size=image_size, batch_size=batch_size, seed=seed, holdout_fraction=holdout_fraction,
+                    on_bad_image=on_bad_image, cache_dir=cache_dir, synthetic_size=synthetic_size,
+                    tfds_manual_dir=tfds_manual_dir)
+    smallest = int(batch_size) if replicas > 1 else MIN_BATCH_SIZE
+    if dataset.num_train < smallest:
+        raise DataError(f"{spec} has {dataset.num_train} training images, not one full batch of --batch_size "
+                        f"{batch_size} to split over {replicas} replicas: use more images or a smaller --batch_size")
+    dataset.train = trainable_batches(dataset.train, smallest)
+    return dataset
+
+
+def trainable_batches(train: tf.data.Dataset, smallest: int) -> tf.data.Dataset:
+    """`train` without its last batch when that holds fewer than `smallest` images (the next epoch reshuffles, so no
+    image is left out for good). Training-mode BatchNorm over one image normalizes every value of the last blocks to
+    ~0 and pulls the moving statistics towards values no other batch has (the degenerate ranges that give int8 files
+    XNNPACK cannot run, tflite_export.verify). Split over several replicas (tf.distribute), a short last batch leaves
+    some replica fewer images than BatchNorm needs or none at all ("scale must have the same number of elements as
+    the channels of x"), so there `smallest` is the whole batch, as drop_remainder would give."""
+    return train.filter(lambda images, labels: tf.shape(images)[0] >= smallest)
+
+
+def _load(spec: str, *, image_size: int, batch_size: int, seed: int, holdout_fraction: float, on_bad_image: str,
+          cache_dir: str | None, synthetic_size: tuple[int, int] | None, tfds_manual_dir: str | None) -> Dataset:
     if on_bad_image not in ON_BAD_IMAGE:
         raise DataError(f"on_bad_image must be one of {', '.join(ON_BAD_IMAGE)}; got {on_bad_image!r}")
     if int(image_size) < 8 or int(batch_size) < 1:

@@ -88,7 +88,7 @@ def import_and_export(artifacts) -> ImportReport:
 
     import keras_models
     from keras_models.backend import keras
-    from keras_models.tflite_weights import load_tflite_weights
+    from keras_models.tflite_weights import check_label_count, load_tflite_weights
     from pipeline.qat import (
         activation_range_count,
         align_rescaling_ranges,
@@ -102,6 +102,9 @@ def import_and_export(artifacts) -> ImportReport:
 
     started = time.perf_counter()
     labels = _read_labels(FLAGS.labels)
+    if FLAGS.calibration_images < 1:
+        raise ValueError(f"--calibration_images must be at least 1, got {FLAGS.calibration_images}")
+    check_label_count(FLAGS.weights, labels, FLAGS.labels)
     size = FLAGS.image_size
     calibration_files = images_under(FLAGS.calibration_dir, FLAGS.calibration_images)  # fail before the slow part
     model = keras_models.build(FLAGS.variant, input_shape=(size, size, 3), alpha=FLAGS.alpha,

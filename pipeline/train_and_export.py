@@ -211,6 +211,7 @@ def load_data(config: RunConfig, recorded_model: dict | None) -> RunData:
         config.dataset, image_size=config.image_size, batch_size=config.batch_size, seed=config.seed,
         on_bad_image=config.on_bad_image, synthetic_size=config.synthetic_size, tfds_manual_dir=config.tfds_manual_dir,
         cache_dir=os.path.join(config.output_dir, "cache") if distribute.is_chief() else None,
+        replicas=tf.distribute.get_strategy().num_replicas_in_sync,
     )
     classes = data.class_names
     logging.info("data: %d train, %d eval (%s), classes: %s", data.num_train, data.num_eval, data.eval_split_name,
@@ -488,7 +489,7 @@ class Training:
 
 def train(config: RunConfig, distribution: distribute.Distribution) -> Training:
     """Data, model, float training and QAT, in `distribution`'s scope (every worker of a multi-worker run)."""
-    from pipeline.config import check_run_directory, recorded_model
+    from pipeline.config import check_run_directory, forget_unresumable_run, recorded_model
 
     started = time.perf_counter()
     distribute.check_batch_size(config.batch_size, distribution.num_replicas, config.sync_batch_norm, MIN_BATCH_SIZE)
@@ -500,12 +501,17 @@ def train(config: RunConfig, distribution: distribute.Distribution) -> Training:
     os.makedirs(config.output_dir, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
 
-    with distribution.scope():  # models, optimizers and their checkpoints are replicated
-        run_data = load_data(config, recorded)
-        model, bn_momentum = build_model(config, run_data)
-        trained = train_float(config, model, bn_momentum, run_data)
-        if config.runs_qat:
-            train_qat(config, trained, run_data)
+    try:
+        with distribution.scope():  # models, optimizers and their checkpoints are replicated
+            run_data = load_data(config, recorded)
+            model, bn_momentum = build_model(config, run_data)
+            trained = train_float(config, model, bn_momentum, run_data)
+            if config.runs_qat:
+                train_qat(config, trained, run_data)
+    except BaseException:
+        if recorded is None and distribution.is_chief:  # a first run that failed: not a run to resume
+            forget_unresumable_run(config.output_dir)
+        raise
     return Training(config, run_data, trained, started)
 
 
@@ -550,10 +556,13 @@ def publish(training: Training, distribution: distribute.Distribution) -> Report
 def run(config: RunConfig, distribution: distribute.Distribution) -> Report | None:
     """The whole job; returns the report (None on a multi-worker run's other workers, which stop after training).
     User errors raise exceptions with one-line messages."""
-    training = train(config, distribution)
-    if not distribution.is_chief:
+    from tflite_export.files import exclusive_folder
+
+    if not distribution.is_chief:  # the other workers write nothing of their own into the folder
+        train(config, distribution)
         return None  # the chief exports and reports
-    return publish(training, distribution)
+    with exclusive_folder(config.output_dir):
+        return publish(train(config, distribution), distribution)
 
 
 def main(argv):

@@ -19,6 +19,7 @@ import subprocess
 import numpy as np
 import pytest
 
+from keras_models.backend import keras
 from tests.conftest import REPO, TINY, run_pipeline, tiny_classifier_keras, tiny_classifier_tflite
 from tests.conftest import error_line as _error_line
 from tflite_export.model_card import ModelCard
@@ -433,3 +434,219 @@ def test_one_image_run_no_longer_reaches_the_native_abort(tmp_path):
     result = run_pipeline([*TINY, "--synthetic_size", "1,1", "--float_epochs", "1", "--qat_epochs", "1",
                            "--freeze_bn_epochs", "0", "--output_dir", tmp_path / "out"])
     assert "at least 2 training images" in _error_line(result.returncode, result.stderr)
+
+
+# ------------------------------------------------------------------- issue 28, 1. no native abort on a written file
+def _with_scale_shrunk(model: bytes, op_name: str, factor: float) -> bytes:
+    """`model` with the output scale of its first `op_name` op multiplied by `factor` (the flatbuffer repacked)."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    graph = schema.ModelT.InitFromObj(schema.Model.GetRootAs(model, 0))
+    names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    subgraph = graph.subgraphs[0]
+    op = next(op for op in subgraph.operators if names[max(graph.operatorCodes[op.opcodeIndex].builtinCode,
+                                                             graph.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode)]
+              == op_name)
+    quantization = subgraph.tensors[op.outputs[0]].quantization
+    quantization.scale = [s * factor for s in quantization.scale]
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(graph.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+@pytest.fixture(scope="module")
+def conv_overflow(tiny_models, tmp_path_factory):
+    """A file whose first convolution's output range is 10^6 times narrower: input scale x filter scale / output scale
+    is far above the 256 XNNPACK accepts."""
+    path = tmp_path_factory.mktemp("conv_overflow") / "overflow.tflite"
+    path.write_bytes(_with_scale_shrunk(tiny_models["four"].read_bytes(), "CONV_2D", 1e-6))
+    return path
+
+
+@pytest.fixture(scope="module")
+def xnnpack_killer(tmp_path_factory):
+    """A file LiteRT's XNNPACK delegate aborts the process on ("free(): double free detected"): a conv, h-swish-like
+    ADD and MUL ops, a depthwise conv, with the first ADD's output scale 10^6 times too small."""
+    from keras_models.backend import tf
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 3), batch_size=1)
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    for layer in (keras.layers.Conv2D(8, 3, strides=2), keras.layers.DepthwiseConv2D(3)):
+        x = layer(x)
+        x = keras.layers.Multiply()([x, keras.layers.ReLU(6.0)(keras.layers.Add()([x, x]))])
+    x = keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(x))
+    converter = tf.lite.TFLiteConverter.from_keras_model(keras.Model(inputs, keras.layers.Softmax()(x)))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = converter.inference_output_type = tf.uint8
+    rng = np.random.default_rng(0)
+    converter.representative_dataset = lambda: ([rng.uniform(0, 255, (1, 32, 32, 3)).astype(np.float32)]
+                                                for _ in range(8))
+    path = tmp_path_factory.mktemp("xnnpack_killer") / "killer.tflite"
+    path.write_bytes(_with_scale_shrunk(converter.convert(), "ADD", 1e-6))
+    return path
+
+
+def test_the_native_abort_is_real_and_the_child_process_check_survives_it(xnnpack_killer):
+    """The child process (tflite_export/xnnpack_child.py) is what stands between the tools and the abort: run on the
+    file directly, it dies with SIGABRT; through verify's check, the caller gets a line saying so."""
+    from tflite_export.verify import _xnnpack_analysis, xnnpack_child_command
+
+    died = subprocess.run(xnnpack_child_command(str(xnnpack_killer)), cwd=xnnpack_killer.parent, capture_output=True,
+                          text=True, timeout=120)
+    assert died.returncode < 0, died.stderr[-500:]  # killed by a signal: what any in-process interpreter would do
+    result = _xnnpack_analysis(xnnpack_killer.read_bytes())
+    assert result["xnnpack_partitions"] is None and "crashed" in result["xnnpack_error"]
+    assert "SIGABRT" in result["xnnpack_error"] or "SIGSEGV" in result["xnnpack_error"], result["xnnpack_error"]
+
+
+@pytest.mark.parametrize("tool", ["evaluate", "benchmark"])
+def test_a_file_xnnpack_cannot_run_is_one_line_not_an_abort(conv_overflow, tmp_path, capsys, tool):
+    from tflite_export import benchmark, evaluate
+    from tflite_export.cli import run_main
+
+    extra = ["--dataset", str(_image_folders(tmp_path / "data", "abcd", per_class=1))] if tool == "evaluate" else \
+        ["--runs", "2"]
+    code = run_main({"evaluate": evaluate.main, "benchmark": benchmark.main}[tool], [str(conv_overflow), *extra],
+                    prog=tool)
+    line = _error_line(code, capsys.readouterr().err, tool)
+    assert str(conv_overflow) in line and "requantization scale" in line and "CONV_2D" in line, line
+
+
+def test_inspect_and_verify_name_the_convolution_xnnpack_refuses(conv_overflow):
+    from tflite_export.inspect import inspect_model
+    from tflite_export.verify import VerificationError, verify
+
+    report = inspect_model(conv_overflow)
+    assert report["requantization_overflows"] and report["xnnpack_partitions"] is None
+    assert any("requantization scale" in p for p in report["check"]["problems"])
+    with pytest.raises(VerificationError, match="requantization scale"):
+        verify(conv_overflow)
+
+
+def test_a_last_batch_too_small_for_batch_norm_is_dropped():
+    """3 images in batches of 2 trained BatchNorm on a last batch of one; 25 in batches of 8 over 2 replicas gave one
+    replica no image at all. Each epoch now has only batches every replica can normalize."""
+    from pipeline.data import DataError, load_dataset
+
+    def sizes(train, batch, replicas):
+        data = load_dataset("synthetic", image_size=8, batch_size=batch, synthetic_size=(train, 1), replicas=replicas)
+        return [int(images.shape[0]) for images, _ in data.train]
+
+    assert sizes(3, 2, 1) == [2]
+    assert sizes(7, 3, 1) == [3, 3]
+    assert sizes(8, 3, 1) == [3, 3, 2]
+    assert sizes(25, 8, 2) == [8, 8, 8]
+    with pytest.raises(DataError, match="not one full batch of --batch_size 8"):
+        load_dataset("synthetic", image_size=8, batch_size=8, synthetic_size=(5, 1), replicas=2)
+
+
+@pytest.mark.slow
+def test_three_images_in_batches_of_two_export_a_file_xnnpack_runs(tmp_path):
+    out = tmp_path / "out"
+    result = run_pipeline(["--variant", "small", "--alpha", "0.35", "--image_size", "32", "--synthetic_size", "3,1",
+                           "--batch_size", "2", "--float_epochs", "2", "--qat_epochs", "1", "--calibration_images", "3",
+                           "--benchmark_runs", "2", "--output_dir", out])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not list((out / ".artifacts").glob("*-*")) or len(list((out / ".artifacts").iterdir())) == 1
+
+
+@pytest.mark.slow
+def test_mirrored_training_with_a_short_last_batch(tmp_path):
+    """25 images, global batch 8 over 2 CPU replicas: the last batch of one image gave one replica nothing."""
+    photos = _image_folders(tmp_path / "photos", ["a", "b"], per_class=16)
+    for sync in ([], ["--sync_batch_norm"]):
+        out = tmp_path / f"out{len(sync)}"
+        result = run_pipeline(["--variant", "small", "--alpha", "0.35", "--image_size", "32", "--dataset", photos,
+                               "--batch_size", "8", "--strategy", "mirrored", "--cpu_replicas", "2",
+                               "--float_epochs", "1", "--qat_epochs", "0", "--noqat", "--calibration_images", "4",
+                               "--benchmark_runs", "0", "--output_dir", out, *sync])
+        assert result.returncode == 0, result.stderr[-2000:]
+
+
+# ------------------------------------------------------------- issue 28, 4, 5 and 8. refusals before data, the folder
+@pytest.fixture(scope="module")
+def other_architecture_h5(tmp_path_factory):
+    import keras_models
+
+    path = tmp_path_factory.mktemp("v1_weights") / "v1.h5"
+    keras_models.build("v1", input_shape=(32, 32, 3), alpha=0.25, num_classes=3).save_weights(str(path))
+    return path
+
+
+def test_weights_of_another_architecture_are_refused_naming_the_file(other_architecture_h5):
+    import keras_models
+
+    with pytest.raises(keras_models.WeightsError, match=r"v1\.h5 matches 0 of the model's \d+ layers"):
+        keras_models.build("small", input_shape=(32, 32, 3), alpha=0.35, num_classes=3,
+                           weights=str(other_architecture_h5))
+
+
+@pytest.mark.parametrize("case,args,needle", [
+    ("weights of another architecture", ["--weights", "V1"], "matches 0 of the model's"),
+    ("transfer without weights", ["--recipe", "transfer"], "--recipe transfer fine-tunes pretrained weights"),
+])
+def test_refused_before_the_data_is_loaded(pipeline_cli, other_architecture_h5, tmp_path, case, args, needle):
+    out = tmp_path / "out"
+    args = [str(other_architecture_h5) if a == "V1" else a for a in args]
+    code, err = pipeline_cli([*TINY, "--float_epochs", "1", "--dataset", "/nonexistent/photos", "--output_dir", out,
+                              *args])
+    assert needle in _error_line(code, err), case
+    assert not out.exists()
+
+
+def test_a_first_run_that_fails_after_the_data_loads_does_not_lock_the_folder(pipeline_cli, tmp_path, monkeypatch):
+    """The run record used to stay, and the corrected command was refused with "rerun with the same flags to resume
+    it", which could never succeed."""
+    from pipeline import train_and_export
+
+    def failing_build(config, run_data):
+        raise ValueError("the model cannot be built (a failure after the data loaded)")
+
+    out = tmp_path / "out"
+    small = [*TINY, "--synthetic_size", "8,4", "--float_epochs", "1", "--output_dir", out]
+    with monkeypatch.context() as patch:
+        patch.setattr(train_and_export, "build_model", failing_build)
+        code, err = pipeline_cli([*small, "--image_size", "48"])
+    assert "cannot be built" in _error_line(code, err)
+    assert not (out / "run_config.json").exists()
+    with monkeypatch.context() as patch:  # the corrected command is a new run, not a refused resume
+        patch.setattr(train_and_export, "build_model", failing_build)
+        code, err = pipeline_cli(small)
+    assert "cannot be built" in _error_line(code, err)
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused(pipeline_cli, tmp_path):
+    from tflite_export.files import exclusive_folder
+
+    out = tmp_path / "out"
+    with exclusive_folder(out):  # the first run, still going
+        code, err = pipeline_cli([*TINY, "--float_epochs", "1", "--output_dir", out])
+    line = _error_line(code, err)
+    assert "in use by another run" in line and str(out) in line
+    assert list(out.iterdir()) == []  # refused before it wrote anything
+
+
+# ------------------------------------------------------------------- issue 28, 3, 10, 11. import_tflite and evaluate
+@pytest.mark.parametrize("count", [5, 999])
+def test_import_refuses_labels_the_files_classifier_cannot_give(shared, tmp_path, count):
+    """5 labels published a 5-class model with an untrained head; 999 scored int8 top-1 0.003 and exited 0."""
+    from keras_models import WeightsError
+    from keras_models.tflite_weights import check_label_count
+
+    model = shared("reference_models", "mobilenet_v3", "v3-small_224_1.0_uint8.tflite")
+    with pytest.raises(WeightsError, match=f"has {count} labels but the classifier of .* gives 1001 outputs"):
+        check_label_count(str(model), [f"class {i}" for i in range(count)], "labels.txt")
+    check_label_count(str(model), [f"class {i}" for i in range(1000)], "labels.txt")  # background dropped: accepted
+
+
+@pytest.mark.parametrize("mean", ["nan", "inf"])
+def test_evaluate_refuses_a_mean_that_is_not_a_number(tiny_models, tmp_path, capsys, mean):
+    from tflite_export import evaluate
+    from tflite_export.cli import run_main
+
+    code = run_main(evaluate.main, [str(tiny_models["four"]), "--dataset", str(tmp_path), "--mean", mean, "--std",
+                                    "1"], prog="evaluate")
+    assert "must be finite" in _error_line(code, capsys.readouterr().err, "evaluate")

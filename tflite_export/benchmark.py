@@ -20,6 +20,7 @@ import numpy as np
 
 from tflite_export.cli import EXIT_OK, first_line, parse_int_list, run_main
 from tflite_export.files import atomic_write_json, check_writable_file, load_model_bytes
+from tflite_export.verify import check_runs_in_xnnpack
 
 PROG = "python -m tflite_export.benchmark"
 
@@ -52,6 +53,8 @@ def benchmark_models(paths: Sequence, threads: Sequence[int] = (1,), runs: int =
     if runs < 1 or warmup < 0:
         raise ValueError("runs must be >= 1 and warmup >= 0")
     models = [(str(p), load_model_bytes(p)) for p in paths]  # every file is checked before anything is timed
+    for name, data in models:
+        check_runs_in_xnnpack(data, name)
     results: list[dict] = []
     for t in threads:
         interpreters = []

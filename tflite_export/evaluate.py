@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import pathlib
 import re
@@ -180,6 +181,7 @@ def evaluate_tflite(
     from ai_edge_litert.interpreter import Interpreter
 
     from tflite_export.preprocessing import load_eval_image, quantize_input
+    from tflite_export.verify import check_runs_in_xnnpack
 
     if input_mode not in ("auto", "quantize"):
         raise ValueError(f"input_mode must be 'auto' or 'quantize', got {input_mode!r}")
@@ -200,6 +202,7 @@ def evaluate_tflite(
     if np.any(std_arr == 0):
         raise ValueError("std must not be 0")
 
+    check_runs_in_xnnpack(data, model_path)
     interpreter = Interpreter(model_content=data, num_threads=num_threads)
     interpreter.allocate_tensors()
     inp = interpreter.get_input_details()[0]
@@ -324,6 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ValueError("give both --mean and --std, or neither")
     if args.std == 0:
         raise ValueError("--std must not be 0")
+    if args.mean is not None and not (math.isfinite(args.mean) and math.isfinite(args.std)):
+        raise ValueError(f"--mean and --std must be finite numbers, got {args.mean:g} and {args.std:g}")
     if args.json:
         check_writable_file(args.json, "--json")  # before the evaluation, not after it
     data = load_model_bytes(args.model)  # fail fast, before scanning the data set

@@ -319,3 +319,25 @@ def _json_default(value):
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+@contextlib.contextmanager
+def exclusive_folder(folder: str | os.PathLike, what: str = "--output_dir") -> Iterator[None]:
+    """Hold an exclusive lock on `folder` (made if missing) for the block: a second run into the same folder, which
+    would interleave its checkpoints and logs with this one's, is refused with a one-line ValueError. The lock is the
+    folder's own (flock on its descriptor, no lock file); the kernel releases it when the process ends, even by
+    kill -9, so a dead run never locks a folder."""
+    import fcntl
+
+    os.makedirs(folder, exist_ok=True)
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"{what} {folder} is in use by another run that is still going: wait for it to end, "
+                             f"or pass another {what}") from None
+        yield
+    finally:
+        os.close(descriptor)
+

@@ -47,6 +47,12 @@ DEFAULT_EDGE_OPS_ALLOWED_UNDELEGATED = ("QUANTIZE", "SOFTMAX")
 # corruption") on such a model, so it is not handed to the interpreter. Healthy models' narrowest activation ranges
 # are ~1 (Google's and Coral's reference models: scale >= 0.0039, i.e. a range of 1.0).
 COLLAPSED_RANGE = 1e-4
+# XNNPACK's int8 convolutions and fully-connected ops multiply the accumulator by input scale x filter scale /
+# output scale, and refuse to create the operator when that factor is >= 256 (XNNPACK's convolution-nhwc.c); LiteRT's
+# delegate then aborts the process (measured with LiteRT 2.3: a factor of 255.9 runs, 256.1 dies with "free(): double
+# free detected"). Trained models' factors are below 0.1.
+MAX_REQUANTIZATION_SCALE = 256.0
+_REQUANTIZED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
 _FIXED_BATCH_FORBIDDEN_OPS = ("SHAPE", "STRIDED_SLICE", "PACK")
 _FLOAT_TYPES = ("FLOAT32", "FLOAT16", "FLOAT64", "BFLOAT16")
 _NUMPY_DTYPE_NAMES = {"UINT8": "uint8", "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64",
@@ -88,6 +94,7 @@ class ModelAnalysis:
     float_tensors: list[str]  # "name (FLOAT32)" for every float tensor, constants included
     dynamic_tensors: list[str]  # tensors whose shape_signature has -1
     collapsed_ranges: list[str]  # 8-bit activation tensors whose quantized range is narrower than COLLAPSED_RANGE
+    requantization_overflows: list[str]  # ops whose requantization scale XNNPACK refuses (>= MAX_REQUANTIZATION_SCALE)
     edge_quantize_ops: int  # QUANTIZE ops reading a graph input or writing a graph output
     inner_quantize_ops: int  # the other QUANTIZE ops
     xnnpack_partitions: int | None  # None if the interpreter could not be built (see xnnpack_error)
@@ -180,6 +187,7 @@ def _static_analysis(data: bytes) -> dict:
         inputs: list[TensorInfo] = []
         outputs: list[TensorInfo] = []
         edge_q = inner_q = 0
+        overflows: list[str] = []
         for s in range(model.SubgraphsLength()):
             sg = model.Subgraphs(s)
             prefix = f"subgraph{s}/" if s else ""
@@ -207,6 +215,11 @@ def _static_analysis(data: bytes) -> dict:
                 histogram[name] += 1
                 if s == 0:
                     sequence.append(name)
+                if s == 0 and name in _REQUANTIZED_OPS:
+                    # TRANSPOSE_CONV's inputs are (output shape, filter, input, bias); the others' (input, filter, ...)
+                    factor = _requantization_scale(sg, op, 2 if name == "TRANSPOSE_CONV" else 0, 1)
+                    if factor is not None and factor >= MAX_REQUANTIZATION_SCALE:
+                        overflows.append(f"{name} #{o} (scale {factor:.4g})")
                 if name == "QUANTIZE":
                     ins = {int(v) for v in op.InputsAsNumpy()} if op.InputsLength() else set()
                     outs = {int(v) for v in op.OutputsAsNumpy()} if op.OutputsLength() else set()
@@ -225,6 +238,7 @@ def _static_analysis(data: bytes) -> dict:
             float_tensors=float_tensors,
             dynamic_tensors=dynamic,
             collapsed_ranges=collapsed,
+            requantization_overflows=overflows,
             edge_quantize_ops=edge_q,
             inner_quantize_ops=inner_q,
             has_metadata=METADATA_BUFFER_NAME in metadata_entries,
@@ -234,69 +248,93 @@ def _static_analysis(data: bytes) -> dict:
         raise ModelError(f"corrupt TFLite flatbuffer ({type(exc).__name__}: {exc})") from None
 
 
+def _child_failure(returncode: int, stderr: str) -> str:
+    """What a child process that died says, in one line: the signal's name and LiteRT's or libc's last words."""
+    import signal
+
+    if returncode < 0:
+        try:
+            how = f"died with {signal.Signals(-returncode).name}"
+        except ValueError:
+            how = f"died with signal {-returncode}"
+    else:
+        how = f"exited with status {returncode}"
+    words = [line.strip() for line in stderr.splitlines() if line.strip() and not line.startswith("INFO:")]
+    return how + (f" ({words[-1][:200]})" if words else "")
+
+
+def _requantization_scale(sg, op, input_slot: int, filter_slot: int) -> float | None:
+    """The largest input scale x filter scale / output scale over the output channels of an 8-bit op, or None."""
+    def scales(index: int):
+        quant = sg.Tensors(index).Quantization() if index >= 0 else None
+        return quant.ScaleAsNumpy() if quant is not None and quant.ScaleLength() else None
+
+    inputs = op.InputsAsNumpy() if op.InputsLength() > max(input_slot, filter_slot) else None
+    if inputs is None or not op.OutputsLength():
+        return None
+    activation, weights, output = scales(int(inputs[input_slot])), scales(int(inputs[filter_slot])), \
+        scales(int(op.OutputsAsNumpy()[0]))
+    if activation is None or weights is None or output is None or not output[0] > 0:
+        return None
+    return float(activation[0] * np.max(weights) / output[0])
+
+
+def xnnpack_child_command(model_path: str) -> list[str]:
+    """The command that prints what XNNPACK makes of the file `model_path` (tflite_export/xnnpack_child.py): isolated
+    (-I) and run through runpy, so that neither the working directory nor this package's folder (its `inspect`
+    module) shadows the standard library."""
+    import sys
+
+    child = os.path.join(os.path.dirname(os.path.abspath(__file__)), "xnnpack_child.py")
+    runner = "import runpy, sys; runpy.run_path(sys.argv.pop(1), run_name='__main__')"
+    return [sys.executable, "-I", "-c", runner, child, model_path]
+
+
 def _xnnpack_analysis(data: bytes) -> dict:
-    """Partition count and undelegated nodes when LiteRT applies its default XNNPACK delegate (see module doc)."""
-    from ai_edge_litert.interpreter import Interpreter
+    """Partition count and undelegated nodes when LiteRT applies its default XNNPACK delegate (see module doc), read
+    in a child process (tflite_export/xnnpack_child.py): a model that crashes the delegate natively is reported in
+    `xnnpack_error` instead of killing the caller."""
+    import json
+    import subprocess
+    import tempfile
 
+    with tempfile.TemporaryDirectory(prefix="xnnpack-check-") as folder:
+        path = os.path.join(folder, "model.tflite")
+        with open(path, "wb") as f:
+            f.write(data)
+        result = subprocess.run(xnnpack_child_command(path), cwd=folder, capture_output=True, text=True, timeout=600)
+    failed = dict(xnnpack_partitions=None, xnnpack_undelegated={}, xnnpack_undelegated_edge={})
+    if result.returncode:
+        return {**failed, "xnnpack_error": "LiteRT's XNNPACK delegate crashed loading the model: the check process "
+                + _child_failure(result.returncode, result.stderr)}
     try:
-        interpreter = Interpreter(model_content=data, num_threads=1)
-        interpreter.allocate_tensors()
-    except Exception as exc:  # noqa: BLE001  (LiteRT raises RuntimeError/ValueError with C++ messages)
-        return dict(xnnpack_partitions=None, xnnpack_undelegated={}, xnnpack_undelegated_edge={},
-                    xnnpack_error=f"LiteRT could not load the model: {first_line(exc)}")
-    w = interpreter._interpreter  # noqa: SLF001 - the pybind wrapper: NodeName/NodeInputs/NodeOutputs cover the delegate nodes too
-    n = w.NumNodes()
-    names = [w.NodeName(i) for i in range(n)]
-    node_inputs = [[int(t) for t in w.NodeInputs(i)] for i in range(n)]
-    node_outputs = [[int(t) for t in w.NodeOutputs(i)] for i in range(n)]
-    delegates = [i for i in range(n) if names[i] == "DELEGATE"]
-    originals = [i for i in range(n) if names[i] != "DELEGATE"]
-    producer: dict[int, int] = {}
-    consumers: dict[int, list[int]] = collections.defaultdict(list)
-    for i in originals:
-        for t in node_outputs[i]:
-            producer[t] = i
-        for t in node_inputs[i]:
-            consumers[t].append(i)
-    delegated: set[int] = set()
-    for d in delegates:
-        boundary = set(node_inputs[d])
-        stack = list(node_outputs[d])
-        seen: set[int] = set()
-        while stack:
-            t = stack.pop()
-            if t < 0 or t in seen or t in boundary:
-                continue
-            seen.add(t)
-            p = producer.get(t)
-            if p is None or p in delegated:
-                continue
-            delegated.add(p)
-            stack.extend(node_inputs[p])
-    undelegated = [i for i in originals if i not in delegated]
+        found = json.loads(result.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {**failed, "xnnpack_error": f"the XNNPACK check printed no result ({first_line(result.stderr)})"}
+    if "error" in found:
+        return {**failed, "xnnpack_error": f"LiteRT could not load the model: {found['error']}"}
+    return dict(xnnpack_partitions=found["partitions"], xnnpack_undelegated=found["undelegated"],
+                xnnpack_undelegated_edge=found["undelegated_edge"], xnnpack_error=None)
 
-    def reaches_delegated(start: int, forward: bool) -> bool:
-        stack, seen = [start], {start}
-        while stack:
-            node = stack.pop()
-            tensors = node_outputs[node] if forward else node_inputs[node]
-            nxt = [c for t in tensors for c in consumers.get(t, [])] if forward else \
-                [producer[t] for t in tensors if t in producer]
-            for m in nxt:
-                if m in delegated:
-                    return True
-                if m not in seen:
-                    seen.add(m)
-                    stack.append(m)
-        return False
 
-    edge = [i for i in undelegated if not (reaches_delegated(i, True) and reaches_delegated(i, False))]
-    return dict(
-        xnnpack_partitions=len(delegates),
-        xnnpack_undelegated=dict(collections.Counter(names[i] for i in undelegated)),
-        xnnpack_undelegated_edge=dict(collections.Counter(names[i] for i in edge)),
-        xnnpack_error=None,
-    )
+def check_runs_in_xnnpack(model: bytes | str | os.PathLike, name: str | os.PathLike = "the model") -> None:
+    """ModelError (one line naming `name`) when LiteRT's XNNPACK interpreter would kill this process on `model`."""
+    reason = xnnpack_crash(model)
+    if reason:
+        raise ModelError(f"{name}: LiteRT cannot run the model: {reason}")
+
+
+def xnnpack_crash(model: bytes | str | os.PathLike) -> str | None:
+    """Why LiteRT's default (XNNPACK) interpreter would kill this process on `model`, or None: what a tool checks
+    before it builds interpreters in its own process. A ModelError for a file that is not a TFLite model."""
+    data = load_model_bytes(model)
+    static = _static_analysis(data)
+    if static["requantization_overflows"]:
+        return _overflow_problem(static["requantization_overflows"])
+    if static["collapsed_ranges"]:
+        return _collapsed_problem(static["collapsed_ranges"])
+    error = _xnnpack_analysis(data)["xnnpack_error"]
+    return error if error and "crashed" in error else None
 
 
 def analyze(model: bytes | str | os.PathLike, *, xnnpack: bool = True) -> ModelAnalysis:
@@ -304,11 +342,26 @@ def analyze(model: bytes | str | os.PathLike, *, xnnpack: bool = True) -> ModelA
     data = load_model_bytes(model)
     static = _static_analysis(data)
     skipped = None if xnnpack else "not analysed"
-    if xnnpack and static["collapsed_ranges"]:
+    if xnnpack and static["requantization_overflows"]:
+        skipped = ("not run: the model has convolutions XNNPACK refuses (requantization scale >= "
+                   f"{MAX_REQUANTIZATION_SCALE:g}; LiteRT's delegate aborts on them)")
+    elif xnnpack and static["collapsed_ranges"]:
         skipped = "not run: the model has collapsed activation ranges (LiteRT's XNNPACK delegate aborts on them)"
     runtime = _xnnpack_analysis(data) if skipped is None else dict(
         xnnpack_partitions=None, xnnpack_undelegated={}, xnnpack_undelegated_edge={}, xnnpack_error=skipped)
     return ModelAnalysis(size_bytes=len(data), has_associated_files=_has_appended_zip(data), **static, **runtime)
+
+
+def _collapsed_problem(collapsed: list[str]) -> str:
+    return (f"{len(collapsed)} activation tensor(s) with a collapsed range (< {COLLAPSED_RANGE:g} wide: constant in "
+            f"calibration, e.g. {collapsed[0]}); the network's activations died, typically from training on too few "
+            "images")
+
+
+def _overflow_problem(overflows: list[str]) -> str:
+    return (f"{len(overflows)} op(s) whose requantization scale (input scale x filter scale / output scale) is >= "
+            f"{MAX_REQUANTIZATION_SCALE:g}, which XNNPACK cannot run and LiteRT aborts on, e.g. {overflows[0]}: an "
+            "output range far narrower than its weights (degenerate BatchNorm statistics or calibration)")
 
 
 def problems_of(
@@ -339,9 +392,9 @@ def problems_of(
                 if t.dtype != io_dtype:
                     problems.append(f"{kind} {t.name!r} is {t.dtype}, expected {io_dtype}")
     if analysis.collapsed_ranges:
-        problems.append(f"{len(analysis.collapsed_ranges)} activation tensor(s) with a collapsed range (< "
-                        f"{COLLAPSED_RANGE:g} wide: constant in calibration, e.g. {analysis.collapsed_ranges[0]}); the "
-                        "network's activations died, typically from training on too few images")
+        problems.append(_collapsed_problem(analysis.collapsed_ranges))
+    if analysis.requantization_overflows:
+        problems.append(_overflow_problem(analysis.requantization_overflows))
     if analysis.dynamic_tensors:
         problems.append(f"dynamic shapes (shape_signature -1, fixed batch 1 expected): {analysis.dynamic_tensors[0]}"
                         + (f" and {len(analysis.dynamic_tensors) - 1} more"
