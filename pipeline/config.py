@@ -54,9 +54,8 @@ class RunConfig:
     seed: int
     # float (or transfer) training
     recipe: str  # scratch or transfer ("auto" resolved)
-    float_epochs: int
+    float_epochs: int  # from scratch: epochs; transfer: the most epochs the fine-tuning trial may run
     learning_rate: float
-    head_epochs: int
     fine_tune_learning_rate: float
     weight_decay: float
     label_smoothing: float
@@ -82,6 +81,7 @@ class RunConfig:
     cpu_replicas: int = 0
     tfds_manual_dir: str | None = None
     logits: bool = False  # the int8 file ends at the logits (no SOFTMAX op); an export choice, not the model's
+    fine_tune: str = "auto"  # transfer recipe: auto (decided on a held-out slice of train), none, all
 
     @property
     def runs_qat(self) -> bool:
@@ -112,7 +112,7 @@ class RunConfig:
             dropout=keras_models.DEFAULT_DROPOUT[variant] if flags.dropout is None else flags.dropout,
             weights=flags.weights, dataset=flags.dataset, synthetic_size=_synthetic_size(flags.synthetic_size),
             batch_size=flags.batch_size, on_bad_image=flags.on_bad_image, seed=flags.seed, recipe=recipe,
-            float_epochs=flags.float_epochs, learning_rate=flags.learning_rate, head_epochs=flags.head_epochs,
+            float_epochs=_float_epochs(flags.float_epochs, recipe), learning_rate=flags.learning_rate,
             fine_tune_learning_rate=flags.fine_tune_learning_rate, weight_decay=flags.weight_decay,
             label_smoothing=flags.label_smoothing, bn_momentum=flags.bn_momentum, qat=flags.qat,
             qat_epochs=flags.qat_epochs, freeze_bn_epochs=min(flags.freeze_bn_epochs, flags.qat_epochs),
@@ -121,7 +121,7 @@ class RunConfig:
             calibration_images=flags.calibration_images, benchmark_runs=flags.benchmark_runs, android=flags.android,
             output_dir=output_dir, verbose=flags.verbose, strategy=flags.strategy,
             sync_batch_norm=flags.sync_batch_norm, cpu_replicas=flags.cpu_replicas,
-            tfds_manual_dir=flags.tfds_manual_dir, logits=flags.logits,
+            tfds_manual_dir=flags.tfds_manual_dir, logits=flags.logits, fine_tune=flags.fine_tune,
         )
         config.validate()
         return config
@@ -136,7 +136,7 @@ class RunConfig:
             raise ValueError(f"--image_size must be at least {MIN_INPUT_SIZE}, got {self.image_size}")
         if self.minimalistic and self.variant in ("v1", "v2"):
             raise ValueError("--minimalistic applies to MobileNetV3 only (--variant large or small)")
-        if self.batch_size < MIN_BATCH_SIZE or min(self.float_epochs, self.qat_epochs, self.head_epochs) < 0:
+        if self.batch_size < MIN_BATCH_SIZE or min(self.float_epochs, self.qat_epochs) < 0:
             raise ValueError(f"--batch_size must be >= {MIN_BATCH_SIZE} (BatchNorm needs two images per batch) and "
                              "epoch counts >= 0")
         if self.qat and self.hswish == "builtin":
@@ -204,6 +204,15 @@ class RunConfig:
                                      f"{available / 2**30:.1f} GiB of memory available: reduce --image_size")
 
 
+# --float_epochs when not given: from scratch, the epochs of float training; with the transfer recipe, the most the
+# fine-tuning trial may run (it stops earlier once the held-out slice stops improving: pipeline/transfer.py).
+DEFAULT_FLOAT_EPOCHS = {"scratch": 12, "transfer": 10}
+
+
+def _float_epochs(value: int | None, recipe: str) -> int:
+    return DEFAULT_FLOAT_EPOCHS[recipe] if value is None else value
+
+
 def default_output_dir(variant: str, dataset: str) -> str:
     name = os.path.basename(os.path.normpath(dataset)).replace(":", "_") or "data"
     return os.path.join("runs", f"{variant}-{name}")
@@ -235,7 +244,8 @@ def _available_memory_bytes() -> int | None:
 class RunRecord:
     """run_config.json: the config of the run that started the folder and the classes of its data."""
 
-    SCHEMA_VERSION = 2  # 1: a flat object of the model-defining fields and the classes (no schema_version)
+    # 1: a flat object of the model-defining fields and the classes (no schema_version); 2: with --head_epochs
+    SCHEMA_VERSION = 3
 
     schema_version: int
     config: RunConfig

@@ -75,6 +75,7 @@ class Dataset:
     train_files: list[str] = dataclasses.field(default_factory=list, repr=False)  # folder data sets: paths in label
     eval_files: list[str] = dataclasses.field(default_factory=list, repr=False)  # order (class by class, sorted)
     _representative: Callable[[int], Iterator[np.ndarray]] | None = dataclasses.field(default=None, repr=False)
+    _source: TrainSource | None = dataclasses.field(default=None, repr=False)
 
     def representative(self, n: int) -> Iterator[np.ndarray]:
         """min(n, num_train) float32 [1, S, S, 3] evaluation-preprocessed training images (seeded order, all classes
@@ -82,6 +83,51 @@ class Dataset:
         if self._representative is None:
             raise DataError("this Dataset has no representative images")
         return self._representative(int(n))
+
+    @property
+    def train_labels(self) -> np.ndarray | None:
+        """The training split's labels in the order of `train_plain`, when known without reading the images (folder
+        and synthetic sets; None for TFDS)."""
+        return None if self._source is None else self._source.labels
+
+    def train_plain(self) -> tf.data.Dataset:
+        """The training split with the evaluation preprocessing (no augmentation), batched, in a fixed order: what a
+        frozen backbone's features of the training images are computed from."""
+        source = self._require_source()
+        return _eval_pipeline(source.originals, image_size=self.image_size, batch_size=source.batch_size)
+
+    def holdout_slice(self, held: np.ndarray, smallest: int = 2) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+        """(training batches of the images not in `held`, evaluation batches of those in it): `held` is a boolean
+        mask over the training split in `train_plain`'s order. A recipe makes its choices on the held slice and
+        never looks at the evaluation split. The training part is shuffled and augmented like `train`."""
+        source = self._require_source()
+        mask = tf.constant(np.asarray(held, bool))
+        n_held = int(np.sum(held))
+
+        def part(keep_held: bool) -> tf.data.Dataset:
+            return source.elements.enumerate().filter(lambda i, _: mask[i] == keep_held).map(lambda _, e: e)
+
+        train = _train_pipeline(part(False), self.num_train - n_held, image_size=self.image_size,
+                                batch_size=source.batch_size, seed=source.seed, crop_area=source.crop_area)
+        return trainable_batches(train, smallest), _eval_pipeline(part(True), image_size=self.image_size,
+                                                                  batch_size=source.batch_size)
+
+    def _require_source(self) -> TrainSource:
+        if self._source is None:
+            raise DataError("this Dataset cannot be re-read (it was made without its training source)")
+        return self._source
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSource:
+    """What a data set's training pipeline is made of, so that other pipelines can be made from it."""
+
+    elements: tf.data.Dataset  # (uint8 [H, W, 3] image, int32 label), unbatched, fixed order (cached when it fits)
+    originals: tf.data.Dataset  # the same images as decoded from their files (folder sets cache shrunk copies)
+    labels: np.ndarray | None  # in that order, when known without reading the images
+    crop_area: tuple[float, float]
+    batch_size: int
+    seed: int
 
 
 def load_dataset(
@@ -229,7 +275,8 @@ def _load_synthetic(*, image_size, batch_size, seed, cache_dir, sizes) -> Datase
         image_size, int(n_train), int(n_test), seed, cache_dir)
     logging.info("synthetic data: %d train + %d test images at %d px in %.1f s", len(x_train), len(x_test), image_size,
                  time.perf_counter() - start)
-    train = _train_pipeline(tf.data.Dataset.from_tensor_slices((x_train, y_train)), len(x_train),
+    elements = tf.data.Dataset.from_tensor_slices((x_train, y_train))
+    train = _train_pipeline(elements, len(x_train),
                             image_size=image_size, batch_size=batch_size, seed=seed, crop_area=SYNTHETIC_CROP_AREA)
     evaluation = _eval_pipeline(tf.data.Dataset.from_tensor_slices((x_test, y_test)), image_size=image_size,
                                 batch_size=batch_size)
@@ -244,6 +291,7 @@ def _load_synthetic(*, image_size, batch_size, seed, cache_dir, sizes) -> Datase
         image_size=image_size,
         _representative=_representative_from(
             lambda order: tf.data.Dataset.from_tensor_slices(x_train[order]), len(x_train), image_size, seed),
+        _source=TrainSource(elements, elements, np.asarray(y_train, np.int32), SYNTHETIC_CROP_AREA, batch_size, seed),
     )
 
 
@@ -438,6 +486,12 @@ def _load_folder(root, *, image_size, batch_size, seed, holdout_fraction, on_bad
         images, shuffled = files.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True), True
     train = _train_pipeline(images, len(train_paths), image_size=image_size, batch_size=batch_size, seed=seed,
                             crop_area=augment.TRAIN_CROP_AREA, shuffled=shuffled)
+    in_order = tf.data.Dataset.from_tensor_slices((train_paths, train_labels))
+    source = TrainSource(
+        elements=images if not shuffled else in_order.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True),
+        originals=in_order.map(lambda p, y: (preprocessing.decode_rgb(tf.io.read_file(p)), y),
+                               num_parallel_calls=AUTOTUNE, deterministic=True),
+        labels=train_labels, crop_area=augment.TRAIN_CROP_AREA, batch_size=batch_size, seed=seed)
 
     # Evaluation: exactly decode_rgb -> eval_resize on the original file; cache the smaller of the two stages.
     decoded_bytes = sum(3 * size_of[p][0] * size_of[p][1] for p in eval_paths)
@@ -469,6 +523,7 @@ def _load_folder(root, *, image_size, batch_size, seed, holdout_fraction, on_bad
         train_files=list(train_paths),
         eval_files=list(eval_paths),
         _representative=_representative_from(representative_images, len(train_paths), image_size, seed),
+        _source=source,
     )
 
 
@@ -605,4 +660,5 @@ def _load_tfds(name, *, image_size, batch_size, seed, holdout_fraction, manual_d
         skipped_files=[],
         image_size=image_size,
         _representative=_representative_from(representative_images, num_train, image_size, seed),
+        _source=TrainSource(train_images, split(train_split), None, augment.TRAIN_CROP_AREA, batch_size, seed),
     )

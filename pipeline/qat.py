@@ -11,6 +11,8 @@ take their range from their input's (`align_rescaling_ranges`), so that they rou
 
 from __future__ import annotations
 
+import dataclasses
+
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
@@ -267,6 +269,29 @@ def import_activation_ranges(qat_model: keras.Model, ranges: dict[str, tuple[flo
                 source_range[0].assign(low / scale)
                 source_range[1].assign(high / scale)
     return imported
+
+
+@dataclasses.dataclass(frozen=True)
+class RangeSetup:
+    """How a QAT model's activation ranges were set before training (`set_up_ranges`)."""
+
+    calibration_batches: int
+    imported: int  # ranges taken from a quantized file
+    clamped: int  # ranges narrowed where h-swish or the hard sigmoid saturates
+    aligned: int  # x1/6 ranges derived from their inputs'
+
+
+def set_up_ranges(qat_model: keras.Model, batches, imported_ranges: dict[str, tuple[float, float]] | None = None,
+                  keep_calibrated: tuple[str, ...] = ()) -> RangeSetup:
+    """Every activation range of a fresh QAT model, in the order that makes them consistent: calibrated on `batches`
+    (float32 image batches), then the ranges a quantized file holds (`imported_ranges`, from
+    `keras_models.tflite_weights.read_tflite`) for every layer but those in `keep_calibrated` (a new classifier),
+    then clamped where h-swish saturates and aligned across x1/6 (the last two must follow the others, which they
+    are derived from)."""
+    used = calibrate_activation_ranges(qat_model, batches)
+    imported = import_activation_ranges(qat_model, imported_ranges, skip=keep_calibrated) if imported_ranges else []
+    clamped, aligned = clamp_saturated_ranges(qat_model), align_rescaling_ranges(qat_model)
+    return RangeSetup(used, len(imported), clamped, aligned)
 
 
 class KeepRanges(keras.callbacks.Callback):

@@ -19,6 +19,7 @@ import os
 
 from pipeline import schema
 from pipeline.config import RunConfig
+from pipeline.transfer import TransferChoice
 from tflite_export.export import REPORT_FILE
 
 HTML_FILE = "report.html"  # beside report.json, in the same published set
@@ -143,7 +144,7 @@ class DistributionSummary:
 
 @dataclasses.dataclass(frozen=True)
 class Report:
-    SCHEMA_VERSION = 2  # 1: the untyped report.json without schema_version
+    SCHEMA_VERSION = 3  # 1: the untyped report.json without schema_version; 2: with --head_epochs, no `transfer`
 
     schema_version: int
     config: RunConfig
@@ -158,6 +159,7 @@ class Report:
     export_and_int8_eval_seconds: float
     seconds_total: float
     distribution: DistributionSummary | None = None  # None in reports written before --strategy existed
+    transfer: TransferChoice | None = None  # what the transfer recipe chose and why; None from scratch
 
     def stage(self, name: str) -> StageSummary | None:
         return next((s for s in self.stages if s.name == name), None)

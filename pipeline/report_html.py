@@ -16,6 +16,7 @@ import math
 import numpy as np
 
 from pipeline.report import Report, StageSummary
+from pipeline.transfer import TransferChoice
 
 # Above this many classes the confusion matrix is listed as its largest off-diagonal cells (a 1000 x 1000 table is
 # neither readable nor small).
@@ -45,6 +46,8 @@ def render(report: Report, thumbnails: dict[int, bytes]) -> str:
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{_esc(title)}</title>",
         f"<style>{_STYLE}</style></head><body>", f"<h1>{_esc(title)}</h1>",
         _summary(report),
+        *(("<h2>Transfer recipe: what was chosen, and on what</h2>", _transfer(report.transfer))
+          if report.transfer is not None else ()),
         "<h2>Training curves</h2>", _curves(report.stages),
         "<h2>int8 model on the held-out split: confusion matrix</h2>", _confusion(report),
         "<h2>int8 model: accuracy per class</h2>", _per_class(report),
@@ -91,6 +94,28 @@ def _summary(report: Report) -> str:
     ]
     rows += [(f"latency, {row.threads} thread(s)", f"median {row.median_ms:.2f} ms") for row in report.latency]
     rows.append(("time", f"{report.seconds_total:.0f} s in this run"))
+    body = "".join(f'<tr><th class="label">{_esc(k)}</th><td>{_esc(v)}</td></tr>' for k, v in rows)
+    return f'<table class="summary">{body}</table>'
+
+
+def _transfer(choice: TransferChoice) -> str:
+    """The transfer recipe's choice with the held-out figures behind it (pipeline/transfer.py)."""
+    head = choice.head
+    rows = [("chosen", "fine-tune everything but BatchNorm" if choice.fine_tune == "all" else
+             "head only: the backbone and its int8 arithmetic are the start file's"),
+            ("why", choice.reason),
+            ("head", f"logistic regression on the features of {head.images} training images (float and int8 "
+                     f"arithmetic), L2 C = {head.l2_c:g}"
+                     + (f", chosen by {head.cv_folds}-fold cross-validation: {_pct(head.cv_top1)}"
+                        if head.cv_top1 is not None else ""))]
+    trial = choice.trial
+    if trial is not None:
+        epochs = ", ".join(f"{100 * v:.1f}" for v in trial.epoch_top1)
+        rows += [("held-out slice", f"{trial.holdout_images} training images (never the evaluation split)"),
+                 ("probe on it", f"{_pct(trial.probe_top1)} (int8 arithmetic), {_pct(trial.probe_float_top1)} "
+                                 "(float)"),
+                 ("fine-tuned on it", f"best {_pct(trial.best_top1)} at epoch {trial.best_epoch}; per epoch: "
+                                      f"{epochs}%")]
     body = "".join(f'<tr><th class="label">{_esc(k)}</th><td>{_esc(v)}</td></tr>' for k, v in rows)
     return f'<table class="summary">{body}</table>'
 

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from pipeline.data import Dataset
     from pipeline.report import Report
     from pipeline.train import Recipe, StageResult
+    from pipeline.transfer import TransferChoice
     from tflite_export.evaluate import HeldOutPredictions
     from tflite_export.files import ArtifactSet
 
@@ -48,7 +49,10 @@ flags.DEFINE_string(
 flags.DEFINE_list("synthetic_size", ["4000", "800"], "Train,test image counts of the synthetic dataset.")
 flags.DEFINE_integer("image_size", 64, "Square input resolution of the model.")
 flags.DEFINE_integer("batch_size", 64, "Training batch size.")
-flags.DEFINE_integer("float_epochs", 12, "Epochs of float training.")
+flags.DEFINE_integer(
+    "float_epochs", None,
+    "Epochs of float training from scratch (default 12); with --weights, the most epochs the fine-tuning trial may run "
+    "(default 10; it stops earlier when the held-out slice stops improving).")
 flags.DEFINE_integer("qat_epochs", 3, "Epochs of quantization-aware fine-tuning (0 with --noqat).")
 flags.DEFINE_integer("freeze_bn_epochs", 1, "Last QAT epochs run with BatchNorm statistics frozen.")
 flags.DEFINE_float("learning_rate", 0.1, "Peak learning rate of float training (SGD, warm-up + cosine).")
@@ -72,11 +76,13 @@ flags.DEFINE_float("dropout", None, "Dropout before the classifier (default: the
 flags.DEFINE_string("weights", "none", "Initial weights: none, imagenet (downloads the Keras file), or a file path.")
 flags.DEFINE_enum(
     "recipe", "auto", ["auto", "scratch", "transfer"],
-    "Training recipe. auto: transfer when --weights is given, else scratch. transfer: --head_epochs on the new "
-    "classifier alone (at --learning_rate), then --float_epochs fine-tuning everything but BatchNorm at "
-    "--fine_tune_learning_rate, then QAT "
-    "(pipeline/transfer.py).")
-flags.DEFINE_integer("head_epochs", 5, "Transfer recipe: epochs that train the new classifier on frozen features.")
+    "Training recipe. auto: transfer when --weights is given, else scratch. transfer: a logistic-regression head on "
+    "the frozen backbone's features, then fine-tuning only if it beats that head on a held-out fifth of the training "
+    "split (pipeline/transfer.py).")
+flags.DEFINE_enum(
+    "fine_tune", "auto", ["auto", "none", "all"],
+    "Transfer recipe: auto decides on the held-out slice of the training split; none keeps the start's backbone "
+    "(head only); all always fine-tunes everything but BatchNorm.")
 flags.DEFINE_float("fine_tune_learning_rate", 1e-4,
                    "Transfer recipe: peak learning rate (Adam) of fine-tuning; QAT's default is a fifth of it.")
 flags.DEFINE_boolean("qat", True, "Quantization-aware training; --noqat exports with post-training quantization.")
@@ -157,9 +163,13 @@ def _summary(report: Report, html_path: str) -> str:
         f"{rate(t.float_train_images_per_s)}"
         + (f", QAT {rate(t.qat_train_images_per_s)}" if report.accuracy.qat_keras is not None else "")
     )
-    float_seconds = report.stage("float").seconds if report.stage("float") else 0
+    float_seconds = sum(s.seconds for s in report.stages if not s.name.startswith("qat"))
     lines.append(f"time         {report.seconds_total:.0f} s total (float {float_seconds:.0f} s, QAT "
                  f"{report.qat_seconds:.0f} s, export + int8 evaluation {report.export_and_int8_eval_seconds:.0f} s)")
+    if report.transfer is not None:
+        from pipeline.transfer import describe
+
+        lines.append(f"transfer     {describe(report.transfer)}")
     lines.append(f"report       {html_path}  (curves, confusion matrix, worst-classified images; report.json "
                  "beside it)")
     return "\n".join(lines)
@@ -186,6 +196,7 @@ class RunData:
     train: tf.data.Dataset  # one-hot labels (label smoothing needs them)
     eval: tf.data.Dataset
     input_images_per_s: float
+    smallest_batch: int = MIN_BATCH_SIZE  # training batches smaller than this are dropped (pipeline.data)
 
 
 @dataclasses.dataclass
@@ -198,6 +209,9 @@ class Trained:
     stages: list[StageResult] = dataclasses.field(default_factory=list)
     qat_model: keras.Model | None = None
     qat_top1: float | None = None
+    transfer: TransferChoice | None = None  # what the transfer recipe chose
+
+
 
 
 def load_data(config: RunConfig, recorded_model: dict | None) -> RunData:
@@ -207,11 +221,12 @@ def load_data(config: RunConfig, recorded_model: dict | None) -> RunData:
     from tflite_export.cli import header
 
     header(f"data: {config.dataset}")
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
     data = load_dataset(
         config.dataset, image_size=config.image_size, batch_size=config.batch_size, seed=config.seed,
         on_bad_image=config.on_bad_image, synthetic_size=config.synthetic_size, tfds_manual_dir=config.tfds_manual_dir,
         cache_dir=os.path.join(config.output_dir, "cache") if distribute.is_chief() else None,
-        replicas=tf.distribute.get_strategy().num_replicas_in_sync,
+        replicas=replicas,
     )
     classes = data.class_names
     logging.info("data: %d train, %d eval (%s), classes: %s", data.num_train, data.num_eval, data.eval_split_name,
@@ -224,7 +239,8 @@ def load_data(config: RunConfig, recorded_model: dict | None) -> RunData:
         write_run_record(config, classes)
     input_rate = input_pipeline_throughput(data.train)
     logging.info("input pipeline alone: %.0f images/s", input_rate)
-    return RunData(data, one_hot(data.train, len(classes)), one_hot(data.eval, len(classes)), input_rate)
+    return RunData(data, one_hot(data.train, len(classes)), one_hot(data.eval, len(classes)), input_rate,
+                   smallest_batch=config.batch_size if replicas > 1 else MIN_BATCH_SIZE)
 
 
 def build_model(config: RunConfig, run_data: RunData) -> tuple[keras.Model, float]:
@@ -263,62 +279,61 @@ def _float_recipe(config: RunConfig) -> Recipe:
 
 
 def train_float(config: RunConfig, model: keras.Model, bn_momentum: float, run_data: RunData) -> Trained:
-    """Float training (after the new classifier's `head` stage with the transfer recipe); saves float_model.h5."""
+    """Float training from scratch, or the transfer recipe (a fitted head, fine-tuning only where it pays:
+    pipeline/transfer.py); saves float_model.h5."""
     from pipeline import transfer
-    from pipeline.train import Recipe, run_stage
+    from pipeline.train import run_stage
 
-    stages = []
     stage_args = _stage_args(config, run_data)
+    choice = None
     if config.recipe == "transfer":
-        transfer.freeze_all_but(model, transfer.classifier(model))
-        head_recipe = Recipe(learning_rate=config.learning_rate, weight_decay=config.weight_decay,
-                             label_smoothing=config.label_smoothing)
-        stages.append(run_stage("head", model, run_data.train, run_data.eval, epochs=config.head_epochs,
-                                recipe=head_recipe, **stage_args))
-        transfer.unfreeze_all_but_batch_norm(model)
-    stages.append(run_stage("float", model, run_data.train, run_data.eval, epochs=config.float_epochs,
-                            recipe=_float_recipe(config), **stage_args))
+        choice, stages = transfer.train(
+            model, run_data.data, start_file=config.weights, fine_tune=config.fine_tune,
+            max_epochs=config.float_epochs, recipe=_float_recipe(config), calibration=config.calibration_batches,
+            seed=config.seed, smallest_batch=run_data.smallest_batch, workdir=config.output_dir,
+            batch_size=config.batch_size, verbose=config.verbose)
+    else:
+        stages = [run_stage("float", model, run_data.train, run_data.eval, epochs=config.float_epochs,
+                            recipe=_float_recipe(config), **stage_args)]
     float_top1 = _eval_keras(model, run_data.data.eval, "float evaluation")
     logging.info("float model: held-out top-1 %.4f", float_top1)
     with distribute.chief_path(os.path.join(config.output_dir, FLOAT_MODEL_FILE)) as path:
         _save_atomically(model, path)
-    return Trained(model, bn_momentum, float_top1, stages)
+    return Trained(model, bn_momentum, float_top1, stages, transfer=choice)
 
 
 def train_qat(config: RunConfig, trained: Trained, run_data: RunData) -> None:
     """Quantization-aware fine-tuning of the float model (its ranges calibrated first); saves qat_model/ and adds the
-    QAT model, its stages and its held-out top-1 to `trained`."""
+    QAT model, its stages and its held-out top-1 to `trained`. A transfer run that kept the start file's backbone
+    trains nothing: the file's ranges are its int8 arithmetic already (pipeline/transfer.py)."""
     from keras_models.tflite_weights import read_tflite
     from pipeline import transfer
     from pipeline.distill import Distiller
-    from pipeline.qat import (
-        RangeRules,
-        align_rescaling_ranges,
-        calibrate_activation_ranges,
-        clamp_saturated_ranges,
-        import_activation_ranges,
-        quantize_model,
-    )
+    from pipeline.qat import RangeRules, quantize_model, set_up_ranges
     from pipeline.train import Recipe, fine_tune
     from tflite_export.cli import header, progress
     from tflite_export.quantization import quantize_scope
 
     model, data = trained.model, run_data.data
+    if trained.transfer is not None and trained.transfer.fine_tune == "none":
+        header("int8 arithmetic: the start file's ranges for the backbone, calibrated ones for the new head")
+        trained.qat_model = transfer.prepare_qat(model, config.weights,
+                                                 transfer.calibration_batches(data, config.calibration_batches))
+        _finish_qat(config, trained, data)
+        return
     header("quantization-aware training: fake-quant model and activation ranges")
     qat_model = quantize_model(model)
     if config.sync_batch_norm:  # tfmot's quantize_apply rebuilds the BatchNorms without it
         distribute.synchronize_batch_norm(qat_model)
     if not os.path.exists(os.path.join(config.output_dir, "checkpoints", "qat.weights.h5")):
         batches = progress(data.train.take(config.calibration_batches), desc="QAT range calibration", unit="batch")
-        used = calibrate_activation_ranges(qat_model, (images for images, _ in batches))
-        if str(config.weights).endswith(".tflite"):
-            # The backbone's weights were trained under the file's activation ranges: start QAT from them.
-            imported = import_activation_ranges(qat_model, read_tflite(config.weights).ranges,
-                                                skip=(transfer.classifier(model).name,))
-            logging.info("QAT: %d activation ranges taken from %s", len(imported), config.weights)
-        clamped, aligned = clamp_saturated_ranges(qat_model), align_rescaling_ranges(qat_model)
-        logging.info("QAT: activation ranges calibrated on %d training batches, %d clamped where h-swish or the hard "
-                     "sigmoid saturates, %d x1/6 ranges aligned with their inputs", used, clamped, aligned)
+        # A .tflite start's weights were trained under the file's activation ranges: start QAT from them.
+        setup = set_up_ranges(qat_model, (images for images, _ in batches),
+                              read_tflite(config.weights).ranges if str(config.weights).lower().endswith(".tflite")
+                              else None, keep_calibrated=(transfer.classifier(model).name,))
+        logging.info("QAT: activation ranges calibrated on %d training batches, %d taken from --weights, %d clamped "
+                     "where h-swish or the hard sigmoid saturates, %d x1/6 ranges aligned with their inputs",
+                     setup.calibration_batches, setup.imported, setup.clamped, setup.aligned)
     qat_recipe = Recipe(
         learning_rate=config.qat_learning_rate, warmup_epochs=0, weight_decay=config.weight_decay,
         optimizer=_float_recipe(config).optimizer,
@@ -331,12 +346,20 @@ def train_qat(config: RunConfig, trained: Trained, run_data: RunData) -> None:
                                     freeze_bn_epochs=config.freeze_bn_epochs, recipe=qat_recipe,
                                     batch_norm_model=qat_model, callbacks=(RangeRules(qat_model),),
                                     **_stage_args(config, run_data))
-        trained.qat_top1 = _eval_keras(qat_model, data.eval, "QAT evaluation")
+    trained.qat_model = qat_model
+    _finish_qat(config, trained, data)
+
+
+def _finish_qat(config: RunConfig, trained: Trained, data: Dataset) -> None:
+    """The QAT model's held-out top-1, and the model saved as qat_model/."""
+    from tflite_export.quantization import quantize_scope
+
+    with quantize_scope():
+        trained.qat_top1 = _eval_keras(trained.qat_model, data.eval, "QAT evaluation")
         # HDF5 cannot hold tfmot's shared quantizer variables; the SavedModel format round-trips them.
         with distribute.chief_path(os.path.join(config.output_dir, QAT_MODEL_DIR)) as path:
-            _save_atomically(qat_model, path, save_format="tf")
+            _save_atomically(trained.qat_model, path, save_format="tf")
     logging.info("QAT model: held-out top-1 %.4f", trained.qat_top1)
-    trained.qat_model = qat_model
 
 
 def export_and_evaluate(config: RunConfig, trained: Trained, run_data: RunData,
@@ -464,12 +487,14 @@ def write_report(config: RunConfig, run_data: RunData, trained: Trained, export_
         latency=[Latency(**row) for row in latency],
         throughput=Throughput(
             input_pipeline_images_per_s=run_data.input_images_per_s,
-            float_train_images_per_s=next((s.images_per_second for s in stages if s.name == "float"), None),
+            float_train_images_per_s=next((s.images_per_second for s in stages if s.name in ("float", "fine_tune")),
+                                          None),
             qat_train_images_per_s=next((s.images_per_second for s in stages if s.name == "qat"), None)),
         stages=_stage_summaries(config, stages),
         export_and_int8_eval_seconds=export_seconds,
         seconds_total=time.perf_counter() - started,
         distribution=DistributionSummary(**distribution.record(config.batch_size, config.sync_batch_norm)),
+        transfer=trained.transfer,
     )
     report.write(artifacts.path(REPORT_FILE))
     thumbnails = _thumbnails(data, [w.index for w in report.int8_evaluation.worst])

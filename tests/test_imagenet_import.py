@@ -10,8 +10,7 @@ import pytest
 import keras_models
 from keras_models.backend import keras
 from keras_models.tflite_weights import read_tflite
-from pipeline.report import Report
-from tests.conftest import run_pipeline, shared_path
+from tests.conftest import shared_path
 from tflite_export.export import run_tflite
 from tflite_export.preprocessing import load_eval_image
 
@@ -118,28 +117,6 @@ def test_squeeze_convs_get_weight_fake_quant_and_empty_channels_keep_their_bias(
     maximum.assign(np.where(np.arange(maximum.shape[0]) == 0, 0.0, 2.0))
     assert widen_empty_kernel_ranges(qat) >= 1
     assert float(minimum[0]) == -2.0 and float(maximum[0]) == 2.0 and float(maximum[1]) == 2.0
-
-
-def test_transfer_recipe_runs_end_to_end_with_frozen_batch_norm(tmp_path):
-    photos = shared_path("datasets", "hymenoptera_data", "train")
-    folder = tmp_path / "photos"
-    for cls in ("ants", "bees"):
-        (folder / cls).mkdir(parents=True)
-        for image in sorted((photos / cls).iterdir())[:12]:
-            (folder / cls / image.name).symlink_to(image)
-    out = tmp_path / "run"
-    result = run_pipeline([
-        "--weights", shared_path("reference_models", *V3_SMALL), "--dataset", folder, "--image_size", "32",
-        "--batch_size", "8", "--head_epochs", "1", "--float_epochs", "1", "--noqat", "--calibration_images", "8",
-        "--benchmark_runs", "0", "--verbose", "0", "--output_dir", out])
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = Report.read(out / "report.json")
-    assert report.config.recipe == "transfer" and {s.name for s in report.stages} >= {"head", "float"}
-    assert (out / "labels.txt").read_text().split() == ["ants", "bees"]
-    # BatchNorm stayed in inference mode through head and fine-tune: the imported identity statistics are intact.
-    float_model = keras.models.load_model(out / "float_model.h5", compile=False)
-    _, _, mean, variance = float_model.get_layer("expanded_conv_5/expand/BatchNorm").get_weights()
-    assert np.all(mean == 0) and np.allclose(variance + 1e-3, 1)
 
 
 def test_distillation_targets_are_the_files_probabilities_without_background():

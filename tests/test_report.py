@@ -24,7 +24,7 @@ from tests.conftest import TINY, error_line
 # ------------------------------------------------------------------------------------------------------ RunConfig
 @pytest.mark.parametrize("case,args,needle", [
     ("minimalistic V2", ["--variant", "v2", "--minimalistic"], "--minimalistic applies to MobileNetV3 only"),
-    ("negative head epochs", ["--head_epochs", "-1"], "epoch counts >= 0"),
+    ("negative float epochs", ["--float_epochs", "-1"], "epoch counts >= 0"),
     ("negative frozen-BN epochs", ["--freeze_bn_epochs", "-1"], "--freeze_bn_epochs must be >= 0"),
     ("zero fine-tuning rate", ["--fine_tune_learning_rate", "0"], "--fine_tune_learning_rate must be > 0"),
     ("synthetic size not numbers", ["--synthetic_size", "a,b"], "--synthetic_size takes two integers"),
