@@ -31,11 +31,11 @@ RUN = [
     "--calibration_images", "16", "--calibration_batches", "2", "--benchmark_runs", "0", "--verbose", "0",
     "--sync_batch_norm",
 ]
-# Tolerances, measured here (BENCHMARKS.md "tf.distribute"): float weights (BatchNorm statistics included) differed by
-# at most 2e-6, the int8 outputs by 1 level. The QAT stage's checkpoint differs more: kernels by 2e-4, but activation
-# ranges by up to 0.42 (of ~26) and BatchNorm moving variances by 0.08, at most 3.9% of 1 + |value|; under replicas
-# tfmot's range moving averages follow the mean of per-replica extremes, and that this accounts for all of it was not
-# established (an open question, noted in BENCHMARKS.md).
+# Tolerances, measured here (docs/findings.md, "tf.distribute: equivalence with one device"): float weights
+# (BatchNorm statistics included) differed by at most 2e-6, the int8 outputs by 1 level. The QAT stage's checkpoint
+# differs more: kernels by 2e-4, but activation ranges by up to 0.42 (of ~26) and BatchNorm moving variances by 0.08,
+# at most 3.9% of 1 + |value|; under replicas tfmot's range moving averages follow the mean of per-replica extremes,
+# and that this accounts for all of it was not established (an open question, noted there).
 FLOAT_ATOL = 1e-4
 QAT_RELATIVE = 0.1  # of 1 + |value|
 OUTPUT_LEVELS = 1

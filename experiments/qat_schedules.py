@@ -1,6 +1,6 @@
 """QAT schedules compared on one trained float model: how much of the float accuracy each int8 path keeps (issue #6).
 
-    nice -n 10 python -m bench.qat_schedules --float_run ~/.cache/mobilenet-bench/runs/cifar10-small-64 \\
+    nice -n 10 python -m experiments.qat_schedules --float_run ~/.cache/mobilenet-bench/runs/cifar10-small-64 \\
         --schedules 3:1:0.005,6:2:0.005,3:1:0.001,3:1:0.01,ptq
 
 A schedule is QAT_EPOCHS:FREEZE_BN_EPOCHS:QAT_LEARNING_RATE (the last FREEZE_BN_EPOCHS of the QAT epochs run with

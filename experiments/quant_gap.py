@@ -1,7 +1,7 @@
 """Where the float -> int8 accuracy gap comes from: post-training int8 of one trained float model, three ways of
 writing h-swish, evaluated on the same held-out images (default: the CIFAR-10 run of bench.cifar10, 10,000 test images).
 
-    nice -n 10 python -m bench.quant_gap [--run_dir ~/.cache/mobilenet-bench/runs/cifar10-small-64] [--json OUT]
+    nice -n 10 python -m experiments.quant_gap [--run_dir ~/.cache/mobilenet-bench/runs/cifar10-small-64] [--json OUT]
 
   lowered (ours)     our builder's h-swish: (relu6(x + 3) * x) * (1/6) -> ADD/RELU6, MUL, MUL. The int8 tensor after
                      the first MUL holds 6x the output's range (4x-8x coarser steps than the h-swish output).

@@ -1,7 +1,7 @@
 """Does folding h-swish's x1/6 into the convolutions that read it make the int8 file faster? (issue #17; the answer
 measured on 2026-11-30 was no, so the pass lives here and not in tflite_export.)
 
-    python -m bench.rescale_fold [--runs 300] [--images 64] [--json OUT]
+    python -m experiments.rescale_fold [--runs 300] [--images 64] [--json OUT]
 
 Our lowered h-swish ends in an int8 MUL by the constant 1/6 whose output has the input's zero point and a sixth of its
 scale (QAT aligns the two ranges): on the integers it is the identity. Where only CONV_2D / DEPTHWISE_CONV_2D ops read

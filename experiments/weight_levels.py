@@ -1,6 +1,6 @@
 """How much of the int8 range each depthwise channel of a .tflite file uses (issue #6).
 
-    python -m bench.weight_levels ~/.cache/mobilenet-bench/runs/*/model.tflite [--json OUT]
+    python -m experiments.weight_levels ~/.cache/mobilenet-bench/runs/*/model.tflite [--json OUT]
 
 Int8 weights are symmetric, levels -127..127, one scale per output channel. A channel whose largest weight is stored
 as 127 uses its whole range; one whose largest is 40 rounds its weights onto 81 levels instead of 255 (about 1.6

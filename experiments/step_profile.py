@@ -1,7 +1,7 @@
 """Where a training step's time goes (issue #17): op-type profile of one float and one QAT step, forward / backward /
 optimizer split, and the per-epoch overheads of the pipeline's callbacks.
 
-    nice -n 10 python -m bench.step_profile [--image_size 64] [--batch_size 64] [--steps 10] [--json OUT]
+    nice -n 10 python -m experiments.step_profile [--image_size 64] [--batch_size 64] [--steps 10] [--json OUT]
 
 Models and loop are bench.throughput's (ours, keras.applications' V3-Small, ours QAT; same data, recipe, compiled
 Keras train function). Three parts:

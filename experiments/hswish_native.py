@@ -1,14 +1,14 @@
 """What does lowering h-swish cost in accuracy? Our int8 file with its lowered h-swish put back as HARD_SWISH ops,
 scored under LiteRT's three kernel sets beside the file as exported (issue #12).
 
-    python -m bench.hswish_native [--model PATH] [--json OUT]
+    python -m experiments.hswish_native [--model PATH] [--json OUT]
 
-Each lowered h-swish (ADD + RELU6, MUL, x1/6 MUL; `bench.op_share.hswish_groups`) is replaced in the flatbuffer by one
-HARD_SWISH op from the same input tensor to the same output tensor, so its quantization is the exported one. The
-HARD_SWISH kernel computes h-swish and rounds once; the lowered form also rounds its relu6(x + 3) gate. Both files
-are scored on ../shared/datasets/imagenet-samples by `bench.imagenet_import.top1_by_kernels`. The default model is
-`bench.imagenet_import`'s re-export of Google's V3-Small. The restored file is a measurement, never an export: its
-HARD_SWISH ops split the XNNPACK graph.
+Each lowered h-swish (ADD + RELU6, MUL, x1/6 MUL; `experiments.op_share.hswish_groups`) is replaced in the
+flatbuffer by one HARD_SWISH op from the same input tensor to the same output tensor, so its quantization is the
+exported one. The HARD_SWISH kernel computes h-swish and rounds once; the lowered form also rounds its relu6(x + 3)
+gate. Both files are scored on ../shared/datasets/imagenet-samples by `bench.imagenet_import.top1_by_kernels`. The
+default model is `bench.imagenet_import`'s re-export of Google's V3-Small. The restored file is a measurement, never
+an export: its HARD_SWISH ops split the XNNPACK graph.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sys
 import tempfile
 
 from bench import _common
-from bench.op_share import DEFAULT_MODEL, hswish_groups
+from experiments.op_share import DEFAULT_MODEL, hswish_groups
 from keras_models import backend  # noqa: F401  (before TensorFlow)
 
 

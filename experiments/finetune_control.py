@@ -1,9 +1,9 @@
 """Control for the QAT schedules: the same fine-tuning schedule on the float model, with no fake-quant (issue #6).
 
-    nice -n 10 python -m bench.finetune_control --float_run ~/.cache/mobilenet-bench/runs/cifar10-small-64-e50 \\
+    nice -n 10 python -m experiments.finetune_control --float_run ~/.cache/mobilenet-bench/runs/cifar10-small-64-e50 \\
         --schedule 6:2:0.01 [--seed N] [--json OUT]
 
-bench.qat_gap found that a QAT run's weights, scored with every fake-quant node off, lose about 0.4 points against
+experiments.qat_gap found that a QAT run's weights, scored with every fake-quant node off, lose about 0.4 points against
 the float model they started from. This asks how much of that the schedule alone costs: the float model is
 fine-tuned exactly as QAT fine-tunes it (`pipeline.train.fine_tune`: QAT_EPOCHS - FREEZE_BN_EPOCHS epochs at the
 QAT learning rate, cosine-decayed, then FREEZE_BN_EPOCHS with BatchNorm frozen at a tenth of it; same recipe,
@@ -20,7 +20,7 @@ import os
 import numpy as np
 
 from bench import _common
-from bench.qat_schedules import parse_schedule
+from experiments.qat_schedules import parse_schedule
 from pipeline.config import FLOAT_MODEL_FILE
 
 

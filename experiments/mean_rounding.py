@@ -1,6 +1,6 @@
 """How far does each int8 MEAN of a .tflite file round from the exact mean of its own input? (issue #12)
 
-    python -m bench.mean_rounding --model PATH [--images DIR] [--count 40] [--json OUT]
+    python -m experiments.mean_rounding --model PATH [--images DIR] [--count 40] [--json OUT]
 
 For every MEAN op (squeeze-and-excite's and the global pool), the file is run on --count photos with all
 intermediate tensors kept, once with LiteRT's builtin (optimized) kernels and once with its reference kernels, and

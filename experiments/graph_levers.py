@@ -1,13 +1,13 @@
 """Every graph-level lever on our int8 V3-Small at once, timed beside Google's file (issue #17's 0.25x target).
 
-    python -m bench.graph_levers [--runs 1000] [--rounds 2] [--images 64] [--json OUT]
+    python -m experiments.graph_levers [--runs 1000] [--rounds 2] [--images 64] [--json OUT]
 
 Issue #17 asks for our int8 V3-Small at 224 in at most 0.25x Google's file's time at 1 thread, with any gain coming
 from the graph, not from the benchmark. The levers, each added to the one before:
 
   1. the pipeline's default export (uint8 I/O, softmax);
   2. `--io int8 --logits`: no QUANTIZE at the edges, no SOFTMAX at the end (both run outside XNNPACK);
-  3. h-swish's x1/6 MULs folded into the convolutions that read them (`bench.rescale_fold`, exact).
+  3. h-swish's x1/6 MULs folded into the convolutions that read them (`experiments.rescale_fold`, exact).
 
 A second copy of lever 2's file is timed too, as a control: whatever separates it from lever 2 is the benchmark's
 own noise, the yardstick for the other differences. The model is untrained (latency does not depend on the weights),
@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     reference = _common.reference_v3_small()
     from bench.latency import describe
-    from bench.rescale_fold import folded_and_checked, qat_with_pipeline_ranges
+    from experiments.rescale_fold import folded_and_checked, qat_with_pipeline_ranges
     from tflite_export.benchmark import benchmark_models
     from tflite_export.convert import convert
     from tflite_export.export import ending_at_logits

@@ -1,7 +1,7 @@
 """Utilisation (issue #17): achieved GMAC/s of our float and int8 V3-Small 1.0 at 224 and of Google's uint8 file,
 beside peaks measured on this machine, with the CPU's instruction sets.
 
-    nice -n 10 python -m bench.gmacs [--threads 1,2] [--runs 200] [--json OUT]
+    nice -n 10 python -m experiments.gmacs [--threads 1,2] [--runs 200] [--json OUT]
 
 Peaks (what a large, regular GEMM reaches; the models' layers are far smaller and thinner):
   numpy float32 matmul     2048 x 2048 x 2048 with numpy's BLAS, in a child process per thread count

@@ -1,6 +1,6 @@
 """How stable is an int8 top-1 on a small validation split? (issue #12: hymenoptera_data's 153 photos)
 
-    python -m bench.photo_stability RUN_DIR [RUN_DIR ...] [--dataset DIR] [--json OUT]
+    python -m experiments.photo_stability RUN_DIR [RUN_DIR ...] [--dataset DIR] [--json OUT]
 
 For each run's `model.tflite`, the int8 top-1 on the dataset's held-out photos twice: with the pixels quantized as the
 pipeline and the Android app do (TFLite's rounding, half away from zero) and with numpy's round-half-to-even, which

@@ -1,6 +1,6 @@
 """Where a QAT run's float -> int8 gap comes from: its QAT Keras model with groups of fake-quant nodes switched off.
 
-    nice -n 10 python -m bench.qat_gap --run_dir ~/.cache/mobilenet-bench/runs/cifar10-small-64-e50 [--json OUT]
+    nice -n 10 python -m experiments.qat_gap --run_dir ~/.cache/mobilenet-bench/runs/cifar10-small-64-e50 [--json OUT]
 
 The run's `qat_model` (QAT-trained weights with their fake-quant nodes) is evaluated on the run's held-out images,
 first with every fake-quant node on (what the int8 file computes, within LiteRT's rounding), then with one group of

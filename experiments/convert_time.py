@@ -1,7 +1,7 @@
 """Conversion time: what the converter is given to save, the Keras model (before) or a module holding its variables
 (tflite_export.convert now), side by side in one process, with the two files compared byte for byte.
 
-    nice -n 10 python -m bench.convert_time [--sizes 32,224] [--json OUT]
+    nice -n 10 python -m experiments.convert_time [--sizes 32,224] [--json OUT]
 
 Models: V3-Small at alpha 0.35 / 32 px (the tests' tiny model) and alpha 1.0 / 224 px, each float (post-training
 path) and QAT (tfmot, calibrated ranges); untrained weights (conversion time does not depend on them).
@@ -38,7 +38,7 @@ def _timed_convert(model, images, *, keras_trackable: bool) -> tuple[float, byte
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.convert_time", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.convert_time", description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="32,224")
     parser.add_argument("--json")
     args = parser.parse_args()

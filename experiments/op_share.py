@@ -1,6 +1,6 @@
 """Where does our int8 V3-Small's time go: convolutions, or the ops around them? (issue #17: what limits int8)
 
-    python -m bench.op_share [--model PATH] [--runs 300] [--json OUT]
+    python -m experiments.op_share [--model PATH] [--runs 300] [--json OUT]
 
 Times, side by side at 1 thread, the int8 file and copies of it with op groups cut out of the flatbuffer:
 
