@@ -133,8 +133,9 @@ def align_rescaling_ranges(qat_model: keras.Model) -> int:
     zero point, s times the step), so the second rounding becomes the identity, in the Keras model and in the int8
     MUL the converter writes for it. Left to their own moving averages, the ranges of h-swish's product and of its
     x1/6 drift apart, so every h-swish value was rounded twice, onto two slightly different grids
-    (BENCHMARKS.md: bench.qat_gap, and the gap over four QAT seeds with and without this). A Rescaling with an offset
-    (h-swish's +3) can't be aligned this way (zero must stay on the grid); TFLite fuses that ADD with its RELU6.
+    (experiments.qat_gap, and the gap over four QAT seeds with and without this: docs/findings.md). A Rescaling with
+    an offset (h-swish's +3) can't be aligned this way (zero must stay on the grid); TFLite fuses that ADD with its
+    RELU6.
     """
     return _assign_scaled_ranges(scaled_range_pairs(qat_model))
 
@@ -164,7 +165,7 @@ def saturated_range_bounds(qat_model: keras.Model) -> list[tuple]:
     before an h-swish reaches about as far below 0 as above, so a large share of its 256 levels went to values that
     all become 0, and a squeeze-and-excite logit's range was several times [-3, 3]. Clamping the range there makes
     the step finer and changes no result of the float function; the gradients agree too (fake-quant passes none
-    beyond its range, and the function has none there). `bench.qat_gap` and `bench.qat_schedules` measure it
+    beyond its range, and the function has none there). `experiments.qat_gap` and `experiments.qat_schedules` measure it
     (BENCHMARKS.md).
     """
     bounds = []

@@ -278,7 +278,8 @@ def check_same_settings(path: str, settings: dict, what: str, workdir: str, reco
     `defaults`: values of settings that records written before the setting existed lack (they were made with them)."""
     if recorded is None:
         if not os.path.exists(path):
-            return  # a fresh stage, or weights put there by hand (bench.qat_schedules copies a finished float stage)
+            # A fresh stage, or weights put there by hand (experiments.qat_schedules copies a finished float stage).
+            return
         with open(path) as f:
             recorded = json.load(f)
     recorded = {**(defaults or {}), **recorded}
@@ -320,7 +321,7 @@ def fine_tune(
     """Fine-tune a trained model: `epochs - freeze_bn_epochs` epochs as stage `name`, then the last `freeze_bn_epochs`
     with BatchNorm frozen at a tenth of the learning rate as stage `<name>_bn_frozen`. QAT does this (its trainee
     may be a `Distiller` around the model whose BatchNorms are frozen: `batch_norm_model`); so does the float
-    control of bench.finetune_control, with the same schedule and no fake-quant."""
+    control of experiments.finetune_control, with the same schedule and no fake-quant."""
     stages = [run_stage(name, trainee, train, eval, epochs=epochs - freeze_bn_epochs, recipe=recipe, **stage_args)]
     if freeze_bn_epochs:
         frozen = freeze_batch_norm(batch_norm_model or trainee)

@@ -80,7 +80,7 @@ def test_report_round_trips_through_json(tiny_run, tmp_path):
 
 
 @pytest.mark.parametrize("change,needle", [
-    (lambda data: data.update(schema_version=3), "schema_version 3"),
+    (lambda data: data.update(schema_version=4), "schema_version 4"),
     (lambda data: data.pop("schema_version"), "schema_version 1, written by an older version"),
     (lambda data: data["export"].pop("accuracy"), "missing ['accuracy']"),
 ])

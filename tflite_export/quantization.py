@@ -5,8 +5,8 @@ asymmetric activations, no fake-quant between a conv and its BatchNorm. For Dept
 per-channel ranges by the kernel's last axis, which is the depth multiplier (1), so every depthwise kernel gets one
 range for all its channels (tensorflow/model-optimization#808, open). The converter keeps that grid (each channel's
 int8 scale is the one scale times the channel's BatchNorm factor), so most depthwise channels used a fraction of
-the 127 levels they have (`bench.weight_levels` prints how many). `QuantizeScheme` below gives each depthwise channel
-its own range, in QAT and therefore in the file. Layers whose output needs a fake-quant of its own (`Rescaling`,
+the 127 levels they have (`experiments.weight_levels` prints how many). `QuantizeScheme` below gives each depthwise
+channel its own range, in QAT and therefore in the file. Layers whose output needs a fake-quant of its own (`Rescaling`,
 `Multiply`: tfmot's registry has neither) are annotated with `OutputQuantizeConfig` by `pipeline.qat.quantize_model`.
 
 Here, below the training code, because the exporter needs the same classes: `quantize_scope()` to load a saved QAT
