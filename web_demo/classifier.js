@@ -93,7 +93,7 @@ export function resizeBilinear(pixels, width, channels, box, outWidth, outHeight
         const br = pixels[rowHi + cHi + c];
         const top = f32(tl + f32((tr - tl) * xl));
         const bottom = f32(bl + f32((br - bl) * xl));
-        out[o++] = f32(top + f32((bottom - top) * yl));
+        out[o++] = f32(top + f32(f32(bottom - top) * yl));
       }
     }
   }
