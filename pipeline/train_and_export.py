@@ -128,6 +128,8 @@ def _eval_keras(model: keras.Model, eval_ds: tf.data.Dataset, desc: str) -> floa
 
 
 def _summary(report: Report, html_path: str) -> str:
+    from tflite_export.demo import try_it
+
     acc, export = report.export.accuracy, report.export
     lines = [
         f"model        {report.model.name}  ({report.model.params:,} params, "
@@ -162,6 +164,7 @@ def _summary(report: Report, html_path: str) -> str:
                  f"{report.qat_seconds:.0f} s, export + int8 evaluation {report.export_and_int8_eval_seconds:.0f} s)")
     lines.append(f"report       {html_path}  (curves, confusion matrix, worst-classified images; report.json "
                  "beside it)")
+    lines.append(f"try it       {try_it(os.path.dirname(html_path) or '.', export.io_dtype)}")
     return "\n".join(lines)
 
 

@@ -48,19 +48,6 @@ def _unb64(text: str, dtype) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text), dtype)
 
 
-def _write_y4m(path: pathlib.Path, rgb: np.ndarray, frames: int = 2) -> None:
-    """An I420 (4:2:0) video of one still picture, BT.601 limited range, even-sized (Chromium's fake camera file)."""
-    rgb = rgb[: rgb.shape[0] // 2 * 2, : rgb.shape[1] // 2 * 2].astype(np.float32)
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    y = 16 + 0.257 * r + 0.504 * g + 0.098 * b
-    u = 128 - 0.148 * r - 0.291 * g + 0.439 * b
-    v = 128 + 0.439 * r - 0.368 * g - 0.071 * b
-    planes = [y] + [(c[0::2, 0::2] + c[1::2, 0::2] + c[0::2, 1::2] + c[1::2, 1::2]) / 4 for c in (u, v)]
-    frame = b"".join(np.clip(np.rint(p), 0, 255).astype(np.uint8).tobytes() for p in planes)
-    header = f"YUV4MPEG2 W{rgb.shape[1]} H{rgb.shape[0]} F30:1 Ip A1:1 C420jpeg\n".encode()
-    path.write_bytes(header + b"".join(b"FRAME\n" + frame for _ in range(frames)))
-
-
 class Python:
     """The pipeline's side: decode, evaluation resize, quantization and LiteRT (1 thread) for one model."""
 
@@ -112,7 +99,7 @@ def chromium(tmp_path_factory):
     _require_browser()
     photo = shared_path("datasets", "test-photos", CAMERA_PHOTO)
     video = tmp_path_factory.mktemp("camera") / "camera.y4m"
-    _write_y4m(video, Python.decode(photo))
+    browser.write_y4m(video, Python.decode(photo))
     chrome = browser.Browser(fake_video=video)
     yield chrome
     chrome.close()
@@ -218,10 +205,15 @@ def test_camera_permission_denied_is_said(chromium, bundled_url):
 
 
 def test_tiny_run_loads_with_its_own_labels(chromium, tiny_run):
-    run_dir, _ = tiny_run
+    """The run the pipeline just trained, served as its summary and report.html say, in the page: its own classes,
+    its accuracy from report.json, and labels of its own on a photo."""
+    run_dir, result = tiny_run
+    command = re.search(r"^try it +\.venv/bin/python -m tflite_export\.demo (\S+)", result.stdout, re.M)
+    assert command and pathlib.Path(command[1]) == run_dir, result.stdout[-1500:]
+    assert f"-m tflite_export.demo {run_dir}" in (run_dir / "report.html").read_text()
     labels = (run_dir / "labels.txt").read_text().splitlines()
     report = json.loads((run_dir / "report.json").read_text())
-    with browser.serving(run_dir) as url:
+    with browser.serving(command[1]) as url:
         assert _open(chromium, url) == "ready"
         panel = chromium.eval("() => Object.fromEntries([...document.querySelectorAll('#model-panel tr')]"
                               ".map((tr) => [tr.dataset.key, tr.cells[1].textContent]))")

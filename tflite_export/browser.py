@@ -10,10 +10,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import threading
 from typing import Any, Iterator
+
+import numpy as np
 
 from tflite_export import demo
 
@@ -33,6 +36,20 @@ def missing() -> list[str]:
     if not PLAYWRIGHT.is_dir() or demo.web_root_problem():
         gone.append(f"npm packages in {demo.WEB_DIR} (npm ci)")
     return gone
+
+
+def write_y4m(path: str | os.PathLike, rgb: np.ndarray, frames: int = 2) -> None:
+    """A video of one still RGB picture for Chromium's fake camera (--use-file-for-fake-video-capture): I420, BT.601
+    limited range, cropped to even sides; Chromium loops it."""
+    rgb = rgb[: rgb.shape[0] // 2 * 2, : rgb.shape[1] // 2 * 2].astype(np.float32)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    y = 16 + 0.257 * r + 0.504 * g + 0.098 * b
+    u = 128 - 0.148 * r - 0.291 * g + 0.439 * b
+    v = 128 + 0.439 * r - 0.368 * g - 0.071 * b
+    planes = [y] + [(c[0::2, 0::2] + c[1::2, 0::2] + c[0::2, 1::2] + c[1::2, 1::2]) / 4 for c in (u, v)]
+    frame = b"".join(np.clip(np.rint(p), 0, 255).astype(np.uint8).tobytes() for p in planes)
+    header = f"YUV4MPEG2 W{rgb.shape[1]} H{rgb.shape[0]} F30:1 Ip A1:1 C420jpeg\n".encode()
+    pathlib.Path(path).write_bytes(header + b"".join(b"FRAME\n" + frame for _ in range(frames)))
 
 
 class BrowserError(RuntimeError):

@@ -96,6 +96,13 @@ def command_for(run_dir: str | pathlib.Path) -> str:
     return f".venv/bin/python -m tflite_export.demo {shlex.quote(str(run_dir))}"
 
 
+def try_it(run_dir: str | pathlib.Path, io_dtype: str) -> str:
+    """How to see a run's model in the browser, for the pipeline's summary and report: the command, or why not."""
+    if io_dtype == "int8":
+        return "not in a browser: LiteRT.js takes no int8 input (export with --io uint8 for the web demo)"
+    return f"{command_for(run_dir)}  (camera and photos in the browser, offline)"
+
+
 def web_root_problem() -> str | None:
     if not (WEB_DIR / "node_modules" / "@litertjs" / "core" / "wasm").is_dir():
         return (f"LiteRT.js is not installed in {WEB_DIR / 'node_modules'}: run bash scripts/setup.sh (it runs npm ci "
