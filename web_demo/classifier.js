@@ -39,8 +39,16 @@ export function centralCropBox(width, height, fraction = EVAL_CROP_FRACTION) {
   return {left, top, width: width - 2 * left, height: height - 2 * top};
 }
 
+const axes = new Map(); // camera frames share one crop size: their tables are computed once
+
 /** Per-axis table of TensorFlow's compute_interpolation_weights with half-pixel centres, in float32. */
 function axis(outSize, inSize) {
+  const key = `${outSize}/${inSize}`;
+  if (!axes.has(key)) axes.set(key, axisTable(outSize, inSize));
+  return axes.get(key);
+}
+
+function axisTable(outSize, inSize) {
   const scale = f32(inSize / outSize);
   const lower = new Int32Array(outSize);
   const upper = new Int32Array(outSize);
@@ -154,13 +162,14 @@ export function quantize(pixels, spec, out) {
   out = out || new Uint8Array(n);
   const scale = spec.scale;
   const zp = spec.zeroPoint;
-  const mean = [m0, m1, m2];
-  const std = [s0, s1, s2];
-  for (let i = 0; i < n; i++) {
-    const c = i % 3;
-    const normalized = f32(f32(pixels[i] - mean[c]) / std[c]);
-    const q = roundHalfAwayFromZero(f32(normalized / scale)) + zp;
-    out[i] = q < 0 ? 0 : q > 255 ? 255 : q;
+  const q = (p, m, s) => {
+    const v = roundHalfAwayFromZero(f32(f32(f32(p - m) / s) / scale)) + zp;
+    return v < 0 ? 0 : v > 255 ? 255 : v;
+  };
+  for (let i = 0; i < n; i += 3) { // channel by channel, unrolled: this runs on every camera frame
+    out[i] = q(pixels[i], m0, s0);
+    out[i + 1] = q(pixels[i + 1], m1, s1);
+    out[i + 2] = q(pixels[i + 2], m2, s2);
   }
   return out;
 }
