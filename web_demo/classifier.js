@@ -91,14 +91,14 @@ export function resizeBilinear(pixels, width, channels, box, outWidth, outHeight
     const rowHi = base + ys.upper[y] * stride;
     const yl = ys.lerp[y];
     for (let x = 0; x < outWidth; x++) {
-      const cLo = xs.lower[x] * channels;
-      const cHi = xs.upper[x] * channels;
+      const lo = xs.lower[x] * channels;
+      const hi = xs.upper[x] * channels;
       const xl = xs.lerp[x];
       for (let c = 0; c < 3; c++) {
-        const tl = pixels[rowLo + cLo + c];
-        const tr = pixels[rowLo + cHi + c];
-        const bl = pixels[rowHi + cLo + c];
-        const br = pixels[rowHi + cHi + c];
+        const tl = pixels[rowLo + lo + c];
+        const tr = pixels[rowLo + hi + c];
+        const bl = pixels[rowHi + lo + c];
+        const br = pixels[rowHi + hi + c];
         const top = f32(tl + f32((tr - tl) * xl));
         const bottom = f32(bl + f32((br - bl) * xl));
         out[o++] = f32(top + f32(f32(bottom - top) * yl));
@@ -114,12 +114,12 @@ export function evalResize(pixels, width, height, channels, outWidth, outHeight,
   return resizeBilinear(pixels, width, channels, box, outWidth, outHeight, out);
 }
 
-/** TFLite's rounding (std::round): to nearest, ties away from zero, decided on the exact fractional part. */
+/**
+ * TFLite's rounding (std::round): to nearest, ties away from zero. For a float32 value, |v| + 0.5 is exact in float64
+ * (JavaScript's numbers), so floor(|v| + 0.5) is the exact answer (unlike the same sum in float32).
+ */
 export function roundHalfAwayFromZero(v) {
-  const a = Math.abs(v);
-  const f = Math.floor(a);
-  const r = a - f >= 0.5 ? f + 1 : f;
-  return v < 0 ? -r : r;
+  return v < 0 ? -Math.floor(0.5 - v) : Math.floor(v + 0.5);
 }
 
 function perChannel(value, fallback) {
@@ -162,6 +162,14 @@ export function quantize(pixels, spec, out) {
   out = out || new Uint8Array(n);
   const scale = spec.scale;
   const zp = spec.zeroPoint;
+  if (scale === 1 && zp === 0 && m0 === 0 && m1 === 0 && m2 === 0 && s0 === 1 && s1 === 1 && s2 === 1) {
+    // The project's own contract (raw RGB bytes in): the formula reduces to rounding the pixel, exactly.
+    for (let i = 0; i < n; i++) {
+      const v = Math.floor(pixels[i] + 0.5);
+      out[i] = v < 0 ? 0 : v > 255 ? 255 : v;
+    }
+    return out;
+  }
   const q = (p, m, s) => {
     const v = roundHalfAwayFromZero(f32(f32(f32(p - m) / s) / scale)) + zp;
     return v < 0 ? 0 : v > 255 ? 255 : v;
