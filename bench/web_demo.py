@@ -58,6 +58,7 @@ def main() -> None:
         raise SystemExit(f"error: missing {', '.join(browser.missing())}: run bash scripts/setup.sh")
     from ai_edge_litert.interpreter import Interpreter
 
+    machine = _common.machine()  # the load average at the start
     files = demo.model_files(args.model)
     photo = _common.shared_path("datasets", "test-photos", "hot_dog.jpg")
     interpreter = Interpreter(model_path=str(files["model.tflite"]), num_threads=1)
@@ -101,7 +102,6 @@ def main() -> None:
     med = {key: float(np.median([f[key] for f in frames])) for key in ("grab", "preprocess", "inference", "total")}
     fps = (len(frames) - 1) / ((frames[-1]["end"] - frames[0]["end"]) / 1000)
     native_ms, wasm_ms = float(np.median(native)), float(np.median(wasm))
-    machine = _common.machine()
     print(f"model {files['model.tflite']} ({size} px); Chromium {chrome.version}, LiteRT.js 2.5.3 wasm, 1 thread; "
           f"{machine['cpu']} ({machine['isa']}), {machine['nproc']} cores, load {machine.get('loadavg_at_start')}; "
           f"revision {_common.git_revision()}; {machine['date']}")
