@@ -313,11 +313,19 @@ def test_demo_command_refuses_a_bad_model_argument_in_one_line(tmp_path, capsys,
     assert len(err) == 1 and err[0].startswith("demo: error: ") and str(target) in err[0], err
 
 
-def test_clients_say_which_runtimes_run_a_file(tiny_models):
+def test_clients_say_which_runtimes_run_a_file(tiny_models, tmp_path):
     """inspect's 'Runs on' rules: an int8-input file is not a browser file (and says which flag makes one); a file
-    without metadata is not a MediaPipe Tasks file; LiteRT and the Android app run both."""
+    without metadata is not a MediaPipe Tasks file; LiteRT and the Android app run both. The demo command says so
+    before a browser is opened."""
     from tflite_export.clients import clients
+    from tflite_export.inspect import format_report, inspect_model
     from tflite_export.verify import analyze
+
+    folder = _export_folder(tmp_path / "int8", tiny_models["int8"])
+    report = format_report(inspect_model(folder / "model.tflite", io_dtype=None))
+    assert "\nRuns on:\n  LiteRT (Android, Python): yes\n  LiteRT.js (browser): no: int8 input" in report, report
+    notes = demo.warnings_for(demo.model_files(folder))
+    assert len(notes) == 1 and notes[0].startswith("browsers cannot run this model: int8 input"), notes
 
     verdicts = {io: {c.name: c for c in clients(analyze(model, xnnpack=False))} for io, model in tiny_models.items()}
     assert verdicts["uint8"]["LiteRT.js (browser)"].runs
