@@ -264,6 +264,22 @@ def test_model_without_a_card_is_refused_with_the_reason(chromium, tiny_models, 
     assert message.startswith("no model_card.json beside the model"), message
 
 
+def test_model_without_labels_and_a_machine_without_a_camera_are_said(chromium, tiny_models, tmp_path):
+    folder = _export_folder(tmp_path / "nolabels", tiny_models["uint8"])
+    (folder / "labels.txt").unlink()
+    with browser.serving(folder) as url:
+        assert _open(chromium, url) == "ready"  # the card's class list stands in
+        warning = chromium.eval("() => document.getElementById('message').textContent")
+        assert warning == "no labels.txt beside the model: class names are taken from the model card", warning
+        # What getUserMedia says on a machine without a camera.
+        message = chromium.eval("""async () => {
+            navigator.mediaDevices.getUserMedia = () => Promise.reject(new DOMException('none', 'NotFoundError'));
+            await window.demo.startCamera();
+            return document.getElementById('message').textContent;
+        }""")
+    assert message.startswith("no camera found"), message
+
+
 def test_no_request_leaves_127_0_0_1(chromium, bundled_url):
     """Every page this module opened (the model, LiteRT.js's wasm, the camera and photos) asked only 127.0.0.1."""
     assert _open(chromium, bundled_url) == "ready"
