@@ -26,7 +26,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, missing_tool, shared_path, tiny_classifier_tflite
+from tests.conftest import REPO, SHARED, missing_tool, shared_path, tiny_classifier_tflite
 from tflite_export import browser, demo
 from tflite_export.files import image_files
 
@@ -97,9 +97,10 @@ def photos() -> list[pathlib.Path]:
 def chromium(tmp_path_factory):
     """One Chromium for the module, its camera a .y4m of CAMERA_PHOTO (when the shared photos are there)."""
     _require_browser()
-    photo = shared_path("datasets", "test-photos", CAMERA_PHOTO)
-    video = tmp_path_factory.mktemp("camera") / "camera.y4m"
-    browser.write_y4m(video, Python.decode(photo))
+    photo, video = SHARED / "datasets" / "test-photos" / CAMERA_PHOTO, None
+    if photo.is_file():
+        video = tmp_path_factory.mktemp("camera") / "camera.y4m"
+        browser.write_y4m(video, Python.decode(photo))
     chrome = browser.Browser(fake_video=video)
     yield chrome
     chrome.close()
@@ -179,6 +180,7 @@ def test_photos_chosen_in_the_page_are_decoded_and_classified_as_the_pipeline_do
 
 
 def test_fake_camera_shows_the_label_python_gives_the_captured_frame(bundled_page, python_bundled, tmp_path):
+    shared_path("datasets", "test-photos", CAMERA_PHOTO)  # the camera's picture
     assert bundled_page.eval("async () => { await window.demo.startCamera(); return true; }")
     assert bundled_page.eval("() => window.demo.framesClassified(3, 30000)"), "no camera frame was classified"
     frame = bundled_page.eval("() => window.demo.lastFrame()")
@@ -198,6 +200,7 @@ def test_fake_camera_shows_the_label_python_gives_the_captured_frame(bundled_pag
 
 
 def test_camera_permission_denied_is_said(chromium, bundled_url):
+    shared_path("datasets", "test-photos", CAMERA_PHOTO)  # the fake camera: without one, Chromium has no camera
     assert _open(chromium, bundled_url, camera=False) == "ready"
     chromium.eval("() => window.demo.startCamera()")
     message = chromium.eval("() => document.getElementById('message').textContent")
