@@ -73,6 +73,13 @@ class Python:
 
         return eval_resize(tf.constant(rgb), self.size).numpy()
 
+    def resized(self, crop: np.ndarray) -> np.ndarray:
+        """eval_resize without its central crop: for pixels already cropped."""
+        from keras_models.backend import tf
+
+        return tf.image.resize(tf.cast(crop, tf.float32), [self.size, self.size], method="bilinear",
+                               antialias=False).numpy()
+
     def tensor(self, pixels: np.ndarray) -> np.ndarray:
         from tflite_export.preprocessing import PIXEL_MEAN, PIXEL_STD, quantize_input
 
@@ -179,13 +186,24 @@ def test_photos_chosen_in_the_page_are_decoded_and_classified_as_the_pipeline_do
     assert shown >= len(photos)
 
 
+def _central_crop_size(width: int, height: int) -> tuple[int, int]:
+    from keras_models.backend import tf
+    from tflite_export.preprocessing import EVAL_CROP_FRACTION
+
+    cropped = tf.image.central_crop(tf.zeros([height, width, 1]), EVAL_CROP_FRACTION)
+    return int(cropped.shape[1]), int(cropped.shape[0])
+
+
 def test_fake_camera_shows_the_label_python_gives_the_captured_frame(bundled_page, python_bundled, tmp_path):
     shared_path("datasets", "test-photos", CAMERA_PHOTO)  # the camera's picture
     assert bundled_page.eval("async () => { await window.demo.startCamera(); return true; }")
     assert bundled_page.eval("() => window.demo.framesClassified(3, 30000)"), "no camera frame was classified"
     frame = bundled_page.eval("() => window.demo.lastFrame()")
-    rgba = _unb64(frame["rgba"], np.uint8).reshape(frame["height"], frame["width"], 4)
-    python_top1 = int(np.argmax(python_bundled.run(python_bundled.tensor(python_bundled.pixels(rgba[..., :3])))))
+    # The page reads back only the frame's central crop (the box tf.image.central_crop takes): resized, it is the
+    # evaluation's input.
+    assert (frame["width"], frame["height"]) == _central_crop_size(frame["video"]["width"], frame["video"]["height"])
+    crop = _unb64(frame["rgba"], np.uint8).reshape(frame["height"], frame["width"], 4)[..., :3]
+    python_top1 = int(np.argmax(python_bundled.run(python_bundled.tensor(python_bundled.resized(crop)))))
     labels = (demo.BUNDLED_MODEL / "labels.txt").read_text().splitlines()
     assert frame["top"][0]["label"] == labels[python_top1] == "hotdog"
     shown = bundled_page.eval("() => document.querySelector('#camera-top li .label').textContent")

@@ -172,21 +172,26 @@ async function classifyFrame(video) {
   const height = video.videoHeight;
   if (width && height) {
     const t0 = performance.now();
-    if (camera.canvas.width !== width || camera.canvas.height !== height) {
-      camera.canvas.width = width;
-      camera.canvas.height = height;
+    // Only the central crop the model sees is read back (the costly part of a grab), pixel for pixel.
+    const box = clf.centralCropBox(width, height);
+    if (camera.canvas.width !== box.width || camera.canvas.height !== box.height) {
+      camera.canvas.width = box.width;
+      camera.canvas.height = box.height;
     }
-    camera.ctx.drawImage(video, 0, 0);
-    const frame = camera.ctx.getImageData(0, 0, width, height);
+    camera.ctx.drawImage(video, box.left, box.top, box.width, box.height, 0, 0, box.width, box.height);
+    const frame = camera.ctx.getImageData(0, 0, box.width, box.height);
     const t1 = performance.now();
-    const tensor = preprocess(frame.data, width, height, 4);
+    const {spec} = state;
+    const whole = {left: 0, top: 0, width: box.width, height: box.height};
+    clf.resizeBilinear(frame.data, box.width, 4, whole, spec.width, spec.height, state.pixels);
+    const tensor = clf.quantize(state.pixels, spec, state.tensor);
     const t2 = performance.now();
     const output = await infer(tensor);
     const t3 = performance.now();
     const top = topOf(output);
     renderTop($('camera-top'), top);
     const t4 = performance.now();
-    state.lastFrame = {frame, top, output};
+    state.lastFrame = {frame, top, output, video: {width, height}};
     recordFrame({grab: t1 - t0, preprocess: t2 - t1, inference: t3 - t2, total: t4 - t0, end: t4});
   }
   nextFrame(video);
@@ -342,8 +347,9 @@ window.demo = {
     }
     return true;
   },
+  /** The last camera frame's central crop as read back (RGBA), the video's size and the labels shown for it. */
   lastFrame: () => state.lastFrame && {
-    width: state.lastFrame.frame.width, height: state.lastFrame.frame.height,
+    width: state.lastFrame.frame.width, height: state.lastFrame.frame.height, video: state.lastFrame.video,
     rgba: toBase64(state.lastFrame.frame.data), top: state.lastFrame.top,
   },
   stillTensor: (i) => toBase64(stills[i].tensor),
