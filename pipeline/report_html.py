@@ -17,6 +17,7 @@ import numpy as np
 
 from pipeline.report import Report, StageSummary
 from pipeline.transfer import TransferChoice
+from tflite_export.demo import try_it
 
 # Above this many classes the confusion matrix is listed as its largest off-diagonal cells (a 1000 x 1000 table is
 # neither readable nor small).
@@ -94,6 +95,7 @@ def _summary(report: Report) -> str:
     ]
     rows += [(f"latency, {row.threads} thread(s)", f"median {row.median_ms:.2f} ms") for row in report.latency]
     rows.append(("time", f"{report.seconds_total:.0f} s in this run"))
+    rows.append(("try it in a browser", try_it(report.config.output_dir, export.io_dtype)))
     body = "".join(f'<tr><th class="label">{_esc(k)}</th><td>{_esc(v)}</td></tr>' for k, v in rows)
     return f'<table class="summary">{body}</table>'
 

@@ -26,3 +26,6 @@ fi
 if [ -f android_demo/scripts/setup_kotlin.sh ]; then
   bash android_demo/scripts/setup_kotlin.sh
 fi
+
+# The web demo's npm packages (LiteRT.js, playwright-core) and Debian's Chromium for its browser tests.
+bash web_demo/setup.sh

@@ -24,6 +24,14 @@ def shared_path(*parts: str) -> pathlib.Path:
     return path
 
 
+def missing_tool(message: str) -> None:
+    """A test's toolchain (Kotlin, the browser) is not installed: skip locally, fail in CI (CI=true), where
+    scripts/setup.sh must have installed it."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def shared():
     return shared_path

@@ -30,7 +30,7 @@ from xml.etree import ElementTree
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, shared_path
+from tests.conftest import REPO, missing_tool, shared_path
 from tflite_export.files import image_files
 from tflite_export.model_card import SCHEMA_VERSION, ModelCard
 
@@ -51,10 +51,7 @@ def _require(*paths: pathlib.Path) -> None:
         missing.append("java")
     if not missing:
         return
-    message = f"Kotlin toolchain missing ({', '.join(missing)}); install it with: bash android_demo/scripts/setup_kotlin.sh"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+    missing_tool(f"Kotlin toolchain missing ({', '.join(missing)}); install it with: bash android_demo/scripts/setup_kotlin.sh")
 
 
 def _run(cmd: list[str], timeout: int = 900) -> subprocess.CompletedProcess:

@@ -25,7 +25,7 @@ PAGES = [BENCHMARKS, BENCH_INDEX, EXPERIMENTS_INDEX, *sorted((REPO / "docs").glo
 
 # Benchmarks the index lists whose scripts are being written on other branches (the transfer-learning comparison and
 # the browser latency); a name here may be absent from bench/. Remove it once its script is merged.
-PENDING = {"web_demo"}
+PENDING: set[str] = set()
 
 # A git revision as the pages write them: 7-40 hex digits with at least one digit and one letter (so that neither a
 # number nor a word such as "defaced" counts).

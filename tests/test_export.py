@@ -240,9 +240,10 @@ def test_export_cli_bad_model_is_a_one_line_error_without_output(kind, tmp_path)
     assert not out.exists() or not any(out.iterdir())
 
 
-def test_logits_export_ends_at_the_logits_and_says_so(trained, tmp_path):
+def test_logits_export_ends_at_the_logits_and_says_so(trained, tmp_path, capsys):
     """`logits=True` drops the final SOFTMAX (with int8 I/O the whole file is then one XNNPACK partition), tracks the
-    Keras model's logits, and names its output as logits in the metadata and the card (the app applies softmax)."""
+    Keras model's logits, and names its output as logits in the metadata and the card (the app applies softmax).
+    The int8 I/O is said in one line not to be a browser file."""
     from tflite_export.export import ModelInfo, ending_at_logits, export_model, held_out_predictions, run_tflite
     from tflite_export.metadata import read_metadata
     from tflite_export.model_card import ModelCard
@@ -252,6 +253,9 @@ def test_logits_export_ends_at_the_logits_and_says_so(trained, tmp_path):
     images = np.concatenate(CALIBRATION)
     report = export_model(qat, representative, output_dir=str(tmp_path), labels=classes,
                           info=ModelInfo("tiny", "test"), io_dtype="int8", logits=True)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+    assert warnings == ["warning: --io int8: browsers cannot load this model (LiteRT.js and MediaPipe's web runtime "
+                        "take no int8 input); --io uint8, the default, makes a browser file"]
     assert "SOFTMAX" not in report["ops"] and report["output"] == "logits" and report["xnnpack_partitions"] == 1
     card = ModelCard.read(tmp_path / "model_card.json")
     assert card.output.activation == "none"

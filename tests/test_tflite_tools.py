@@ -238,12 +238,13 @@ def test_evaluate_bad_model_writes_no_json(tmp_path, capsys):
 
 
 def test_evaluate_reproduces_googles_v3_small_top1(shared):
-    """Google's V3-Small uint8 scores 78.5% top-1 on imagenet-samples (takes about 10-15 s here, 2 cores)."""
+    """Google's V3-Small uint8 scores 77.6% top-1 on imagenet-samples with the JPEGs decoded as devices decode them
+    (78.6% with TensorFlow's fast IDCT; BENCHMARKS.md "Decoding JPEGs as devices do"); about 10-15 s here, 2 cores."""
     model = shared(*V3_SMALL)
     dataset = evaluate.discover_dataset(shared("datasets", "imagenet-samples"))
     assert len(dataset.items) == 1000
     result = evaluate.evaluate_tflite(model, dataset.items, num_classes=len(dataset.class_names))
     assert result["label_offset"] == 1  # 1001 outputs, background at 0
     assert result["normalization_source"].startswith("default 127.5/127.5")
-    assert abs(100 * result["top1"] - 78.5) <= 0.5, result
+    assert abs(100 * result["top1"] - 77.6) <= 0.5, result
     assert result["top5"] > 0.9

@@ -159,6 +159,10 @@ def held_out_predictions(
     return HeldOutPredictions(np.concatenate(labels), np.concatenate(scores), np.concatenate(reference))
 
 
+INT8_IO_WARNING = ("--io int8: browsers cannot load this model (LiteRT.js and MediaPipe's web runtime take no int8 "
+                   "input); --io uint8, the default, makes a browser file")
+
+
 def model_card(analysis, info: ModelInfo, labels: list[str], hswish: str, logits: bool = False) -> ModelCard:
     inp, out = analysis.inputs[0], analysis.outputs[0]
     return ModelCard(
@@ -201,6 +205,8 @@ def export_model(
     num_outputs = model.output_shape[-1]
     if len(labels) != num_outputs:
         raise ConversionError(f"{len(labels)} labels for a model with {num_outputs} outputs")
+    if io_dtype == "int8":
+        print(f"warning: {INT8_IO_WARNING}", file=sys.stderr, flush=True)
     started = time.perf_counter()
     content = convert(ending_at_logits(model) if logits else model, representative_data, io_dtype=io_dtype,
                       hswish=hswish)

@@ -1,8 +1,9 @@
 """`python -m tflite_export.inspect MODEL.tflite [--json] [--allow-hard-swish] [--io-dtype uint8]`
 
 Reports the op histogram, I/O details, the integer-only/export-rules check (tflite_export.verify), the XNNPACK
-partition count and the metadata summary. Exit code 0 for any readable model (it reports, it does not judge; use
-`--strict` to exit 1 when the export rules fail); 2 with a one-line error for a missing or malformed file.
+partition count, the metadata summary and which runtimes can run the file (tflite_export.clients: LiteRT, the
+browser, MediaPipe Tasks, the project's Android app). Exit code 0 for any readable model (it reports, it does not
+judge; use `--strict` to exit 1 when the export rules fail); 2 with a one-line error for a missing or malformed file.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 from typing import Sequence
 
 from tflite_export.cli import EXIT_FAIL, EXIT_OK, run_main
+from tflite_export.clients import clients
 from tflite_export.verify import analyze, problems_of
 
 PROG = "python -m tflite_export.inspect"
@@ -22,7 +24,8 @@ def inspect_model(path, *, allow_hard_swish: bool = False, io_dtype: str | None 
     """Everything the CLI shows, as a JSON-serializable dict."""
     analysis = analyze(path)
     problems = problems_of(analysis, allow_hard_swish=allow_hard_swish, io_dtype=io_dtype)
-    report = {"model": str(path), **analysis.to_dict(), "check": {"passed": not problems, "problems": problems}}
+    report = {"model": str(path), **analysis.to_dict(), "check": {"passed": not problems, "problems": problems},
+              "clients": [{"name": c.name, "runs": c.runs, "reasons": list(c.reasons)} for c in clients(analysis)]}
     report.pop("op_sequence", None)
     metadata: dict | None = None
     if analysis.has_metadata:
@@ -78,6 +81,8 @@ def format_report(r: dict) -> str:
                      f"{(md.get('input') or {}).get('min')}..{(md.get('input') or {}).get('max')}")
         lines.append(f"  labels: {md.get('num_labels')} in {md.get('label_file')!r} (first: {md.get('first_labels')}); "
                      f"packed files: {md.get('associated_files')}")
+    lines.append("Runs on:")
+    lines += [f"  {c['name']}: " + ("yes" if c["runs"] else "no: " + "; ".join(c["reasons"])) for c in r["clients"]]
     return "\n".join(lines)
 
 
