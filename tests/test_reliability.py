@@ -650,3 +650,88 @@ def test_evaluate_refuses_a_mean_that_is_not_a_number(tiny_models, tmp_path, cap
     code = run_main(evaluate.main, [str(tiny_models["four"]), "--dataset", str(tmp_path), "--mean", mean, "--std",
                                     "1"], prog="evaluate")
     assert "must be finite" in _error_line(code, capsys.readouterr().err, "evaluate")
+
+
+# ------------------------------------------------------------------------ issue 28, 7. multi_worker without its peer
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _tf_config(addresses: list[str], index: int) -> dict:
+    return {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}}
+
+
+def test_multi_worker_names_the_peer_that_does_not_answer():
+    """TensorFlow waited for a missing peer inside one C++ call: no output for 10 minutes, Ctrl-C ignored."""
+    import time
+
+    from pipeline.distribute import wait_for_peers
+
+    missing = f"localhost:{_free_port()}"
+    started = time.monotonic()
+    with pytest.raises(ValueError, match=f"worker 1 at {missing} did not answer within 1 s"):
+        wait_for_peers(_tf_config([f"localhost:{_free_port()}", missing], 0), timeout=1.0, poll=0.1)
+    assert time.monotonic() - started < 10
+    with pytest.raises(ValueError, match="worker 1 address no-such-host.invalid:2222 does not resolve"):
+        wait_for_peers(_tf_config([f"localhost:{_free_port()}", "no-such-host.invalid:2222"], 0), timeout=60)
+
+
+def test_multi_worker_peers_meet_whichever_starts_first():
+    """Each worker listens on its own port while it waits, and its port is free for TensorFlow's server after."""
+    import socket
+    import threading
+
+    from pipeline.distribute import wait_for_peers
+
+    addresses = [f"localhost:{_free_port()}" for _ in range(2)]
+    errors, servers = [], []
+
+    def worker(index):
+        try:
+            wait_for_peers(_tf_config(addresses, index), timeout=20, poll=0.1)
+            server = socket.socket()  # what TensorFlow's server does next: bind the same port
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            server.bind(("", int(addresses[index].rpartition(":")[2])))
+            server.listen(4)
+            servers.append(server)
+        except (ValueError, OSError) as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker, args=(index,)) for index in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    for server in servers:
+        server.close()
+    assert not errors and len(servers) == 2, errors
+
+
+@pytest.mark.slow  # two pipeline processes that import TensorFlow (~10 s)
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_and_sigterm_stop_a_worker_waiting_for_its_peer(tmp_path, sig):
+    import signal
+    import sys
+    import time
+
+    addresses = [f"localhost:{_free_port()}" for _ in range(2)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CONFIG": json.dumps(_tf_config(addresses, 0))}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.train_and_export", *TINY, "--strategy", "multi_worker",
+                             "--output_dir", str(tmp_path / "out")], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "waiting up to" in line:
+            break
+    assert "waiting up to" in seen[-1] and addresses[1] in seen[-1], "".join(seen[-20:])
+    sent = time.monotonic()
+    proc.send_signal(getattr(signal, sig))
+    rest = proc.communicate(timeout=30)[1]
+    assert time.monotonic() - sent < 10
+    line = _error_line(proc.returncode, rest)
+    assert "stopped while waiting for worker 1 at " + addresses[1] in line, line
