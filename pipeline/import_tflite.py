@@ -196,10 +196,12 @@ def main(argv):
     from keras_models import WeightsError
     from tflite_export.cli import one_line_error
     from tflite_export.convert import ConversionError
-    from tflite_export.files import artifact_set, atomic_write_json
+    from tflite_export.files import IMPORT_RUN, artifact_set, atomic_write_json, check_folder_kind, check_writable_dir
     from tflite_export.verify import VerificationError
 
     try:
+        check_writable_dir(FLAGS.output_dir, "--output_dir")
+        check_folder_kind(FLAGS.output_dir, IMPORT_RUN, "--output_dir")
         # The report lands with the model, labels and card as one set (a rerun never leaves an old report beside a
         # new model).
         with artifact_set(FLAGS.output_dir) as artifacts:

@@ -981,10 +981,11 @@ def _settings() -> dict:
             raise ValueError(f"--{name} must be >= 1, got {FLAGS[name].value}")
     if FLAGS.start_steps < 0:
         raise ValueError("--start_steps must be >= 0")
-    from tflite_export.files import check_writable_dir
+    from tflite_export.files import NETADAPT_SEARCH, check_folder_kind, check_writable_dir
 
     output_dir = FLAGS.output_dir or os.path.normpath(run_dir) + "-netadapt"
     check_writable_dir(output_dir, "--output_dir")
+    check_folder_kind(output_dir, NETADAPT_SEARCH, "--output_dir")
     return {"run_dir": run_dir, "float_model": float_model, "output_dir": output_dir, "dataset": dataset,
             "variant": config["variant"], "alpha": config.get("alpha", 1.0),
             "minimalistic": config.get("minimalistic", False), "num_classes": len(config.get("classes", [])) or None,

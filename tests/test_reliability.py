@@ -735,3 +735,102 @@ def test_ctrl_c_and_sigterm_stop_a_worker_waiting_for_its_peer(tmp_path, sig):
     assert time.monotonic() - sent < 10
     line = _error_line(proc.returncode, rest)
     assert "stopped while waiting for worker 1 at " + addresses[1] in line, line
+
+
+# ------------------------------------------------------------------------ issue 28, 9. writing into the wrong folder
+def _run_folder(folder: pathlib.Path, *names: str) -> pathlib.Path:
+    folder.mkdir(parents=True)
+    for name in names:
+        (folder / name).write_text("{}")
+    return folder
+
+
+def test_folder_kinds_are_told_by_their_files(tmp_path):
+    from tflite_export import files
+
+    assert files.folder_kind(tmp_path / "missing") is None and files.folder_kind(tmp_path) is None
+    cases = {("run_config.json", "model.tflite", "report.json"): files.TRAINING_RUN,
+             ("report.json", "model.tflite"): files.TRAINING_RUN,  # a run made before run_config.json existed
+             ("import_report.json", "model.tflite"): files.IMPORT_RUN,
+             ("state.json", "report.json"): files.NETADAPT_SEARCH,
+             ("model.tflite", "labels.txt"): files.EXPORT_RUN}
+    for index, (names, kind) in enumerate(cases.items()):
+        folder = _run_folder(tmp_path / str(index), *names)
+        assert files.folder_kind(folder) == kind, names
+        files.check_folder_kind(folder, kind, "--out")  # the same kind of run: a rerun, accepted
+
+
+def test_export_refuses_a_training_runs_folder_before_loading(tmp_path, capsys):
+    """It replaced the run's model and unpublished its report, without a word."""
+    from tflite_export import export
+    from tflite_export.cli import run_main
+
+    run = _run_folder(tmp_path / "run", "run_config.json", "report.json", "model.tflite")
+    before = _snapshot(run)
+    code = run_main(export.main, [str(tmp_path / "missing.h5"), "--dataset", str(tmp_path), "--out", str(run)],
+                    prog="tflite_export.export")
+    line = _error_line(code, capsys.readouterr().err, "tflite_export.export")
+    assert "holds a training run (pipeline.train_and_export)" in line and "missing.h5" not in line, line
+    assert _snapshot(run) == before
+
+
+def test_training_refuses_an_imports_folder_before_loading_data(pipeline_cli, tmp_path):
+    folder = _run_folder(tmp_path / "imported", "import_report.json", "model.tflite")
+    before = _snapshot(folder)
+    code, err = pipeline_cli([*TINY, "--float_epochs", "1", "--dataset", "/nonexistent/photos", "--output_dir", folder])
+    assert "holds an import (pipeline.import_tflite)" in _error_line(code, err)
+    assert _snapshot(folder) == before
+
+
+@pytest.mark.slow  # a process that imports TensorFlow: import_tflite's flags clash with the pipeline's in this one
+def test_import_refuses_a_training_runs_folder_before_reading_the_file(tmp_path):
+    import sys
+
+    run = _run_folder(tmp_path / "run", "run_config.json", "model.tflite")
+    result = subprocess.run([sys.executable, "-m", "pipeline.import_tflite", "--weights", str(tmp_path / "x.tflite"),
+                             "--labels", str(tmp_path / "labels.txt"), "--calibration_dir", str(tmp_path),
+                             "--output_dir", str(run)], cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert "holds a training run" in _error_line(result.returncode, result.stderr)
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny_export") / "run"
+    _export_tiny(out, "uint8")
+    return out
+
+
+@pytest.mark.parametrize("case,change,needle", [
+    ("input size", {"input": {"height": 64}}, "input.height x width x channels is 64x32x3 but its model says 32x32x3"),
+    ("input dtype", {"input": {"dtype": "int8"}}, "input.dtype is int8 but its model says uint8"),
+    ("activation", {"output": {"activation": "none"}}, "output.activation is none but its model says softmax"),
+    ("output quantization", {"output": {"scale": 0.5}}, "output.scale, zero_point is 0.5, 0"),
+    ("absolute labels path", {"labels_file": "/etc/hostname"}, "is not a file of the card's folder"),
+    ("labels outside the folder", {"labels_file": "../labels.txt"}, "is not a file of the card's folder"),
+])
+def test_install_model_refuses_a_card_its_model_contradicts(tiny_export, tmp_path, capsys, case, change, needle):
+    """The app threw at start-up on such a card; an absolute labels_file was copied from wherever it pointed."""
+    from pipeline.android import main
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_export, folder / "export", symlinks=False)
+    folder = folder / "export"
+    (folder.parent / "labels.txt").write_text("no\nyes\n")
+    card = json.loads((folder / "model_card.json").read_text())
+    for key, value in change.items():
+        card[key] = {**card[key], **value} if isinstance(value, dict) else value
+    (folder / "model_card.json").unlink()
+    (folder / "model_card.json").write_text(json.dumps(card))
+    assets = tmp_path / "assets"
+    assert main([str(folder), "--assets", str(assets)]) == 1, case
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert not assets.exists()
+
+
+def test_install_model_installs_a_consistent_export(tiny_export, tmp_path):
+    from pipeline.android import main
+
+    assert main([str(tiny_export), "--assets", str(tmp_path / "assets")]) == 0
+    assert sorted(p.name for p in (tmp_path / "assets").iterdir()) == ["labels.txt", "model.tflite", "model_card.json"]

@@ -39,12 +39,14 @@ from tflite_export.convert import ConversionError, RepresentativeData, convert
 from tflite_export.evaluate import HeldOutPredictions, discover_dataset, map_classes_to_outputs
 from tflite_export.files import (
     CARD_FILE,
+    EXPORT_RUN,
     LABELS_FILE,
     MODEL_FILE,
     REPORT_FILE,
     ArtifactSet,
     artifact_set,
     atomic_write_bytes,
+    check_folder_kind,
     check_writable_dir,
     images_under,
     labels_text,
@@ -266,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Everything that can be refused without the model is refused before loading and converting it (~40 s).
     check_writable_dir(args.out, "--out")
+    check_folder_kind(args.out, EXPORT_RUN, "--out")
     if args.calibration_images < MIN_CALIBRATION_IMAGES:
         raise ValueError(f"--calibration-images must be at least {MIN_CALIBRATION_IMAGES}, got "
                          f"{args.calibration_images}")
