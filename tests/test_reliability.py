@@ -834,3 +834,147 @@ def test_install_model_installs_a_consistent_export(tiny_export, tmp_path):
 
     assert main([str(tiny_export), "--assets", str(tmp_path / "assets")]) == 0
     assert sorted(p.name for p in (tmp_path / "assets").iterdir()) == ["labels.txt", "model.tflite", "model_card.json"]
+
+
+# ---------------------------------------------------------------- issue 28, 10 and 12. tracebacks, misleading lines
+def test_builtin_hswish_refusal_names_flags_that_exist():
+    """It said "(use --no-qat)"; the pipeline's flag is --noqat."""
+    import re
+
+    from absl import flags
+
+    from pipeline import train_and_export  # noqa: F401  (defines the pipeline's flags)
+    from pipeline.qat import quantize_model
+    from tflite_export.convert import ConversionError, convert
+
+    with pytest.raises(ConversionError) as error:
+        convert(quantize_model(tiny_classifier_keras(classes=2)), lambda: iter(()), hswish="builtin")
+    named = re.findall(r"--(\w+)", str(error.value))
+    assert named, str(error.value)
+    for name in named:
+        assert name in flags.FLAGS or (name.startswith("no") and flags.FLAGS[name[2:]].boolean), name
+
+
+def test_calibration_images_that_are_not_images_are_one_line_naming_the_file(tmp_path, capsys):
+    """A folder of non-images named .jpg ended in a DecodeImage traceback."""
+    from tflite_export import export
+    from tflite_export.cli import run_main
+
+    model = tmp_path / "float.h5"
+    tiny_classifier_keras(classes=2).save(model)
+    photos = tmp_path / "photos"
+    for name in ("a", "b"):
+        (photos / name).mkdir(parents=True)
+        (photos / name / "1.jpg").write_text("<html>not a photo</html>")
+    (tmp_path / "labels.txt").write_text("a\nb\n")
+    out = tmp_path / "out"
+    code = run_main(export.main, [str(model), "--dataset", str(photos), "--labels", str(tmp_path / "labels.txt"),
+                                  "--out", str(out), "--calibration-images", "2"], prog="tflite_export.export")
+    line = _error_line(code, capsys.readouterr().err, "tflite_export.export")
+    assert "1.jpg: cannot be read as an image" in line and "conversion failed" not in line, line
+    assert not (out / "model.tflite").exists()
+
+
+
+def test_export_of_a_model_that_is_not_a_keras_image_classifier_is_one_line(tmp_path, capsys):
+    """An unrelated SavedModel ended in "AttributeError: '_UserObject' object has no attribute 'input_shape'"."""
+    from keras_models.backend import tf
+    from tflite_export import export
+    from tflite_export.cli import run_main
+
+    module = tf.Module()
+    module.double = tf.function(lambda x: 2 * x, input_signature=[tf.TensorSpec([None, 3])])
+    tf.saved_model.save(module, str(tmp_path / "unrelated"))
+    inputs = keras.Input((10,))
+    keras.Model(inputs, keras.layers.Dense(2)(inputs)).save(tmp_path / "dense.h5")
+    photos = _image_folders(tmp_path / "photos", ["a", "b"], per_class=1)
+    for name, needle in (("unrelated", "is a SavedModel but not a Keras model"),
+                         ("dense.h5", "is not an image classifier this tool exports")):
+        code = run_main(export.main, [str(tmp_path / name), "--dataset", str(photos), "--out", str(tmp_path / "out")],
+                        prog="tflite_export.export")
+        line = _error_line(code, capsys.readouterr().err, "tflite_export.export")
+        assert needle in line and str(tmp_path / name) in line, line
+
+# ----------------------------------------------------- issue 28, 10 and 11. NetAdapt's state, resume and target
+def _netadapt_settings(out: pathlib.Path, dataset: pathlib.Path, **changes) -> dict:
+    settings = {"run_dir": "runs/x", "dataset": str(dataset), "image_size": 32, "batch_size": 2, "seed": 0,
+                "delta_ratio": 0.05, "finetune_steps": 2, "start_steps": 0, "learning_rate": 2e-4,
+                "weight_decay": 4e-5, "dropout": 0.2, "holdout_images": 2, "freeze_batch_norm": False,
+                "target_ms": None, "target_ratio": 0.5, "target_alpha": None, "output_dir": str(out),
+                "num_classes": 2, "variant": "small", "alpha": 0.35, "minimalistic": False,
+                "latency_calibration_images": 1, "latency_runs": 1, "max_iterations": 1, "search_only": True}
+    return {**settings, **changes}
+
+
+def _netadapt_state(settings: dict, ratios=(1.0, 0.8)):
+    """A search that ran len(ratios) - 1 iterations and stopped at ratios[-1] x the start latency."""
+    from keras_models.mobilenet_v3 import ArchTable
+    from pipeline import netadapt
+
+    arch = ArchTable.paper("small", 0.35).to_json()
+    snapshots = [netadapt.Snapshot(i, arch, f"iter{i}.weights.h5", 0.5, 10 * r, r, 2 * i) for i, r in enumerate(ratios)]
+    recorded = {key: settings[key] for key in netadapt.SEARCH_KEYS + netadapt.TARGET_KEYS}
+    return netadapt.SearchState(settings=recorded, start_ms=10.0, target_ratio=settings["target_ratio"],
+                                target_note=f"{settings['target_ratio']:g} x the start", snapshots=snapshots,
+                                history=[], slopes={})
+
+
+@pytest.mark.parametrize("drop,needle", [("target_ratio", "missing ['target_ratio']"),
+                                         ("settings.dataset", "lack ['dataset']"),
+                                         ("snapshots.0.accuracy", "missing ['accuracy']")])
+def test_netadapt_state_with_a_key_missing_is_one_line(tmp_path, drop, needle):
+    """A state.json with a key missing ended in a TypeError traceback."""
+    from pipeline import netadapt
+
+    path = tmp_path / "state.json"
+    _netadapt_state(_netadapt_settings(tmp_path, tmp_path)).save(str(path))
+    data = json.loads(path.read_text())
+    *parents, key = drop.split(".")
+    node = data
+    for part in parents:
+        node = node[int(part)] if part.isdigit() else node[part]
+    del node[key]
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="not a NetAdapt state this version can resume") as error:
+        netadapt.SearchState.load(str(path))
+    assert needle in str(error.value) and str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_netadapt_resume_checks_dropout_and_weight_decay(tmp_path):
+    from pipeline import netadapt
+    from pipeline.data import DataError
+
+    out, missing = tmp_path / "search", tmp_path / "no-such-photos"
+    out.mkdir()
+    settings = _netadapt_settings(out, missing)
+    state = _netadapt_state(settings)
+    state.save(str(out / "state.json"))
+    for change, needle in (({"dropout": 0.5}, "dropout 0.2 -> 0.5"),
+                           ({"weight_decay": 0.0}, "weight_decay 4e-05 -> 0.0")):
+        with pytest.raises(ValueError, match=needle):  # refused before the (missing) data set is read
+            netadapt.run({**settings, **change})
+    for key in netadapt.LATER_SEARCH_KEYS:  # a state recorded before them: resumed, not refused on them
+        del state.settings[key]
+    state.save(str(out / "state.json"))
+    with pytest.raises(DataError):
+        netadapt.run({**settings, "dropout": 0.5})
+
+
+def test_netadapt_that_stops_above_its_target_says_so_and_fails(tmp_path, monkeypatch, capsys):
+    """An unreachable target exited 0 with no "target not met" line."""
+    from pipeline import netadapt
+
+    out = tmp_path / "search"
+    out.mkdir()
+    photos = _image_folders(tmp_path / "photos", ["a", "b"], per_class=4)
+    settings = _netadapt_settings(out, photos)
+    _netadapt_state(settings, ratios=(1.0, 0.8)).save(str(out / "state.json"))  # max_iterations 1 reached at 0.8
+    monkeypatch.setattr(netadapt, "_settings", lambda: settings)  # the command's flags, as they were parsed
+    with pytest.raises(SystemExit) as exit_:
+        netadapt.main(["netadapt"])
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_.value.code == 1, line  # the search ran; the target it was asked for was not met
+    assert line.startswith("error: target not met: the search stopped at 0.800 x the start latency after 1 "
+                           "iteration(s)") and "above the target 0.5 x the start = 0.500" in line, line
+    assert "target not met" in (out / "search_log.md").read_text()
+    assert netadapt.target_shortfall(_netadapt_state(settings, ratios=(1.0, 0.45)), 1) is None

@@ -238,9 +238,20 @@ def _load_keras_model(path: str) -> keras.Model:
         raise ConversionError(f"model file not found: {path}")
     try:
         with quantize_scope():
-            return keras.models.load_model(path, compile=False)
+            model = keras.models.load_model(path, compile=False)
     except Exception as err:  # noqa: BLE001 - corrupt files raise many types
         raise ConversionError(f"could not load a Keras model from {path}: {first_line(err)}") from None
+    # A SavedModel of something else loads as a bare object; a Keras model of another kind has other shapes.
+    if not isinstance(model, keras.Model):
+        raise ConversionError(f"{path} is a SavedModel but not a Keras model (it loads as {type(model).__name__}): "
+                              "pass the float_model.h5 or qat_model/ of a pipeline run")
+    inputs, outputs = model.inputs, model.outputs
+    shape = tuple(inputs[0].shape) if len(inputs) == 1 else ()
+    if len(shape) != 4 or shape[-1] != 3 or None in shape[1:3] or len(outputs) != 1 or len(outputs[0].shape) != 2:
+        raise ConversionError(f"{path} is not an image classifier this tool exports (one [batch, height, width, 3] "
+                              f"input, one [batch, classes] output): its inputs are "
+                              f"{[tuple(t.shape) for t in inputs]}, its outputs {[tuple(t.shape) for t in outputs]}")
+    return model
 
 
 def _labels_beside(model_path: str) -> str | None:
