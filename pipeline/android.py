@@ -27,6 +27,7 @@ from tflite_export.files import (
     MODEL_FILE,
     ModelError,
     atomic_output,
+    check_writable_dir,
     load_model_bytes,
     read_labels,
 )
@@ -110,6 +111,10 @@ def install(model_dir: str | os.PathLike, assets_dir: str | os.PathLike = DEFAUL
     """Validates MODEL_DIR and installs its files into assets_dir; returns the installed paths."""
     files = validate(model_dir)
     assets = pathlib.Path(assets_dir)
+    try:
+        check_writable_dir(assets, "--assets")  # a file in the way was a bare "[Errno 17] File exists"
+    except ValueError as err:
+        raise InstallError(str(err)) from None
     with contextlib.ExitStack() as staged:
         # Every file is copied beside its destination before any is renamed into place, so a failed copy (disk full)
         # changes nothing. The renames run in the reverse order of entry: side files first, the model last, so a

@@ -895,6 +895,71 @@ def test_export_of_a_model_that_is_not_a_keras_image_classifier_is_one_line(tmp_
         line = _error_line(code, capsys.readouterr().err, "tflite_export.export")
         assert needle in line and str(tmp_path / name) in line, line
 
+
+@pytest.mark.parametrize("change,needle", [
+    ({"calibration_images": 0}, "--calibration_images must be at least 1"),  # was a ZeroDivisionError
+    ({"calibration_images": -5}, "--calibration_images must be at least 1"),  # was accepted
+    ({"distill_views": 0}, "--distill_views must be at least 1"),  # was "need at least one array to stack"
+    ({"distill_epochs": 0}, "--distill_epochs must be at least 1"),
+    ({"image_size": 8}, "--image_size must be at least"),
+])
+def test_import_settings_are_refused_up_front(change, needle):
+    from pipeline import import_tflite
+
+    values = {"calibration_images": 64, "image_size": 224, "alpha": 1.0, "distill_dir": "photos", "distill_views": 3,
+              "distill_epochs": 2, "distill_learning_rate": 2e-5}
+    import_tflite.check_settings(values)  # the defaults pass
+    with pytest.raises(ValueError, match=needle):
+        import_tflite.check_settings({**values, **change})
+
+
+def test_misleading_one_liners_now_say_what_is_wrong(tmp_path):
+    """An empty labels file ("num_classes ... got 0"), a model that is not an image model ("not enough values to
+    unpack"), a corrupt settings file or finished-stage weights (JSON and h5 errors that named no file), an --assets
+    that is a file (a raw "[Errno 17]")."""
+    from pipeline.android import InstallError, install
+    from pipeline.train import Recipe, check_same_settings, run_stage
+    from tflite_export.convert import ConversionError, convert
+    from tflite_export.files import read_labels
+
+    empty = tmp_path / "labels.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(ValueError, match=f"--labels {empty} is empty"):
+        read_labels(empty, "--labels")
+    inputs = keras.Input((10,))
+    with pytest.raises(ConversionError, match=r"input is \(None, 10\): this converter exports image models"):
+        convert(keras.Model(inputs, keras.layers.Dense(2)(inputs)), lambda: iter(()))
+    settings = tmp_path / "float.settings.json"
+    settings.write_text("{not json")
+    with pytest.raises(ValueError, match=f"{settings} is not valid JSON"):
+        check_same_settings(str(settings), {"epochs": 1}, "a float stage trained", str(tmp_path))
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "float.weights.h5").write_bytes(b"cut short")
+    with pytest.raises(ValueError, match="cannot load the finished float stage's weights .*float.weights.h5 .*: "
+                                         "delete the file"):
+        run_stage("float", tiny_classifier_keras(classes=2), None, None, epochs=1, num_train=2,
+                  recipe=Recipe(learning_rate=0.01, warmup_epochs=0), workdir=str(tmp_path / "run"), batch_size=2)
+    (tmp_path / "assets").write_text("a file")
+    with pytest.raises(InstallError, match="--assets .*assets exists and is not a directory"):
+        install(REPO / "android_demo" / "app" / "src" / "main" / "assets", tmp_path / "assets")
+
+
+def test_unreadable_images_are_one_warning_with_a_count(tmp_path, caplog):
+    """10,000 unreadable files gave 10,000 identical warnings and no count."""
+    import logging
+
+    from pipeline.data import load_dataset
+
+    photos = _image_folders(tmp_path / "photos", ["a", "b"], per_class=3)
+    for i in range(10):
+        (photos / "a" / f"broken{i}.jpg").write_text("not a photo")
+    with caplog.at_level(logging.WARNING):
+        data = load_dataset(str(photos), image_size=32, batch_size=2, seed=0, on_bad_image="skip")
+    warnings = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("skipping 10 unreadable image file(s): ")
+    assert "broken0.jpg" in warnings[0] and warnings[0].endswith("; and 7 more"), warnings[0]
+    assert len(data.skipped_files) == 10
+
 # ----------------------------------------------------- issue 28, 10 and 11. NetAdapt's state, resume and target
 def _netadapt_settings(out: pathlib.Path, dataset: pathlib.Path, **changes) -> dict:
     settings = {"run_dir": "runs/x", "dataset": str(dataset), "image_size": 32, "batch_size": 2, "seed": 0,
@@ -978,3 +1043,29 @@ def test_netadapt_that_stops_above_its_target_says_so_and_fails(tmp_path, monkey
                            "iteration(s)") and "above the target 0.5 x the start = 0.500" in line, line
     assert "target not met" in (out / "search_log.md").read_text()
     assert netadapt.target_shortfall(_netadapt_state(settings, ratios=(1.0, 0.45)), 1) is None
+
+
+# ------------------------------------------------------------------------- issue 28, 11. arch.json of wrong types
+@pytest.mark.parametrize("where,key,value,needle", [
+    ("bneck", "se", "false", "bneck 0: 'se' must be true or false, got \"false\""),
+    ("bneck", "stride", 1.9, "bneck 0: 'stride' must be an integer, got 1.9"),
+    ("bneck", "out", True, "bneck 0: 'out' must be an integer, got true"),
+    ("table", "minimalistic", 0, "'minimalistic' must be true or false, got 0"),
+    ("table", "stem", "16", "'stem' must be an integer, got \"16\""),
+    ("bneck", "kernel", None, "bneck 0: 'kernel' must be an integer, got null"),
+])
+def test_arch_json_values_of_the_wrong_type_are_refused_naming_the_key(tmp_path, where, key, value, needle):
+    """They were read as True ("false"), 1 (1.9) and 1 channel (true)."""
+    import keras_models
+    from keras_models.mobilenet_v3 import ArchTable, ArchTableError
+
+    table = ArchTable.paper("small", 0.35).to_json()
+    (table["bnecks"][0] if where == "bneck" else table)[key] = value
+    path = tmp_path / "arch.json"
+    path.write_text(json.dumps(table))
+    with pytest.raises(ArchTableError) as error:
+        keras_models.build("small", input_shape=(32, 32, 3), num_classes=2, arch=str(path))
+    assert str(error.value) == f"{path}: {needle}"
+    table = ArchTable.paper("small", 0.35).to_json()
+    table["bnecks"][0]["stride"] = 2.0  # an integral number is an integer
+    assert ArchTable.from_json(table) == ArchTable.paper("small", 0.35)

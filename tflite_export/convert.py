@@ -81,6 +81,9 @@ def convert(
     if qat:
         widen_empty_kernel_ranges(model)
 
+    if not isinstance(model.input_shape, tuple) or len(model.input_shape) != 4:
+        raise ConversionError(f"the model's input is {model.input_shape}: this converter exports image models with one "
+                              "[batch, height, width, channels] input")
     height, width, channels = model.input_shape[1:]
     if height is None or width is None:
         raise ConversionError("the model needs a fixed input size to be exported (build it with input_shape=(H, W, 3))")

@@ -53,13 +53,15 @@ def images_under(folder: str | os.PathLike, limit: int | None = None) -> list[st
 
 
 def read_labels(path: str | os.PathLike, what: str = "labels file") -> list[str]:
-    """One label per line; trailing blank lines are not labels. Unreadable: ValueError naming `path`."""
+    """One label per line; trailing blank lines are not labels. Unreadable or empty: ValueError naming `path`."""
     try:
         lines = pathlib.Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeError) as exc:
         raise ValueError(f"{what} {path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
     while lines and not lines[-1].strip():
         lines.pop()
+    if not lines:
+        raise ValueError(f"{what} {path} is empty: it needs one label per line, one line per model output")
     return lines
 
 
