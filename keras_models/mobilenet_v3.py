@@ -152,20 +152,25 @@ class ArchTable:
 
     @classmethod
     def from_json(cls, payload: dict) -> ArchTable:
-        try:
-            table = cls(model_type=payload["model_type"], stem=int(payload["stem"]),
-                        blocks=tuple(Bneck(int(b["kernel"]), int(b["exp"]), int(b["out"]), bool(b["se"]), str(b["nl"]),
-                                           int(b["stride"])) for b in payload["bnecks"]),
-                        last_conv=int(payload["last_conv"]), last_point=int(payload["last_point"]),
-                        head_nl=str(payload.get("head_nl", "HS")), minimalistic=bool(payload.get("minimalistic")))
-        except (KeyError, TypeError, ValueError) as err:
-            raise ArchTableError(f"not an architecture table: {type(err).__name__} {err}") from None
+        """The table `to_json` wrote; every value must be of its JSON type (a "stride" of 1.9, an "se" of "false" or
+        an "out" of true are refused, naming the key, instead of being read as 1, True and 1)."""
+        if not isinstance(payload, dict):
+            raise ArchTableError("not an architecture table (a JSON object)")
+        bnecks = _field(payload, "bnecks", list, "")
+        if not all(isinstance(b, dict) for b in bnecks):
+            raise ArchTableError("'bnecks' must be a list of objects")
+        table = cls(model_type=_field(payload, "model_type", str, ""), stem=_field(payload, "stem", int, ""),
+                    blocks=tuple(Bneck(*(_field(b, name, kind, f"bneck {i}: ") for name, kind in BNECK_FIELDS))
+                                 for i, b in enumerate(bnecks)),
+                    last_conv=_field(payload, "last_conv", int, ""), last_point=_field(payload, "last_point", int, ""),
+                    head_nl=_field(payload, "head_nl", str, "", "HS"),
+                    minimalistic=_field(payload, "minimalistic", bool, "", False))
         table.validate()
         return table
 
     @classmethod
     def load(cls, path: str) -> ArchTable:
-        """Read a table saved as JSON (`to_json`; pipeline.netadapt writes them)."""
+        """Read a table saved as JSON (`to_json`; pipeline.netadapt writes them). Errors name the file."""
         try:
             with open(path) as f:
                 payload = json.load(f)
@@ -173,7 +178,10 @@ class ArchTable:
             raise ArchTableError(f"cannot read an architecture table from {path}: {err}") from None
         if not isinstance(payload, dict):
             raise ArchTableError(f"{path} does not hold an architecture table (a JSON object)")
-        return cls.from_json(payload)
+        try:
+            return cls.from_json(payload)
+        except ArchTableError as err:
+            raise ArchTableError(f"{path}: {err}") from None
 
     def key(self) -> str:
         """A short stable name of the widths (cache key)."""
@@ -196,6 +204,25 @@ class ArchTable:
                  (f"1^2 x {self.last_point}", "conv2d 1x1, NBN", "-", str(num_classes), "", "", "1")]
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows)
+
+
+BNECK_FIELDS = (("kernel", int), ("exp", int), ("out", int), ("se", bool), ("nl", str), ("stride", int))
+_MISSING = object()
+_JSON_TYPES = {int: "an integer", bool: "true or false", str: "a string", list: "a list"}
+
+
+def _field(payload: dict, key: str, kind: type, where: str, default=_MISSING):
+    """payload[key] if it is of JSON type `kind` (an integer is not a boolean, nor 1.9 an integer)."""
+    if key not in payload:
+        if default is not _MISSING:
+            return default
+        raise ArchTableError(f"{where}'{key}' is missing")
+    value = payload[key]
+    if kind is int and type(value) is float and value.is_integer():
+        return int(value)
+    if type(value) is not kind:
+        raise ArchTableError(f"{where}'{key}' must be {_JSON_TYPES[kind]}, got {json.dumps(value)[:40]}")
+    return value
 
 
 def _bneck(x, row: Bneck, block_id: int):

@@ -129,9 +129,10 @@ class RunConfig:
     def validate(self) -> None:
         """Every check that needs no data (one-line ValueErrors), before any data is loaded or anything trained."""
         from keras_models import MIN_INPUT_SIZE
-        from tflite_export.files import check_writable_dir
+        from tflite_export.files import TRAINING_RUN, check_folder_kind, check_writable_dir
 
         check_writable_dir(self.output_dir, "--output_dir")
+        check_folder_kind(self.output_dir, TRAINING_RUN, "--output_dir")
         if self.image_size < MIN_INPUT_SIZE:
             raise ValueError(f"--image_size must be at least {MIN_INPUT_SIZE}, got {self.image_size}")
         if self.minimalistic and self.variant in ("v1", "v2"):

@@ -402,6 +402,16 @@ def _holdout(classes: dict[str, list[str]], fraction: float, seed: int) -> tuple
     return train, held
 
 
+SHOWN_SKIPPED = 3  # unreadable files named in the warning; the data set's skipped_files lists them all
+
+
+def skipped_summary(bad: list[str]) -> str:
+    """One line for any number of skipped files: the count and the first few with their decoder's reason."""
+    shown = "; ".join(f"{p} ({_decode_error(p)})" for p in bad[:SHOWN_SKIPPED])
+    more = f"; and {len(bad) - SHOWN_SKIPPED} more" if len(bad) > SHOWN_SKIPPED else ""
+    return f"skipping {len(bad)} unreadable image file(s): {shown}{more}"
+
+
 def _load_folder(root, *, image_size, batch_size, seed, holdout_fraction, on_bad_image) -> Dataset:
     root = os.path.abspath(root)
     if not os.path.exists(root):
@@ -442,8 +452,7 @@ def _load_folder(root, *, image_size, batch_size, seed, holdout_fraction, on_bad
                 f"unreadable image file {bad[0]}: {_decode_error(bad[0])}{more}; "
                 "use on_bad_image=skip to skip unreadable files"
             )
-        for p in bad:
-            logging.warning("skipping unreadable image file %s: %s", p, _decode_error(p))
+        logging.warning("%s", skipped_summary(bad))
     size_of = {p: tuple(s) for p, s, good in zip(all_paths, hw, ok) if good}
 
     def readable(classes, where):

@@ -40,7 +40,13 @@ import contextlib
 import dataclasses
 import json
 import os
+import signal
+import socket
+import threading
+import time
 from typing import Iterator
+
+from absl import logging
 
 from keras_models.backend import keras, tf
 
@@ -117,7 +123,92 @@ def _tf_config() -> dict:
     return config
 
 
-def create(name: str, *, cpu_replicas: int = 0) -> Distribution:
+# How long a multi_worker run waits for its peers before it stops with a line naming the ones that did not answer.
+PEER_TIMEOUT_SECONDS = 300.0
+
+
+def _address(entry: str) -> tuple[str, int]:
+    host, _, port = str(entry).rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"TF_CONFIG's address {entry!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+def _peers(config: dict) -> tuple[tuple[str, int], list[tuple[str, str]]]:
+    """This task's (host, port) and every other chief or worker of the cluster as (name, "host:port")."""
+    me = (config["task"]["type"], int(config["task"]["index"]))
+    own, peers = None, []
+    for kind in ("chief", "worker"):
+        for index, entry in enumerate(config["cluster"].get(kind, ())):
+            if (kind, index) == me:
+                own = _address(entry)
+            else:
+                _address(entry)
+                peers.append((f"{kind} {index}", str(entry)))
+    return own, peers
+
+
+def _answers(entry: str) -> bool:
+    try:
+        with socket.create_connection(_address(entry), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for_peers(config: dict, timeout: float = PEER_TIMEOUT_SECONDS, poll: float = 0.5) -> None:
+    """Wait, in Python, until every other worker of `config` (a parsed TF_CONFIG) accepts connections on its address.
+
+    TensorFlow forms the cluster inside one C++ call that holds the interpreter: a missing or unreachable peer hangs
+    it with no output and with SIGINT and SIGTERM ignored (TensorFlow installs its own SIGTERM handler). Meeting here
+    first turns that into a one-line ValueError naming the peers that did not answer, and Ctrl-C and SIGTERM stop the
+    wait. Each worker listens on its own port meanwhile (closed before TensorFlow binds it), so peers that start in any
+    order see each other. A peer that answers here and dies before TensorFlow connects can still hang TensorFlow."""
+    own, peers = _peers(config)
+    for name, entry in peers:
+        host, port = _address(entry)
+        try:
+            socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as err:
+            raise ValueError(f"TF_CONFIG's {name} address {entry} does not resolve ({err.strerror or err}): check "
+                             "the host name") from None
+    listener = socket.socket(socket.AF_INET6 if ":" in own[0] else socket.AF_INET)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(("", own[1]))
+        listener.listen(len(peers) + 1)
+    except OSError as err:
+        listener.close()
+        raise ValueError(f"this worker's port {own[1]} (TF_CONFIG's task {config['task']}) cannot be opened "
+                         f"({err.strerror or err}): is another worker of an earlier run still running?") from None
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous_term = signal.getsignal(signal.SIGTERM) if main_thread else None
+    if main_thread:
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops the wait as Ctrl-C does
+    missing, deadline = list(peers), time.monotonic() + timeout
+    try:
+        if missing:
+            logging.info("multi_worker: waiting up to %.0f s for %s", timeout, _named(missing))
+        while missing:
+            missing = [(name, entry) for name, entry in missing if not _answers(entry)]
+            if missing and time.monotonic() > deadline:
+                raise ValueError(f"{_named(missing)} did not answer within {timeout:.0f} s: start the same command "
+                                 "there with its own TF_CONFIG task index, or check the address and port in TF_CONFIG")
+            if missing:
+                time.sleep(poll)
+    except KeyboardInterrupt:
+        raise ValueError(f"stopped while waiting for {_named(missing)}") from None
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous_term if previous_term is not None else signal.SIG_DFL)
+        listener.close()
+
+
+def _named(peers: list[tuple[str, str]]) -> str:
+    return ", ".join(f"{name} at {entry}" for name, entry in peers)
+
+
+def create(name: str, *, cpu_replicas: int = 0, peer_timeout: float = PEER_TIMEOUT_SECONDS) -> Distribution:
     """The strategy `name` (one of STRATEGIES); ValueError with a one-line message when it cannot be created.
 
     Call it before TensorFlow runs anything: `cpu_replicas` and MultiWorkerMirroredStrategy both configure the runtime
@@ -137,7 +228,11 @@ def create(name: str, *, cpu_replicas: int = 0) -> Distribution:
         strategy = tf.distribute.MirroredStrategy([device.name for device in devices])
         return Distribution(name, strategy, strategy.num_replicas_in_sync, 1, 0)
     config = _tf_config()
+    wait_for_peers(config, peer_timeout)
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    # TensorFlow's coordination service swallows SIGTERM from here on (it records a preemption that nothing here
+    # acts on): give it back its default, so that `kill` stops a worker as it stops a one-device run.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     resolver = strategy.cluster_resolver
     workers = sum(len(config["cluster"].get(kind, ())) for kind in ("chief", "worker"))
     worker = int(resolver.task_id) + (1 if resolver.task_type == "worker" and "chief" in config["cluster"] else 0)

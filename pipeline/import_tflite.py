@@ -30,26 +30,33 @@ from absl import app, flags
 from keras_models import backend  # noqa: F401  (must precede TensorFlow imports)
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("weights", None, "Published quantized MobileNet .tflite (ImageNet weights).")
-flags.DEFINE_string("variant", "small", "Builder the file's graph must match: small, large, v2 or v1.")
-flags.DEFINE_float("alpha", 1.0, "Width multiplier of the file's model.")
-flags.DEFINE_integer("image_size", 224, "Input resolution of the exported model.")
-flags.DEFINE_string("labels", None, "Label file, one class per line: 1000 ImageNet names (or 1001 with background).")
-flags.DEFINE_string("calibration_dir", None, "Folder of images (any layout) for the ranges the file has none for.")
-flags.DEFINE_integer("calibration_images", 64, "Images used from --calibration_dir.")
-flags.DEFINE_string(
-    "distill_dir", None,
-    "Optional: folder of unlabeled photos (any layout) on which the int8 model is fine-tuned to give the file's own "
-    "outputs, with the file's ranges held (a few minutes; BENCHMARKS.md has what it gains). Not the --eval_dir.")
-flags.DEFINE_integer("distill_epochs", 2, "Epochs over the --distill_dir views.")
-flags.DEFINE_integer("distill_views", 3, "Views per photo: the evaluation crop, then random crops and flips.")
-flags.DEFINE_float("distill_learning_rate", 2e-5, "Adam learning rate of the distillation.")
-flags.DEFINE_string("eval_dir", None,
-                    "Optional: class folders or the ImageNet-samples layout, for int8 vs float top-1.")
-flags.DEFINE_enum("io", "uint8", ["uint8", "int8"], "Input/output dtype of the TFLite model.")
-flags.DEFINE_string("output_dir", "runs/imagenet-small", "Where the artifacts go.")
-flags.DEFINE_boolean("android", False, "Also install the model as the demo app's bundled model.")
-flags.mark_flags_as_required(["weights", "labels", "calibration_dir"])
+
+
+def define_flags() -> None:
+    """The command's flags. Defined when it runs, not on import: its --weights, --image_size, ... share names with
+    pipeline.train_and_export's, and tests import both."""
+    flags.DEFINE_string("weights", None, "Published quantized MobileNet .tflite (ImageNet weights).")
+    flags.DEFINE_string("variant", "small", "Builder the file's graph must match: small, large, v2 or v1.")
+    flags.DEFINE_float("alpha", 1.0, "Width multiplier of the file's model.")
+    flags.DEFINE_integer("image_size", 224, "Input resolution of the exported model.")
+    flags.DEFINE_string("labels", None,
+                        "Label file, one class per line: 1000 ImageNet names (or 1001 with background).")
+    flags.DEFINE_string("calibration_dir", None, "Folder of images (any layout) for the ranges the file has none for.")
+    flags.DEFINE_integer("calibration_images", 64, "Images used from --calibration_dir.")
+    flags.DEFINE_string(
+        "distill_dir", None,
+        "Optional: folder of unlabeled photos (any layout) on which the int8 model is fine-tuned to give the file's "
+        "own outputs, with the file's ranges held (a few minutes; BENCHMARKS.md has what it gains). Not the "
+        "--eval_dir.")
+    flags.DEFINE_integer("distill_epochs", 2, "Epochs over the --distill_dir views.")
+    flags.DEFINE_integer("distill_views", 3, "Views per photo: the evaluation crop, then random crops and flips.")
+    flags.DEFINE_float("distill_learning_rate", 2e-5, "Adam learning rate of the distillation.")
+    flags.DEFINE_string("eval_dir", None,
+                        "Optional: class folders or the ImageNet-samples layout, for int8 vs float top-1.")
+    flags.DEFINE_enum("io", "uint8", ["uint8", "int8"], "Input/output dtype of the TFLite model.")
+    flags.DEFINE_string("output_dir", "runs/imagenet-small", "Where the artifacts go.")
+    flags.DEFINE_boolean("android", False, "Also install the model as the demo app's bundled model.")
+    flags.mark_flags_as_required(["weights", "labels", "calibration_dir"])
 
 EVAL_BATCH = 50
 REPORT_FILE = "import_report.json"
@@ -82,6 +89,23 @@ def _read_labels(path: str) -> list[str]:
     return labels
 
 
+def check_settings(values: dict) -> None:
+    """The flags' values (name -> value) that no file is needed to refuse: one-line ValueErrors."""
+    from keras_models import MIN_INPUT_SIZE
+
+    if values["calibration_images"] < 1:
+        raise ValueError(f"--calibration_images must be at least 1, got {values['calibration_images']}")
+    if values["image_size"] < MIN_INPUT_SIZE or values["alpha"] <= 0:
+        raise ValueError(f"--image_size must be at least {MIN_INPUT_SIZE} and --alpha > 0, got {values['image_size']} "
+                         f"and {values['alpha']:g}")
+    if values["distill_dir"]:
+        for name in ("distill_views", "distill_epochs"):
+            if values[name] < 1:  # no views: "need at least one array to stack" after the import
+                raise ValueError(f"--{name} must be at least 1 with --distill_dir, got {values[name]}")
+        if not values["distill_learning_rate"] > 0:
+            raise ValueError(f"--distill_learning_rate must be > 0, got {values['distill_learning_rate']:g}")
+
+
 def import_and_export(artifacts) -> ImportReport:
     """Import, export into `artifacts` (a tflite_export.files.ArtifactSet); returns the report."""
     import numpy as np
@@ -102,8 +126,6 @@ def import_and_export(artifacts) -> ImportReport:
 
     started = time.perf_counter()
     labels = _read_labels(FLAGS.labels)
-    if FLAGS.calibration_images < 1:
-        raise ValueError(f"--calibration_images must be at least 1, got {FLAGS.calibration_images}")
     check_label_count(FLAGS.weights, labels, FLAGS.labels)
     size = FLAGS.image_size
     calibration_files = images_under(FLAGS.calibration_dir, FLAGS.calibration_images)  # fail before the slow part
@@ -196,10 +218,15 @@ def main(argv):
     from keras_models import WeightsError
     from tflite_export.cli import one_line_error
     from tflite_export.convert import ConversionError
-    from tflite_export.files import artifact_set, atomic_write_json
+    from tflite_export.files import IMPORT_RUN, artifact_set, atomic_write_json, check_folder_kind, check_writable_dir
     from tflite_export.verify import VerificationError
 
     try:
+        check_settings({name: FLAGS[name].value for name in ("calibration_images", "image_size", "alpha", "distill_dir",
+                                                             "distill_views", "distill_epochs",
+                                                             "distill_learning_rate")})
+        check_writable_dir(FLAGS.output_dir, "--output_dir")
+        check_folder_kind(FLAGS.output_dir, IMPORT_RUN, "--output_dir")
         # The report lands with the model, labels and card as one set (a rerun never leaves an old report beside a
         # new model).
         with artifact_set(FLAGS.output_dir) as artifacts:
@@ -225,4 +252,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

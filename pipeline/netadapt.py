@@ -545,10 +545,22 @@ class SearchState:
 
     @classmethod
     def load(cls, path: str) -> SearchState:
-        with open(path) as f:
-            payload = json.load(f)
-        payload["snapshots"] = [Snapshot(**s) for s in payload["snapshots"]]
-        return cls(**payload)
+        """The state in `path`; a file that is not one (a field missing, of the wrong kind, not JSON) is a one-line
+        ValueError naming it."""
+        from pipeline.schema import SchemaError, from_json_dict, read_json
+
+        advice = "delete it to start the search over, or pass another --output_dir"
+        try:
+            state = from_json_dict(cls, read_json(path))
+            missing = [key for key in SEARCH_KEYS + TARGET_KEYS
+                       if key not in state.settings and key not in LATER_SEARCH_KEYS]
+            if missing:
+                raise SchemaError(f"its settings lack {missing}")
+            if not state.snapshots or not all(isinstance(snap, Snapshot) for snap in state.snapshots):
+                raise SchemaError("it has no snapshots")
+        except (SchemaError, TypeError, AttributeError) as err:
+            raise ValueError(f"{path} is not a NetAdapt state this version can resume ({err}): {advice}") from None
+        return state
 
     def save(self, path: str) -> None:
         from tflite_export.files import atomic_write_json
@@ -659,7 +671,9 @@ def measure_target(ctx: Context, start_model: keras.Model, start_path: str) -> t
 # target, or stops at the new one). Every other setting shaped the iterations already made.
 TARGET_KEYS = ("target_ms", "target_ratio", "target_alpha")
 SEARCH_KEYS = ("run_dir", "dataset", "image_size", "batch_size", "seed", "delta_ratio", "finetune_steps",
-               "start_steps", "learning_rate", "holdout_images", "freeze_batch_norm")
+               "start_steps", "learning_rate", "weight_decay", "dropout", "holdout_images", "freeze_batch_norm")
+# Recorded since a later version: a state written before them is resumed without comparing them.
+LATER_SEARCH_KEYS = ("weight_decay", "dropout")
 
 
 def _state_settings(settings: dict) -> dict:
@@ -691,7 +705,9 @@ def iterate(ctx: Context, state: SearchState, log) -> None:
     proposals, current_ms, _ = propose_widths(arch, model, ctx.meter, ctx.bn_images, delta_ratio=s["delta_ratio"],
                                               slopes=state.slopes, rounds=s["latency_rounds"], log=log)
     if not proposals:
-        raise ValueError(f"no width group can cut {s['delta_ratio']:g} x the latency any more: lower --delta_ratio")
+        raise ValueError(f"target not met: at {current.ratio_to_start:.3f} x the start latency (target "
+                         f"{state.target_ratio:.3f}), no width group can cut {s['delta_ratio']:g} x the latency any "
+                         "more: lower --delta_ratio, or set a target it can reach")
     # The paper's rule picks from (accuracy, latency) alone, so the best proposal so far is kept as it comes.
     weights = f"iter{iteration}.weights.h5"
     best_path = os.path.join(ctx.out, f"iter{iteration}.best.weights.h5")
@@ -981,10 +997,14 @@ def _settings() -> dict:
             raise ValueError(f"--{name} must be >= 1, got {FLAGS[name].value}")
     if FLAGS.start_steps < 0:
         raise ValueError("--start_steps must be >= 0")
-    from tflite_export.files import check_writable_dir
+    if not 0 <= FLAGS.dropout < 1 or FLAGS.weight_decay < 0:
+        raise ValueError(f"--dropout must be in [0, 1) and --weight_decay >= 0, got {FLAGS.dropout:g} and "
+                         f"{FLAGS.weight_decay:g}")
+    from tflite_export.files import NETADAPT_SEARCH, check_folder_kind, check_writable_dir
 
     output_dir = FLAGS.output_dir or os.path.normpath(run_dir) + "-netadapt"
     check_writable_dir(output_dir, "--output_dir")
+    check_folder_kind(output_dir, NETADAPT_SEARCH, "--output_dir")
     return {"run_dir": run_dir, "float_model": float_model, "output_dir": output_dir, "dataset": dataset,
             "variant": config["variant"], "alpha": config.get("alpha", 1.0),
             "minimalistic": config.get("minimalistic", False), "num_classes": len(config.get("classes", [])) or None,
@@ -1014,21 +1034,48 @@ class SearchLog:
             f.write(line + "\n")
 
 
+class TargetNotMet(Exception):
+    """The search stopped above its latency target (the message says where and what to do); exit status 1."""
+
+
+def target_shortfall(state: SearchState, max_iterations: int) -> str | None:
+    """The "target not met" line of a search that stopped above its target, or None when it met it."""
+    last = state.snapshots[-1]
+    if last.ratio_to_start <= state.target_ratio:
+        return None
+    return (f"target not met: the search stopped at {last.ratio_to_start:.3f} x the start latency after "
+            f"{last.iteration} iteration(s) (--max_iterations {max_iterations}), above the target "
+            f"{state.target_note} = {state.target_ratio:.3f} x start; rerun with a higher --max_iterations (the search "
+            "resumes) or a lower --delta_ratio, or set a target it can reach")
+
+
+def resumable_state(settings: dict) -> SearchState | None:
+    """The search state in --output_dir, checked against `settings` before any data is loaded; None for a new search.
+    Another setting than the one the iterations were made with is a one-line refusal (the target may change)."""
+    from pipeline.train import check_same_settings
+
+    state_path = os.path.join(settings["output_dir"], STATE_FILE)
+    if not os.path.exists(state_path):
+        return None
+    state = SearchState.load(state_path)
+    recorded = {**{key: settings[key] for key in LATER_SEARCH_KEYS}, **state.settings}
+    check_same_settings(state_path, {key: settings[key] for key in SEARCH_KEYS}, "a search made",
+                        settings["output_dir"], recorded=recorded)
+    return state
+
+
 def run(settings: dict) -> dict:
-    """Search (resuming from the state file), then the final stage; returns the report."""
+    """Search (resuming from the state file), then the final stage; returns the report. A search that stops above its
+    target still finishes its models, then raises TargetNotMet."""
     from tflite_export.files import atomic_write_json
 
+    state = resumable_state(settings)
     ctx = Context(settings)
     log = SearchLog(os.path.join(ctx.out, "search_log.md"))
     state_path = os.path.join(ctx.out, STATE_FILE)
-    if os.path.exists(state_path):
-        from pipeline.train import check_same_settings
-
-        state = SearchState.load(state_path)
-        check_same_settings(state_path, {key: settings[key] for key in SEARCH_KEYS}, "a search made", ctx.out,
-                            recorded=state.settings)
+    if state is not None:
         log(f"\n(resumed after iteration {state.snapshots[-1].iteration})")
-        if any(state.settings[key] != settings[key] for key in TARGET_KEYS):
+        if any(state.settings.get(key) != settings[key] for key in TARGET_KEYS):
             retarget(ctx, state, log)
             state.save(state_path)
     else:
@@ -1043,13 +1090,19 @@ def run(settings: dict) -> dict:
     atomic_write_json(os.path.join(ctx.out, "arch.json"), final.to_json())
     log(f"\n## final architecture ({state.snapshots[-1].ratio_to_start:.3f} x start latency, search "
         f"{state.seconds / 60:.1f} min)\n\n```\n{final.format(settings['image_size'], len(ctx.classes))}\n```")
+    shortfall = target_shortfall(state, settings["max_iterations"])
+    if shortfall:
+        log(f"\n{shortfall}")
     if settings["search_only"]:
         log(f"\nsearch stopped after iteration {state.snapshots[-1].iteration} (--search_only); rerun without it "
             "to go on to the final stage")
-        return {}
-    report = final_stage(ctx, state, log)
-    plot(report, os.path.join(ctx.out, "netadapt.png"))
-    log(f"\narchitecture: {os.path.join(ctx.out, 'arch.json')}; plot: {os.path.join(ctx.out, 'netadapt.png')}")
+        report = {}
+    else:
+        report = final_stage(ctx, state, log)
+        plot(report, os.path.join(ctx.out, "netadapt.png"))
+        log(f"\narchitecture: {os.path.join(ctx.out, 'arch.json')}; plot: {os.path.join(ctx.out, 'netadapt.png')}")
+    if shortfall:
+        raise TargetNotMet(shortfall)
     return report
 
 
@@ -1067,6 +1120,9 @@ def main(argv):
     except (DataError, WeightsError, ConversionError, VerificationError, ValueError, OSError) as err:
         print(f"error: {one_line_error(err)}", file=sys.stderr)
         sys.exit(2)
+    except TargetNotMet as shortfall:  # the search ran and its models are finished, but the target was asked for
+        print(f"error: {shortfall}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

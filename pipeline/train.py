@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import json
 import os
 import shutil
 import time
@@ -210,7 +209,11 @@ def run_stage(
     # Stages recorded before Recipe.optimizer existed were trained with SGD.
     check_same_settings(settings_file, settings, f"a {name} stage trained", workdir, defaults={"optimizer": "sgd"})
     if os.path.exists(done):
-        model.load_weights(done)
+        try:
+            model.load_weights(done)
+        except (OSError, ValueError) as err:  # h5py and Keras name neither the file nor what to do
+            raise ValueError(f"cannot load the finished {name} stage's weights {done} ({str(err).splitlines()[0]}): "
+                             "delete the file to train that stage again") from None
         logging.info("%s: already finished in an earlier run, loaded %s", name, done)
         return StageResult(name, epochs, epochs, True, 0.0, None, {})
     if epochs <= 0:
@@ -280,8 +283,9 @@ def check_same_settings(path: str, settings: dict, what: str, workdir: str, reco
         if not os.path.exists(path):
             # A fresh stage, or weights put there by hand (experiments.qat_schedules copies a finished float stage).
             return
-        with open(path) as f:
-            recorded = json.load(f)
+        from pipeline.schema import read_json
+
+        recorded = read_json(path)  # a corrupt file is one line naming it
     recorded = {**(defaults or {}), **recorded}
     changed = [f"{key} {recorded.get(key)} -> {value}" for key, value in settings.items() if recorded.get(key) != value]
     if changed:

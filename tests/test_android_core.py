@@ -14,6 +14,7 @@ and on the app's bundled model in app/src/main/assets, configured from that fold
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -483,18 +484,30 @@ def test_core_reads_tensors_metadata_and_labels_from_tflite(kotlin_classpath, tm
         assert info["mean"] == "127.5" and info["std"] == "127.5"
 
 
+@functools.lru_cache(maxsize=None)
+def _tiny_model(classes: int) -> bytes:
+    from tests.conftest import tiny_classifier_tflite
+
+    return tiny_classifier_tflite(classes=classes)
+
+
 def _export_dir(root: pathlib.Path, num_labels: int = 3, num_classes: int = 3) -> pathlib.Path:
+    """A model and a card that agree (the installer checks the card against the model's tensors)."""
     from tflite_export.model_card import InputSpec, ModelCard, OutputSpec
+    from tflite_export.verify import analyze
 
     root.mkdir(parents=True)
-    (root / "model.tflite").write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(64))  # an empty but well-formed flatbuffer
+    model = _tiny_model(num_classes)
+    (root / "model.tflite").write_bytes(model)
     (root / "labels.txt").write_text("".join(f"class{i}\n" for i in range(num_labels)))
+    analysis = analyze(model, xnnpack=False)
+    inp, out = analysis.inputs[0], analysis.outputs[0]
     ModelCard(
         name="tiny", description="tiny", version="1.0", author="tests", license="Apache-2.0",
         model_file="model.tflite", labels_file="labels.txt",
-        input=InputSpec(height=32, width=32, channels=3, dtype="uint8", scale=1.0, zero_point=0, mean=[0.0] * 3,
-                        std=[1.0] * 3),
-        output=OutputSpec(dtype="uint8", scale=0.00390625, zero_point=0, num_classes=num_classes),
+        input=InputSpec(height=32, width=32, channels=3, dtype="uint8", scale=inp.scale, zero_point=inp.zero_point,
+                        mean=[0.0] * 3, std=[1.0] * 3),
+        output=OutputSpec(dtype="uint8", scale=out.scale, zero_point=out.zero_point, num_classes=num_classes),
         classes=[f"class{i}" for i in range(num_classes)], hswish="lowered", ops={},
     ).write(root / "model_card.json")
     return root

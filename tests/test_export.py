@@ -71,7 +71,7 @@ def test_builtin_hswish_keeps_one_hard_swish_per_h_swish(trained):
 
 
 def test_builtin_hswish_is_refused_for_qat_models(float_small):
-    with pytest.raises(ConversionError, match="--no-qat"):
+    with pytest.raises(ConversionError, match="--noqat"):
         convert(quantize_model(float_small), representative, hswish="builtin")
 
 

@@ -650,3 +650,422 @@ def test_evaluate_refuses_a_mean_that_is_not_a_number(tiny_models, tmp_path, cap
     code = run_main(evaluate.main, [str(tiny_models["four"]), "--dataset", str(tmp_path), "--mean", mean, "--std",
                                     "1"], prog="evaluate")
     assert "must be finite" in _error_line(code, capsys.readouterr().err, "evaluate")
+
+
+# ------------------------------------------------------------------------ issue 28, 7. multi_worker without its peer
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _tf_config(addresses: list[str], index: int) -> dict:
+    return {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}}
+
+
+def test_multi_worker_names_the_peer_that_does_not_answer():
+    """TensorFlow waited for a missing peer inside one C++ call: no output for 10 minutes, Ctrl-C ignored."""
+    import time
+
+    from pipeline.distribute import wait_for_peers
+
+    missing = f"localhost:{_free_port()}"
+    started = time.monotonic()
+    with pytest.raises(ValueError, match=f"worker 1 at {missing} did not answer within 1 s"):
+        wait_for_peers(_tf_config([f"localhost:{_free_port()}", missing], 0), timeout=1.0, poll=0.1)
+    assert time.monotonic() - started < 10
+    with pytest.raises(ValueError, match="worker 1 address no-such-host.invalid:2222 does not resolve"):
+        wait_for_peers(_tf_config([f"localhost:{_free_port()}", "no-such-host.invalid:2222"], 0), timeout=60)
+
+
+def test_multi_worker_peers_meet_whichever_starts_first():
+    """Each worker listens on its own port while it waits, and its port is free for TensorFlow's server after."""
+    import socket
+    import threading
+
+    from pipeline.distribute import wait_for_peers
+
+    addresses = [f"localhost:{_free_port()}" for _ in range(2)]
+    errors, servers = [], []
+
+    def worker(index):
+        try:
+            wait_for_peers(_tf_config(addresses, index), timeout=20, poll=0.1)
+            server = socket.socket()  # what TensorFlow's server does next: bind the same port
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            server.bind(("", int(addresses[index].rpartition(":")[2])))
+            server.listen(4)
+            servers.append(server)
+        except (ValueError, OSError) as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker, args=(index,)) for index in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    for server in servers:
+        server.close()
+    assert not errors and len(servers) == 2, errors
+
+
+@pytest.mark.slow  # two pipeline processes that import TensorFlow (~10 s)
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_and_sigterm_stop_a_worker_waiting_for_its_peer(tmp_path, sig):
+    import signal
+    import sys
+    import time
+
+    addresses = [f"localhost:{_free_port()}" for _ in range(2)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CONFIG": json.dumps(_tf_config(addresses, 0))}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.train_and_export", *TINY, "--strategy", "multi_worker",
+                             "--output_dir", str(tmp_path / "out")], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "waiting up to" in line:
+            break
+    assert "waiting up to" in seen[-1] and addresses[1] in seen[-1], "".join(seen[-20:])
+    sent = time.monotonic()
+    proc.send_signal(getattr(signal, sig))
+    rest = proc.communicate(timeout=30)[1]
+    assert time.monotonic() - sent < 10
+    line = _error_line(proc.returncode, rest)
+    assert "stopped while waiting for worker 1 at " + addresses[1] in line, line
+
+
+# ------------------------------------------------------------------------ issue 28, 9. writing into the wrong folder
+def _run_folder(folder: pathlib.Path, *names: str) -> pathlib.Path:
+    folder.mkdir(parents=True)
+    for name in names:
+        (folder / name).write_text("{}")
+    return folder
+
+
+def test_folder_kinds_are_told_by_their_files(tmp_path):
+    from tflite_export import files
+
+    assert files.folder_kind(tmp_path / "missing") is None and files.folder_kind(tmp_path) is None
+    cases = {("run_config.json", "model.tflite", "report.json"): files.TRAINING_RUN,
+             ("report.json", "model.tflite"): files.TRAINING_RUN,  # a run made before run_config.json existed
+             ("import_report.json", "model.tflite"): files.IMPORT_RUN,
+             ("state.json", "report.json"): files.NETADAPT_SEARCH,
+             ("model.tflite", "labels.txt"): files.EXPORT_RUN}
+    for index, (names, kind) in enumerate(cases.items()):
+        folder = _run_folder(tmp_path / str(index), *names)
+        assert files.folder_kind(folder) == kind, names
+        files.check_folder_kind(folder, kind, "--out")  # the same kind of run: a rerun, accepted
+
+
+def test_export_refuses_a_training_runs_folder_before_loading(tmp_path, capsys):
+    """It replaced the run's model and unpublished its report, without a word."""
+    from tflite_export import export
+    from tflite_export.cli import run_main
+
+    run = _run_folder(tmp_path / "run", "run_config.json", "report.json", "model.tflite")
+    before = _snapshot(run)
+    code = run_main(export.main, [str(tmp_path / "missing.h5"), "--dataset", str(tmp_path), "--out", str(run)],
+                    prog="tflite_export.export")
+    line = _error_line(code, capsys.readouterr().err, "tflite_export.export")
+    assert "holds a training run (pipeline.train_and_export)" in line and "missing.h5" not in line, line
+    assert _snapshot(run) == before
+
+
+def test_training_refuses_an_imports_folder_before_loading_data(pipeline_cli, tmp_path):
+    folder = _run_folder(tmp_path / "imported", "import_report.json", "model.tflite")
+    before = _snapshot(folder)
+    code, err = pipeline_cli([*TINY, "--float_epochs", "1", "--dataset", "/nonexistent/photos", "--output_dir", folder])
+    assert "holds an import (pipeline.import_tflite)" in _error_line(code, err)
+    assert _snapshot(folder) == before
+
+
+@pytest.mark.slow  # a process that imports TensorFlow: import_tflite's flags clash with the pipeline's in this one
+def test_import_refuses_a_training_runs_folder_before_reading_the_file(tmp_path):
+    import sys
+
+    run = _run_folder(tmp_path / "run", "run_config.json", "model.tflite")
+    result = subprocess.run([sys.executable, "-m", "pipeline.import_tflite", "--weights", str(tmp_path / "x.tflite"),
+                             "--labels", str(tmp_path / "labels.txt"), "--calibration_dir", str(tmp_path),
+                             "--output_dir", str(run)], cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert "holds a training run" in _error_line(result.returncode, result.stderr)
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny_export") / "run"
+    _export_tiny(out, "uint8")
+    return out
+
+
+@pytest.mark.parametrize("case,change,needle", [
+    ("input size", {"input": {"height": 64}}, "input.height x width x channels is 64x32x3 but its model says 32x32x3"),
+    ("input dtype", {"input": {"dtype": "int8"}}, "input.dtype is int8 but its model says uint8"),
+    ("activation", {"output": {"activation": "none"}}, "output.activation is none but its model says softmax"),
+    ("output quantization", {"output": {"scale": 0.5}}, "output.scale, zero_point is 0.5, 0"),
+    ("absolute labels path", {"labels_file": "/etc/hostname"}, "is not a file of the card's folder"),
+    ("labels outside the folder", {"labels_file": "../labels.txt"}, "is not a file of the card's folder"),
+])
+def test_install_model_refuses_a_card_its_model_contradicts(tiny_export, tmp_path, capsys, case, change, needle):
+    """The app threw at start-up on such a card; an absolute labels_file was copied from wherever it pointed."""
+    from pipeline.android import main
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_export, folder / "export", symlinks=False)
+    folder = folder / "export"
+    (folder.parent / "labels.txt").write_text("no\nyes\n")
+    card = json.loads((folder / "model_card.json").read_text())
+    for key, value in change.items():
+        card[key] = {**card[key], **value} if isinstance(value, dict) else value
+    (folder / "model_card.json").unlink()
+    (folder / "model_card.json").write_text(json.dumps(card))
+    assets = tmp_path / "assets"
+    assert main([str(folder), "--assets", str(assets)]) == 1, case
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert not assets.exists()
+
+
+def test_install_model_installs_a_consistent_export(tiny_export, tmp_path):
+    from pipeline.android import main
+
+    assert main([str(tiny_export), "--assets", str(tmp_path / "assets")]) == 0
+    assert sorted(p.name for p in (tmp_path / "assets").iterdir()) == ["labels.txt", "model.tflite", "model_card.json"]
+
+
+# ---------------------------------------------------------------- issue 28, 10 and 12. tracebacks, misleading lines
+def test_builtin_hswish_refusal_names_flags_that_exist():
+    """It said "(use --no-qat)"; the pipeline's flag is --noqat."""
+    import re
+
+    from absl import flags
+
+    from pipeline import train_and_export  # noqa: F401  (defines the pipeline's flags)
+    from pipeline.qat import quantize_model
+    from tflite_export.convert import ConversionError, convert
+
+    with pytest.raises(ConversionError) as error:
+        convert(quantize_model(tiny_classifier_keras(classes=2)), lambda: iter(()), hswish="builtin")
+    named = re.findall(r"--(\w+)", str(error.value))
+    assert named, str(error.value)
+    for name in named:
+        assert name in flags.FLAGS or (name.startswith("no") and flags.FLAGS[name[2:]].boolean), name
+
+
+def test_calibration_images_that_are_not_images_are_one_line_naming_the_file(tmp_path, capsys):
+    """A folder of non-images named .jpg ended in a DecodeImage traceback."""
+    from tflite_export import export
+    from tflite_export.cli import run_main
+
+    model = tmp_path / "float.h5"
+    tiny_classifier_keras(classes=2).save(model)
+    photos = tmp_path / "photos"
+    for name in ("a", "b"):
+        (photos / name).mkdir(parents=True)
+        (photos / name / "1.jpg").write_text("<html>not a photo</html>")
+    (tmp_path / "labels.txt").write_text("a\nb\n")
+    out = tmp_path / "out"
+    code = run_main(export.main, [str(model), "--dataset", str(photos), "--labels", str(tmp_path / "labels.txt"),
+                                  "--out", str(out), "--calibration-images", "2"], prog="tflite_export.export")
+    line = _error_line(code, capsys.readouterr().err, "tflite_export.export")
+    assert "1.jpg: cannot be read as an image" in line and "conversion failed" not in line, line
+    assert not (out / "model.tflite").exists()
+
+
+
+def test_export_of_a_model_that_is_not_a_keras_image_classifier_is_one_line(tmp_path, capsys):
+    """An unrelated SavedModel ended in "AttributeError: '_UserObject' object has no attribute 'input_shape'"."""
+    from keras_models.backend import tf
+    from tflite_export import export
+    from tflite_export.cli import run_main
+
+    module = tf.Module()
+    module.double = tf.function(lambda x: 2 * x, input_signature=[tf.TensorSpec([None, 3])])
+    tf.saved_model.save(module, str(tmp_path / "unrelated"))
+    inputs = keras.Input((10,))
+    keras.Model(inputs, keras.layers.Dense(2)(inputs)).save(tmp_path / "dense.h5")
+    photos = _image_folders(tmp_path / "photos", ["a", "b"], per_class=1)
+    for name, needle in (("unrelated", "is a SavedModel but not a Keras model"),
+                         ("dense.h5", "is not an image classifier this tool exports")):
+        code = run_main(export.main, [str(tmp_path / name), "--dataset", str(photos), "--out", str(tmp_path / "out")],
+                        prog="tflite_export.export")
+        line = _error_line(code, capsys.readouterr().err, "tflite_export.export")
+        assert needle in line and str(tmp_path / name) in line, line
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"calibration_images": 0}, "--calibration_images must be at least 1"),  # was a ZeroDivisionError
+    ({"calibration_images": -5}, "--calibration_images must be at least 1"),  # was accepted
+    ({"distill_views": 0}, "--distill_views must be at least 1"),  # was "need at least one array to stack"
+    ({"distill_epochs": 0}, "--distill_epochs must be at least 1"),
+    ({"image_size": 8}, "--image_size must be at least"),
+])
+def test_import_settings_are_refused_up_front(change, needle):
+    from pipeline import import_tflite
+
+    values = {"calibration_images": 64, "image_size": 224, "alpha": 1.0, "distill_dir": "photos", "distill_views": 3,
+              "distill_epochs": 2, "distill_learning_rate": 2e-5}
+    import_tflite.check_settings(values)  # the defaults pass
+    with pytest.raises(ValueError, match=needle):
+        import_tflite.check_settings({**values, **change})
+
+
+def test_misleading_one_liners_now_say_what_is_wrong(tmp_path):
+    """An empty labels file ("num_classes ... got 0"), a model that is not an image model ("not enough values to
+    unpack"), a corrupt settings file or finished-stage weights (JSON and h5 errors that named no file), an --assets
+    that is a file (a raw "[Errno 17]")."""
+    from pipeline.android import InstallError, install
+    from pipeline.train import Recipe, check_same_settings, run_stage
+    from tflite_export.convert import ConversionError, convert
+    from tflite_export.files import read_labels
+
+    empty = tmp_path / "labels.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(ValueError, match=f"--labels {empty} is empty"):
+        read_labels(empty, "--labels")
+    inputs = keras.Input((10,))
+    with pytest.raises(ConversionError, match=r"input is \(None, 10\): this converter exports image models"):
+        convert(keras.Model(inputs, keras.layers.Dense(2)(inputs)), lambda: iter(()))
+    settings = tmp_path / "float.settings.json"
+    settings.write_text("{not json")
+    with pytest.raises(ValueError, match=f"{settings} is not valid JSON"):
+        check_same_settings(str(settings), {"epochs": 1}, "a float stage trained", str(tmp_path))
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "float.weights.h5").write_bytes(b"cut short")
+    with pytest.raises(ValueError, match="cannot load the finished float stage's weights .*float.weights.h5 .*: "
+                                         "delete the file"):
+        run_stage("float", tiny_classifier_keras(classes=2), None, None, epochs=1, num_train=2,
+                  recipe=Recipe(learning_rate=0.01, warmup_epochs=0), workdir=str(tmp_path / "run"), batch_size=2)
+    (tmp_path / "assets").write_text("a file")
+    with pytest.raises(InstallError, match="--assets .*assets exists and is not a directory"):
+        install(REPO / "android_demo" / "app" / "src" / "main" / "assets", tmp_path / "assets")
+
+
+def test_unreadable_images_are_one_warning_with_a_count(tmp_path, caplog):
+    """10,000 unreadable files gave 10,000 identical warnings and no count."""
+    import logging
+
+    from pipeline.data import load_dataset
+
+    photos = _image_folders(tmp_path / "photos", ["a", "b"], per_class=3)
+    for i in range(10):
+        (photos / "a" / f"broken{i}.jpg").write_text("not a photo")
+    with caplog.at_level(logging.WARNING):
+        data = load_dataset(str(photos), image_size=32, batch_size=2, seed=0, on_bad_image="skip")
+    warnings = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("skipping 10 unreadable image file(s): ")
+    assert "broken0.jpg" in warnings[0] and warnings[0].endswith("; and 7 more"), warnings[0]
+    assert len(data.skipped_files) == 10
+
+# ----------------------------------------------------- issue 28, 10 and 11. NetAdapt's state, resume and target
+def _netadapt_settings(out: pathlib.Path, dataset: pathlib.Path, **changes) -> dict:
+    settings = {"run_dir": "runs/x", "dataset": str(dataset), "image_size": 32, "batch_size": 2, "seed": 0,
+                "delta_ratio": 0.05, "finetune_steps": 2, "start_steps": 0, "learning_rate": 2e-4,
+                "weight_decay": 4e-5, "dropout": 0.2, "holdout_images": 2, "freeze_batch_norm": False,
+                "target_ms": None, "target_ratio": 0.5, "target_alpha": None, "output_dir": str(out),
+                "num_classes": 2, "variant": "small", "alpha": 0.35, "minimalistic": False,
+                "latency_calibration_images": 1, "latency_runs": 1, "max_iterations": 1, "search_only": True}
+    return {**settings, **changes}
+
+
+def _netadapt_state(settings: dict, ratios=(1.0, 0.8)):
+    """A search that ran len(ratios) - 1 iterations and stopped at ratios[-1] x the start latency."""
+    from keras_models.mobilenet_v3 import ArchTable
+    from pipeline import netadapt
+
+    arch = ArchTable.paper("small", 0.35).to_json()
+    snapshots = [netadapt.Snapshot(i, arch, f"iter{i}.weights.h5", 0.5, 10 * r, r, 2 * i) for i, r in enumerate(ratios)]
+    recorded = {key: settings[key] for key in netadapt.SEARCH_KEYS + netadapt.TARGET_KEYS}
+    return netadapt.SearchState(settings=recorded, start_ms=10.0, target_ratio=settings["target_ratio"],
+                                target_note=f"{settings['target_ratio']:g} x the start", snapshots=snapshots,
+                                history=[], slopes={})
+
+
+@pytest.mark.parametrize("drop,needle", [("target_ratio", "missing ['target_ratio']"),
+                                         ("settings.dataset", "lack ['dataset']"),
+                                         ("snapshots.0.accuracy", "missing ['accuracy']")])
+def test_netadapt_state_with_a_key_missing_is_one_line(tmp_path, drop, needle):
+    """A state.json with a key missing ended in a TypeError traceback."""
+    from pipeline import netadapt
+
+    path = tmp_path / "state.json"
+    _netadapt_state(_netadapt_settings(tmp_path, tmp_path)).save(str(path))
+    data = json.loads(path.read_text())
+    *parents, key = drop.split(".")
+    node = data
+    for part in parents:
+        node = node[int(part)] if part.isdigit() else node[part]
+    del node[key]
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="not a NetAdapt state this version can resume") as error:
+        netadapt.SearchState.load(str(path))
+    assert needle in str(error.value) and str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_netadapt_resume_checks_dropout_and_weight_decay(tmp_path):
+    from pipeline import netadapt
+    from pipeline.data import DataError
+
+    out, missing = tmp_path / "search", tmp_path / "no-such-photos"
+    out.mkdir()
+    settings = _netadapt_settings(out, missing)
+    state = _netadapt_state(settings)
+    state.save(str(out / "state.json"))
+    for change, needle in (({"dropout": 0.5}, "dropout 0.2 -> 0.5"),
+                           ({"weight_decay": 0.0}, "weight_decay 4e-05 -> 0.0")):
+        with pytest.raises(ValueError, match=needle):  # refused before the (missing) data set is read
+            netadapt.run({**settings, **change})
+    for key in netadapt.LATER_SEARCH_KEYS:  # a state recorded before them: resumed, not refused on them
+        del state.settings[key]
+    state.save(str(out / "state.json"))
+    with pytest.raises(DataError):
+        netadapt.run({**settings, "dropout": 0.5})
+
+
+def test_netadapt_that_stops_above_its_target_says_so_and_fails(tmp_path, monkeypatch, capsys):
+    """An unreachable target exited 0 with no "target not met" line."""
+    from pipeline import netadapt
+
+    out = tmp_path / "search"
+    out.mkdir()
+    photos = _image_folders(tmp_path / "photos", ["a", "b"], per_class=4)
+    settings = _netadapt_settings(out, photos)
+    _netadapt_state(settings, ratios=(1.0, 0.8)).save(str(out / "state.json"))  # max_iterations 1 reached at 0.8
+    monkeypatch.setattr(netadapt, "_settings", lambda: settings)  # the command's flags, as they were parsed
+    with pytest.raises(SystemExit) as exit_:
+        netadapt.main(["netadapt"])
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_.value.code == 1, line  # the search ran; the target it was asked for was not met
+    assert line.startswith("error: target not met: the search stopped at 0.800 x the start latency after 1 "
+                           "iteration(s)") and "above the target 0.5 x the start = 0.500" in line, line
+    assert "target not met" in (out / "search_log.md").read_text()
+    assert netadapt.target_shortfall(_netadapt_state(settings, ratios=(1.0, 0.45)), 1) is None
+
+
+# ------------------------------------------------------------------------- issue 28, 11. arch.json of wrong types
+@pytest.mark.parametrize("where,key,value,needle", [
+    ("bneck", "se", "false", "bneck 0: 'se' must be true or false, got \"false\""),
+    ("bneck", "stride", 1.9, "bneck 0: 'stride' must be an integer, got 1.9"),
+    ("bneck", "out", True, "bneck 0: 'out' must be an integer, got true"),
+    ("table", "minimalistic", 0, "'minimalistic' must be true or false, got 0"),
+    ("table", "stem", "16", "'stem' must be an integer, got \"16\""),
+    ("bneck", "kernel", None, "bneck 0: 'kernel' must be an integer, got null"),
+])
+def test_arch_json_values_of_the_wrong_type_are_refused_naming_the_key(tmp_path, where, key, value, needle):
+    """They were read as True ("false"), 1 (1.9) and 1 channel (true)."""
+    import keras_models
+    from keras_models.mobilenet_v3 import ArchTable, ArchTableError
+
+    table = ArchTable.paper("small", 0.35).to_json()
+    (table["bnecks"][0] if where == "bneck" else table)[key] = value
+    path = tmp_path / "arch.json"
+    path.write_text(json.dumps(table))
+    with pytest.raises(ArchTableError) as error:
+        keras_models.build("small", input_shape=(32, 32, 3), num_classes=2, arch=str(path))
+    assert str(error.value) == f"{path}: {needle}"
+    table = ArchTable.paper("small", 0.35).to_json()
+    table["bnecks"][0]["stride"] = 2.0  # an integral number is an integer
+    assert ArchTable.from_json(table) == ArchTable.paper("small", 0.35)

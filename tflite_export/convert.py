@@ -75,11 +75,15 @@ def convert(
     qat = is_qat_model(model)
     if hswish == "builtin":
         if qat:
-            raise ConversionError("--hswish builtin is supported on the post-training path only (use --no-qat)")
+            raise ConversionError("--hswish builtin is supported on the post-training path only: export the float "
+                                  "model (float_model.h5), or train with --noqat")
         model = _with_fusable_hard_swish(model)
     if qat:
         widen_empty_kernel_ranges(model)
 
+    if not isinstance(model.input_shape, tuple) or len(model.input_shape) != 4:
+        raise ConversionError(f"the model's input is {model.input_shape}: this converter exports image models with one "
+                              "[batch, height, width, channels] input")
     height, width, channels = model.input_shape[1:]
     if height is None or width is None:
         raise ConversionError("the model needs a fixed input size to be exported (build it with input_shape=(H, W, 3))")
@@ -97,12 +101,17 @@ def convert(
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     calibration_images = 0
+    data_error = None
 
     def representative():
-        nonlocal calibration_images
-        for batch in representative_data():
-            calibration_images += 1
-            yield [np.asarray(batch, np.float32)]
+        nonlocal calibration_images, data_error
+        try:
+            for batch in representative_data():
+                calibration_images += 1
+                yield [np.asarray(batch, np.float32)]
+        except (ValueError, OSError) as err:  # a calibration image that cannot be read: the input's fault, not ours
+            data_error = err
+            raise
 
     converter.representative_dataset = representative
     converter.inference_input_type = IO_DTYPES[io_dtype]
@@ -112,6 +121,8 @@ def convert(
         with elapsed("converting to int8 TFLite"), native_logs_captured():
             content = converter.convert()
     except Exception as err:  # the converter raises many types; one line is what users need
+        if data_error is not None:
+            raise data_error from None
         raise ConversionError(f"TFLite conversion failed: {first_line(err)}") from err
     # With no calibration image the converter does not fail: it leaves float tensors that only verification notices.
     if not calibration_images:

@@ -39,12 +39,14 @@ from tflite_export.convert import ConversionError, RepresentativeData, convert
 from tflite_export.evaluate import HeldOutPredictions, discover_dataset, map_classes_to_outputs
 from tflite_export.files import (
     CARD_FILE,
+    EXPORT_RUN,
     LABELS_FILE,
     MODEL_FILE,
     REPORT_FILE,
     ArtifactSet,
     artifact_set,
     atomic_write_bytes,
+    check_folder_kind,
     check_writable_dir,
     images_under,
     labels_text,
@@ -242,9 +244,20 @@ def _load_keras_model(path: str) -> keras.Model:
         raise ConversionError(f"model file not found: {path}")
     try:
         with quantize_scope():
-            return keras.models.load_model(path, compile=False)
+            model = keras.models.load_model(path, compile=False)
     except Exception as err:  # noqa: BLE001 - corrupt files raise many types
         raise ConversionError(f"could not load a Keras model from {path}: {first_line(err)}") from None
+    # A SavedModel of something else loads as a bare object; a Keras model of another kind has other shapes.
+    if not isinstance(model, keras.Model):
+        raise ConversionError(f"{path} is a SavedModel but not a Keras model (it loads as {type(model).__name__}): "
+                              "pass the float_model.h5 or qat_model/ of a pipeline run")
+    inputs, outputs = model.inputs, model.outputs
+    shape = tuple(inputs[0].shape) if len(inputs) == 1 else ()
+    if len(shape) != 4 or shape[-1] != 3 or None in shape[1:3] or len(outputs) != 1 or len(outputs[0].shape) != 2:
+        raise ConversionError(f"{path} is not an image classifier this tool exports (one [batch, height, width, 3] "
+                              f"input, one [batch, classes] output): its inputs are "
+                              f"{[tuple(t.shape) for t in inputs]}, its outputs {[tuple(t.shape) for t in outputs]}")
+    return model
 
 
 def _labels_beside(model_path: str) -> str | None:
@@ -272,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Everything that can be refused without the model is refused before loading and converting it (~40 s).
     check_writable_dir(args.out, "--out")
+    check_folder_kind(args.out, EXPORT_RUN, "--out")
     if args.calibration_images < MIN_CALIBRATION_IMAGES:
         raise ValueError(f"--calibration-images must be at least {MIN_CALIBRATION_IMAGES}, got "
                          f"{args.calibration_images}")

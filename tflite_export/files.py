@@ -53,13 +53,15 @@ def images_under(folder: str | os.PathLike, limit: int | None = None) -> list[st
 
 
 def read_labels(path: str | os.PathLike, what: str = "labels file") -> list[str]:
-    """One label per line; trailing blank lines are not labels. Unreadable: ValueError naming `path`."""
+    """One label per line; trailing blank lines are not labels. Unreadable or empty: ValueError naming `path`."""
     try:
         lines = pathlib.Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeError) as exc:
         raise ValueError(f"{what} {path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
     while lines and not lines[-1].strip():
         lines.pop()
+    if not lines:
+        raise ValueError(f"{what} {path} is empty: it needs one label per line, one line per model output")
     return lines
 
 
@@ -164,6 +166,34 @@ def check_writable_file(path: str | os.PathLike, what: str) -> None:
     if path.is_dir():
         raise ValueError(f"{what} {path}: is a directory")
     check_writable_dir(path.parent, what, shown=path)
+
+
+# What a folder holds, told by the first of these files it has: each tool that writes a model into a folder refuses one
+# that holds another tool's run, whose model it would replace and whose report it would unpublish. (report.json alone:
+# a training run made before run_config.json existed.)
+TRAINING_RUN = "a training run (pipeline.train_and_export)"
+NETADAPT_SEARCH = "a NetAdapt search (pipeline.netadapt)"
+IMPORT_RUN = "an import (pipeline.import_tflite)"
+EXPORT_RUN = "an export (tflite_export.export)"
+FOLDER_KINDS = (("run_config.json", TRAINING_RUN), ("state.json", NETADAPT_SEARCH), ("search_log.md", NETADAPT_SEARCH),
+                ("import_report.json", IMPORT_RUN), (REPORT_FILE, TRAINING_RUN), (MODEL_FILE, EXPORT_RUN))
+
+
+def folder_kind(folder: str | os.PathLike) -> str | None:
+    """Which kind of run `folder` holds (one of the kinds in FOLDER_KINDS), or None (missing, empty, anything else)."""
+    folder = pathlib.Path(folder)
+    for name, kind in FOLDER_KINDS:
+        if os.path.lexists(folder / name):
+            return kind
+    return None
+
+
+def check_folder_kind(folder: str | os.PathLike, kind: str, option: str) -> None:
+    """Refuse, before any work, an output folder that holds another kind of run than `kind` (one-line ValueError)."""
+    found = folder_kind(folder)
+    if found is not None and found != kind:
+        raise ValueError(f"{option} {folder} holds {found}, not {kind}: this would replace its model and files; pass "
+                         f"another {option} (a new or empty folder)")
 
 
 @contextlib.contextmanager

@@ -76,5 +76,10 @@ def dequantize(values: np.ndarray, *, scale: float, zero_point: int) -> np.ndarr
 
 
 def load_eval_image(path: str, size: int) -> np.ndarray:
-    """One file -> float32 [size, size, 3] pixels, exactly as evaluation and the golden vectors see it."""
-    return eval_resize(decode_rgb(tf.io.read_file(path)), size).numpy()
+    """One file -> float32 [size, size, 3] pixels, exactly as evaluation and the golden vectors see it. A file that
+    cannot be read or decoded (a non-image named .jpg): ValueError naming it."""
+    try:
+        return eval_resize(decode_rgb(tf.io.read_file(path)), size).numpy()
+    except tf.errors.OpError as err:
+        detail = (err.message or type(err).__name__).strip().splitlines()[0].split(" [Op:")[0]
+        raise ValueError(f"{path}: cannot be read as an image ({detail})") from None
