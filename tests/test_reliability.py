@@ -88,7 +88,7 @@ def test_rerun_on_other_classes_is_refused_before_training(tiny_run, pipeline_cl
 
 def test_run_directory_records_its_run_config(tiny_run):
     """run_config.json is the run's RunConfig (defaults resolved) with the classes of its data, versioned."""
-    from pipeline.config import RunRecord
+    from pipeline.run_dir import RunRecord
     from pipeline.schema import read_record
 
     out, _ = tiny_run
