@@ -42,8 +42,13 @@ MIN_CALIBRATION_IMAGES = 1
 MODEL_FIELDS = ("variant", "alpha", "minimalistic", "image_size", "weights", "io", "hswish")
 
 
-def _setting(default, help_text: str, choices: tuple[str, ...] | None = None):
-    """A RunConfig field: its default, and the help text and choices of its flag."""
+# The default of a setting that has none: the command's flag is required, the dataclass field too.
+REQUIRED = dataclasses.MISSING
+
+
+def setting(default, help_text: str, choices: tuple[str, ...] | None = None):
+    """A field of a command's config dataclass: its default, and the help text and choices of its flag
+    (`define_flags`)."""
     return dataclasses.field(default=default, metadata={"help": help_text, "choices": choices})
 
 
@@ -53,93 +58,93 @@ class RunConfig:
     returns the config with the values used (what run records and report.json hold)."""
 
     # model
-    variant: str = _setting("small", "Model: small or large (MobileNetV3), v2, v1.")  # resolved: small, large, v2, v1
-    alpha: float = _setting(1.0, "Width multiplier.")
-    minimalistic: bool = _setting(False, "MobileNetV3 minimalistic variant (no SE, h-swish or 5x5).")
-    image_size: int = _setting(64, "Square input resolution of the model.")
-    dropout: float | None = _setting(None, "Dropout before the classifier (default: the variant's, as in "
+    variant: str = setting("small", "Model: small or large (MobileNetV3), v2, v1.")  # resolved: small, large, v2, v1
+    alpha: float = setting(1.0, "Width multiplier.")
+    minimalistic: bool = setting(False, "MobileNetV3 minimalistic variant (no SE, h-swish or 5x5).")
+    image_size: int = setting(64, "Square input resolution of the model.")
+    dropout: float | None = setting(None, "Dropout before the classifier (default: the variant's, as in "
                                      "keras.applications: 0.2 for V3, 0 for V2, 0.001 for V1).")
-    weights: str = _setting("none", "Initial weights: none, imagenet (downloads the Keras file), or a file path.")
+    weights: str = setting("none", "Initial weights: none, imagenet (downloads the Keras file), or a file path.")
     # data
-    dataset: str = _setting(
+    dataset: str = setting(
         "synthetic",
         "'synthetic' (built-in, offline), a folder of class sub-folders (optionally split into train/ and val/ or "
         "test/), or a TFDS name such as tfds:cifar10 (needs network).")
-    synthetic_size: tuple[int, int] = _setting((4000, 800), "Train,test image counts of the synthetic dataset.")
-    batch_size: int = _setting(64, "Training batch size.")
-    on_bad_image: str = _setting("skip", "Unreadable image files: report and skip, or stop.", ("skip", "error"))
-    seed: int = _setting(0, "Random seed (data split, shuffling, initialization).")
+    synthetic_size: tuple[int, int] = setting((4000, 800), "Train,test image counts of the synthetic dataset.")
+    batch_size: int = setting(64, "Training batch size.")
+    on_bad_image: str = setting("skip", "Unreadable image files: report and skip, or stop.", ("skip", "error"))
+    seed: int = setting(0, "Random seed (data split, shuffling, initialization).")
     # float (or transfer) training
-    recipe: str = _setting(
+    recipe: str = setting(
         "auto",
         "Training recipe. auto: transfer when --weights is given, else scratch. transfer: a logistic-regression head "
         "on the frozen backbone's features, then fine-tuning only if it beats that head on a held-out fifth of the "
         "training split (pipeline/transfer.py).", RECIPES)  # resolved: scratch or transfer
-    float_epochs: int | None = _setting(
+    float_epochs: int | None = setting(
         None,
         "Epochs of float training from scratch (default 12); with --weights, the most epochs the fine-tuning trial may "
         "run (default 10; it stops earlier when the held-out slice stops improving).")
-    learning_rate: float = _setting(0.1, "Peak learning rate of float training (SGD, warm-up + cosine).")
-    fine_tune_learning_rate: float = _setting(
+    learning_rate: float = setting(0.1, "Peak learning rate of float training (SGD, warm-up + cosine).")
+    fine_tune_learning_rate: float = setting(
         1e-4, "Transfer recipe: peak learning rate (Adam) of fine-tuning; QAT's default is a fifth of it.")
-    weight_decay: float = _setting(4e-5, "Decoupled weight decay (not applied to BN or biases).")
-    label_smoothing: float = _setting(0.1, "Label smoothing.")
+    weight_decay: float = setting(4e-5, "Decoupled weight decay (not applied to BN or biases).")
+    label_smoothing: float = setting(0.1, "Label smoothing.")
     # None: chosen from the number of float training steps once the data is known (stays None when resolved)
-    bn_momentum: float | None = _setting(
+    bn_momentum: float | None = setting(
         None,
         "BatchNorm moving-average momentum during training. Default: chosen from the number of float training steps so "
         "the moving statistics average over the last ~5% of training (0.9 to 0.99; the reference 0.999 suits ImageNet "
         "runs).")
     # QAT
-    qat: bool = _setting(True, "Quantization-aware training; --noqat exports with post-training quantization.")
-    qat_epochs: int = _setting(3, "Epochs of quantization-aware fine-tuning (0 with --noqat).")
+    qat: bool = setting(True, "Quantization-aware training; --noqat exports with post-training quantization.")
+    qat_epochs: int = setting(3, "Epochs of quantization-aware fine-tuning (0 with --noqat).")
     # resolved: never more than all QAT epochs
-    freeze_bn_epochs: int = _setting(1, "Last QAT epochs run with BatchNorm statistics frozen.")
-    qat_learning_rate: float | None = _setting(
+    freeze_bn_epochs: int = setting(1, "Last QAT epochs run with BatchNorm statistics frozen.")
+    qat_learning_rate: float | None = setting(
         None,
         "Peak learning rate of QAT fine-tuning (default: --learning_rate / 20, so it scales with the batch size like "
         "the float one).")
-    qat_distill: bool = _setting(
+    qat_distill: bool = setting(
         False,
         "QAT learns the float model's predictions instead of the labels (self-distillation): the int8 model agrees "
         "with the float one more often; on CIFAR-10 its top-1 was not better (BENCHMARKS.md).")
-    calibration_batches: int = _setting(10, "Training batches that initialize QAT's activation ranges.")
+    calibration_batches: int = setting(10, "Training batches that initialize QAT's activation ranges.")
     # export, benchmark, outputs
-    io: str = _setting("uint8", "Input/output dtype of the TFLite model.", ("uint8", "int8"))
-    hswish: str = _setting("lowered", "h-swish as ADD/RELU6/MUL ops, or HARD_SWISH.", ("lowered", "builtin"))
-    calibration_images: int = _setting(200, "Images for int8 calibration.")
-    benchmark_runs: int = _setting(100, "LiteRT latency runs for the report (0 to skip).")
-    android: bool = _setting(False, "Copy the exported model into android_demo/app/src/main/assets.")
-    output_dir: str | None = _setting(
+    io: str = setting("uint8", "Input/output dtype of the TFLite model.", ("uint8", "int8"))
+    hswish: str = setting("lowered", "h-swish as ADD/RELU6/MUL ops, or HARD_SWISH.", ("lowered", "builtin"))
+    calibration_images: int = setting(200, "Images for int8 calibration.")
+    benchmark_runs: int = setting(100, "LiteRT latency runs for the report (0 to skip).")
+    android: bool = setting(False, "Copy the exported model into android_demo/app/src/main/assets.")
+    output_dir: str | None = setting(
         None, "Where checkpoints, logs and artifacts go (default runs/<variant>-<dataset>).")
-    verbose: int = _setting(
+    verbose: int = setting(
         1,
         "Progress output: 0 none, 1 progress bars (Keras per epoch; calibration, conversion, evaluation), 2 one line "
         "per epoch and the other bars. -v 1 (absl's verbosity) also shows TensorFlow's own logs.")
     # tf.distribute (pipeline/distribute.py says what stays the same)
-    strategy: str = _setting(
+    strategy: str = setting(
         "default",
         "default: one device. mirrored: all GPUs of this machine. multi_worker: several machines, each with TF_CONFIG. "
         "--batch_size is the global batch (each replica takes an equal share) and the learning rates are for it, "
         "whatever the number of replicas. tpu: refused (untested, see pipeline/distribute.py).", STRATEGIES)
-    sync_batch_norm: bool = _setting(
+    sync_batch_norm: bool = setting(
         False,
         "BatchNorm statistics over the global batch instead of each replica's share (all-reduced every step; Keras' "
         "unfused BatchNorm): the number of devices then changes the result only by floating-point rounding.")
-    cpu_replicas: int = _setting(
+    cpu_replicas: int = setting(
         0,
         "With --strategy mirrored on a machine without GPUs: split the CPU into this many devices (tests of the "
         "multi-device path; no speed-up).")
-    tfds_manual_dir: str | None = _setting(
+    tfds_manual_dir: str | None = setting(
         None,
         "For TFDS data sets downloaded by hand (tfds:imagenet2012: ILSVRC2012_img_train.tar and "
         "ILSVRC2012_img_val.tar): the folder holding the files. TFDS prepares them once into TFDS_DATA_DIR (default "
         "~/tensorflow_datasets).")
-    logits: bool = _setting(
+    logits: bool = setting(
         False,
         "End the TFLite file at the classifier's logits instead of its softmax: no SOFTMAX op (faster; XNNPACK runs "
         "none in int8); the model card says activation 'none' and the Android core applies softmax itself.")
-    fine_tune: str = _setting(
+    fine_tune: str = setting(
         "auto",
         "Transfer recipe: auto decides on the held-out slice of the training split; none keeps the start's backbone "
         "(head only); all always fine-tunes everything but BatchNorm.", ("auto", "none", "all"))
@@ -155,16 +160,12 @@ class RunConfig:
     @classmethod
     def from_flags(cls, flag_values: flags.FlagValues) -> RunConfig:
         """The config of the absl flags `define_flags` defined, resolved and validated; ValueError (one line) if bad."""
-        return cls(**{field.name: flag_values[field.name].value for field in dataclasses.fields(cls)}).resolved()
+        return cls(**values_from_flags(cls, flag_values)).resolved()
 
     def resolved(self) -> RunConfig:
         """This config with the defaults that depend on other settings filled in, validated: every check that needs no
         data, one-line ValueErrors naming the flag. Resolving a resolved config changes nothing."""
-        for field in dataclasses.fields(self):
-            choices = field.metadata["choices"]
-            if choices and getattr(self, field.name) not in choices:
-                raise ValueError(f"--{field.name} must be one of {', '.join(choices)}, got "
-                                 f"{getattr(self, field.name)!r}")
+        check_choices(self)
         variant = keras_models.canonical_variant(self.variant)
         output_dir = self.output_dir or default_output_dir(self.variant, self.dataset)
         recipe = resolve_recipe(self.recipe, self.weights)
@@ -292,15 +293,28 @@ def _available_memory_bytes() -> int | None:
     return None
 
 
-def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    """The absl flags of `pipeline.train_and_export`, one per RunConfig field: same name, default and help. Called by
-    the command before it parses its arguments, never on import (import_tflite and netadapt share flag names)."""
-    hints = typing.get_type_hints(RunConfig)
-    for field in dataclasses.fields(RunConfig):
+def check_choices(config) -> None:
+    """Refuse a value outside its field's choices (the flags refuse them when parsed; the Python API needs this)."""
+    for field in dataclasses.fields(config):
+        choices = field.metadata.get("choices")
+        if choices and getattr(config, field.name) not in choices:
+            raise ValueError(f"--{field.name} must be one of {', '.join(choices)}, got {getattr(config, field.name)!r}")
+
+
+def define_flags(config_class: type = RunConfig, flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """The absl flags of a command, one per field of its config dataclass (`setting`s): same name, default and help;
+    fields without a default are required flags. Called by the command before it parses its arguments, never on
+    import (pipeline.train_and_export, pipeline.import_tflite and pipeline.netadapt share flag names)."""
+    hints = typing.get_type_hints(config_class)
+    required = []
+    for field in dataclasses.fields(config_class):
         kind = hints[field.name]
         if typing.get_origin(kind) is types.UnionType:  # X | None
             (kind,) = (t for t in typing.get_args(kind) if t is not type(None))
         name, default, help_text = field.name, field.default, field.metadata["help"]
+        if default is REQUIRED:
+            required.append(name)
+            default = None
         if field.metadata["choices"]:
             flags.DEFINE_enum(name, default, list(field.metadata["choices"]), help_text, flag_values=flag_values)
         elif kind is bool:
@@ -311,5 +325,12 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
             flags.DEFINE_float(name, default, help_text, flag_values=flag_values)
         elif kind is str:
             flags.DEFINE_string(name, default, help_text, flag_values=flag_values)
-        else:  # the tuple of synthetic_size: "train,test"
+        else:  # a tuple such as synthetic_size: "train,test"
             flags.DEFINE_list(name, [str(v) for v in default], help_text, flag_values=flag_values)
+    if required:
+        flags.mark_flags_as_required(required, flag_values=flag_values)
+
+
+def values_from_flags(config_class: type, flag_values: flags.FlagValues) -> dict:
+    """The fields of `config_class` as the parsed flags `define_flags` defined give them."""
+    return {field.name: flag_values[field.name].value for field in dataclasses.fields(config_class)}

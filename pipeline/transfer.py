@@ -34,6 +34,9 @@ from keras_models.backend import keras, tf
 from keras_models.tflite_weights import CLASSIFIER_NAMES, read_tflite
 from pipeline.qat import quantize_model, set_up_ranges
 from pipeline.train import Recipe, StageResult, epoch_log_path, one_hot, run_stage
+from tflite_export.cli import progress
+from tflite_export.convert import convert
+from tflite_export.export import run_tflite
 
 RECIPES = ("auto", "scratch", "transfer")
 FINE_TUNE = ("auto", "none", "all")  # auto: decided on the held-out slice; none: head only; all: always fine-tune
@@ -127,9 +130,6 @@ def feature_extractors(model: keras.Model, qat_model: keras.Model, calibration: 
     runs the QAT model up to its classifier, converted to int8 TFLite by the exporter, in LiteRT: the features the
     exported file will compute (its XNNPACK rounding, its lowered h-swish), not the Keras fake-quant approximation
     of them, which differed from the file on 2-3% of hymenoptera's photos."""
-    from tflite_export.convert import convert
-    from tflite_export.export import run_tflite
-
     float_body = keras.Model(model.input, classifier(model).input)
     int8_body = convert(keras.Model(qat_model.input, classifier(qat_model).input),
                         lambda: (batch[i:i + 1] for batch in calibration for i in range(len(batch))))
@@ -139,8 +139,6 @@ def feature_extractors(model: keras.Model, qat_model: keras.Model, calibration: 
 
 def compute_features(extractors, batches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(float features, int8 features, labels) of `batches` of (images, labels), one pass over them."""
-    from tflite_export.cli import progress
-
     float_rows, int8_rows, labels = [], [], []
     for images, batch_labels in progress(batches, desc="backbone features", unit="batch"):
         for rows, extractor in zip((float_rows, int8_rows), extractors):

@@ -13,6 +13,7 @@ import sys
 from typing import Sequence
 
 from tflite_export.cli import EXIT_FAIL, EXIT_OK, run_main
+from tflite_export.metadata import read_metadata
 from tflite_export.verify import analyze, problems_of
 
 PROG = "python -m tflite_export.inspect"
@@ -27,8 +28,6 @@ def inspect_model(path, *, allow_hard_swish: bool = False, io_dtype: str | None 
     metadata: dict | None = None
     if analysis.has_metadata:
         try:
-            from tflite_export.metadata import read_metadata
-
             metadata = read_metadata(path)
             metadata.pop("raw", None)
             labels = metadata.pop("labels", None) or []
