@@ -520,8 +520,8 @@ def test_inspect_and_verify_name_the_convolution_xnnpack_refuses(conv_overflow):
     from tflite_export.verify import VerificationError, verify
 
     report = inspect_model(conv_overflow)
-    assert report["requantization_overflows"] and report["xnnpack_partitions"] is None
-    assert any("requantization scale" in p for p in report["check"]["problems"])
+    assert report.analysis.requantization_overflows and report.analysis.xnnpack_partitions is None
+    assert any("requantization scale" in p for p in report.problems) and not report.passed
     with pytest.raises(VerificationError, match="requantization scale"):
         verify(conv_overflow)
 

@@ -39,6 +39,7 @@ _PUBLIC = {
     "ModelAnalysis": "tflite_export.verify",
     "VerificationError": "tflite_export.verify",
     "inspect_model": "tflite_export.inspect",
+    "Inspection": "tflite_export.inspect",
     "evaluate_tflite": "tflite_export.evaluate",
     "benchmark_models": "tflite_export.benchmark",
     "read_metadata": "tflite_export.metadata",
