@@ -48,7 +48,7 @@ def test_readme_python_example_runs_and_returns_what_it_made(tmp_path, monkeypat
     assert read_labels(result.labels_file, "labels") == result.report.data.classes
     assert os.path.isfile(result.model_card_file) and os.path.isfile(result.html_file)
     image_size = config.image_size
-    assert analyze(result.model_file, xnnpack=False).inputs[0].shape[1:3] == (image_size, image_size)
+    assert tuple(analyze(result.model_file, xnnpack=False).inputs[0].shape[1:3]) == (image_size, image_size)
 
 
 def test_config_defaults_are_the_commands(tmp_path):
