@@ -22,7 +22,6 @@ from absl import flags
 import keras_models
 from keras_models import MIN_INPUT_SIZE
 from pipeline.distribute import STRATEGIES
-from pipeline.transfer import RECIPES, resolve_recipe
 from tflite_export.files import check_writable_dir
 
 # The trained models a run folder keeps beside its records: the float model (HDF5), and the QAT model as a SavedModel
@@ -42,6 +41,8 @@ MIN_CALIBRATION_IMAGES = 1
 MODEL_FIELDS = ("variant", "alpha", "minimalistic", "image_size", "weights", "io", "hswish")
 
 
+RECIPES = ("auto", "scratch", "transfer")
+FINE_TUNE = ("auto", "none", "all")  # auto: decided on the held-out slice; none: head only; all: always fine-tune
 # The default of a setting that has none: the command's flag is required, the dataclass field too.
 REQUIRED = dataclasses.MISSING
 
@@ -147,7 +148,7 @@ class RunConfig:
     fine_tune: str = setting(
         "auto",
         "Transfer recipe: auto decides on the held-out slice of the training split; none keeps the start's backbone "
-        "(head only); all always fine-tunes everything but BatchNorm.", ("auto", "none", "all"))
+        "(head only); all always fine-tunes everything but BatchNorm.", FINE_TUNE)
 
     @property
     def runs_qat(self) -> bool:
@@ -264,6 +265,15 @@ DEFAULT_FLOAT_EPOCHS = {"scratch": 12, "transfer": 10}
 
 def _float_epochs(value: int | None, recipe: str) -> int:
     return DEFAULT_FLOAT_EPOCHS[recipe] if value is None else value
+
+
+def resolve_recipe(recipe: str, weights: str) -> str:
+    """"auto" means transfer when there are pretrained weights, scratch otherwise."""
+    if recipe not in RECIPES:
+        raise ValueError(f"--recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+    if recipe == "auto":
+        return "scratch" if weights in (None, "", "none") else "transfer"
+    return recipe
 
 
 def default_output_dir(variant: str, dataset: str) -> str:
