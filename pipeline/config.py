@@ -6,7 +6,7 @@ Every field has its default and its help text here; `define_flags` makes the com
 names, same defaults), and `RunConfig.from_flags(FLAGS)` reads them back. `resolved()` fills in the defaults that depend
 on other settings (the output folder, the variant's dropout, the recipe "auto" means, the float epochs, the QAT
 learning rate) and refuses bad values with a one-line ValueError before any data is loaded; the command and the Python
-API (`pipeline.train_and_export`) both go through it. The stages of the run take the resolved config, not the flags.
+API (`pipeline.run`) both go through it. The stages of the run take the resolved config, not the flags.
 The run folder's record of the config is `pipeline.run_dir`'s.
 """
 
@@ -39,8 +39,7 @@ MIN_CALIBRATION_IMAGES = 1
 # What defines the model a run folder holds: weights of another shape or meaning cannot be resumed or reused. The
 # classes of the data are the other part (known once the data set is read).
 MODEL_FIELDS = ("variant", "alpha", "minimalistic", "image_size", "weights", "io", "hswish")
-
-
+# --recipe (auto: transfer with --weights, else scratch) and the transfer recipe's --fine_tune (pipeline/transfer.py)
 RECIPES = ("auto", "scratch", "transfer")
 FINE_TUNE = ("auto", "none", "all")  # auto: decided on the held-out slice; none: head only; all: always fine-tune
 # The default of a setting that has none: the command's flag is required, the dataclass field too.
