@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 
+from keras_models import VARIANTS, build
 from keras_models.backend import keras
 
 layers = keras.layers
@@ -69,8 +70,6 @@ def format_table(model: keras.Model) -> str:
 
 def main(argv: list[str]) -> int:
     import argparse
-
-    from keras_models import VARIANTS, build
 
     parser = argparse.ArgumentParser(prog="python -m keras_models.profile", description=__doc__.splitlines()[0])
     parser.add_argument("variant", choices=sorted(VARIANTS))

@@ -1,23 +1,29 @@
-"""The run configuration of `pipeline.train_and_export`: built once from the flags, validated in one place, frozen.
+"""The run configuration of `pipeline.train_and_export`: one frozen dataclass, the one source of every default.
 
-`RunConfig.from_flags(FLAGS)` reads every flag once, resolves the defaults that depend on other flags (the output
-folder, the variant's dropout, the recipe "auto" means, the QAT learning rate) and refuses bad values with a one-line
-ValueError before any data is loaded. The stages of the run take the config, not the flags.
+    config = RunConfig(dataset="photos", weights="v3-small.tflite", image_size=224).resolved()
 
-`run_config.json` in the output folder records the config of the run that started the folder, with the classes of its
-data, so that a rerun which would build another model from its checkpoints is refused before loading data
-(`check_run_directory`). Folders from before the record was versioned (a flat object of the model-defining fields), or
-from before it existed (only a report.json), are checked against what they hold.
+Every field has its default and its help text here; `define_flags` makes the command's absl flags from them (same
+names, same defaults), and `RunConfig.from_flags(FLAGS)` reads them back. `resolved()` fills in the defaults that depend
+on other settings (the output folder, the variant's dropout, the recipe "auto" means, the float epochs, the QAT
+learning rate) and refuses bad values with a one-line ValueError before any data is loaded; the command and the Python
+API (`pipeline.run`) both go through it. The stages of the run take the resolved config, not the flags.
+The run folder's record of the config is `pipeline.run_dir`'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import types
+import typing
 
-from pipeline import schema
+from absl import flags
 
-RUN_CONFIG_FILE = "run_config.json"
+import keras_models
+from keras_models import MIN_INPUT_SIZE
+from pipeline.distribute import STRATEGIES
+from tflite_export.files import TRAINING_RUN, check_folder_kind, check_writable_dir
+
 # The trained models a run folder keeps beside its records: the float model (HDF5), and the QAT model as a SavedModel
 # (HDF5 cannot hold tfmot's shared quantizer variables).
 FLOAT_MODEL_FILE = "float_model.h5"
@@ -33,55 +39,115 @@ MIN_CALIBRATION_IMAGES = 1
 # What defines the model a run folder holds: weights of another shape or meaning cannot be resumed or reused. The
 # classes of the data are the other part (known once the data set is read).
 MODEL_FIELDS = ("variant", "alpha", "minimalistic", "image_size", "weights", "io", "hswish")
+# --recipe (auto: transfer with --weights, else scratch) and the transfer recipe's --fine_tune (pipeline/transfer.py)
+RECIPES = ("auto", "scratch", "transfer")
+FINE_TUNE = ("auto", "none", "all")  # auto: decided on the held-out slice; none: head only; all: always fine-tune
+# The default of a setting that has none: the command's flag is required, the dataclass field too.
+REQUIRED = dataclasses.MISSING
+
+
+def setting(default, help_text: str, choices: tuple[str, ...] | None = None):
+    """A field of a command's config dataclass: its default, and the help text and choices of its flag
+    (`define_flags`)."""
+    return dataclasses.field(default=default, metadata={"help": help_text, "choices": choices})
 
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """Every setting of one run, defaults resolved (the values used, not the flags' "auto" or None)."""
+    """Every setting of one run. As given, the settings that depend on others may be None or "auto"; `resolved()`
+    returns the config with the values used (what run records and report.json hold)."""
 
     # model
-    variant: str  # canonical: small, large, v2, v1
-    alpha: float
-    minimalistic: bool
-    image_size: int
-    dropout: float  # the variant's default unless --dropout was given
-    weights: str  # none, imagenet or a file
+    variant: str = setting("small", "Model: small or large (MobileNetV3), v2, v1.")  # resolved: small, large, v2, v1
+    alpha: float = setting(1.0, "Width multiplier.")
+    minimalistic: bool = setting(False, "MobileNetV3 minimalistic variant (no SE, h-swish or 5x5).")
+    image_size: int = setting(64, "Square input resolution of the model.")
+    dropout: float | None = setting(None, "Dropout before the classifier (default: the variant's, as in "
+                                     "keras.applications: 0.2 for V3, 0 for V2, 0.001 for V1).")
+    weights: str = setting("none", "Initial weights: none, imagenet (downloads the Keras file), or a file path.")
     # data
-    dataset: str
-    synthetic_size: tuple[int, int]
-    batch_size: int
-    on_bad_image: str
-    seed: int
+    dataset: str = setting(
+        "synthetic",
+        "'synthetic' (built-in, offline), a folder of class sub-folders (optionally split into train/ and val/ or "
+        "test/), or a TFDS name such as tfds:cifar10 (needs network).")
+    synthetic_size: tuple[int, int] = setting((4000, 800), "Train,test image counts of the synthetic dataset.")
+    batch_size: int = setting(64, "Training batch size.")
+    on_bad_image: str = setting("skip", "Unreadable image files: report and skip, or stop.", ("skip", "error"))
+    seed: int = setting(0, "Random seed (data split, shuffling, initialization).")
     # float (or transfer) training
-    recipe: str  # scratch or transfer ("auto" resolved)
-    float_epochs: int  # from scratch: epochs; transfer: the most epochs the fine-tuning trial may run
-    learning_rate: float
-    fine_tune_learning_rate: float
-    weight_decay: float
-    label_smoothing: float
-    bn_momentum: float | None  # None: chosen from the number of float training steps once the data is known
+    recipe: str = setting(
+        "auto",
+        "Training recipe. auto: transfer when --weights is given, else scratch. transfer: a logistic-regression head "
+        "on the frozen backbone's features, then fine-tuning only if it beats that head on a held-out fifth of the "
+        "training split (pipeline/transfer.py).", RECIPES)  # resolved: scratch or transfer
+    float_epochs: int | None = setting(
+        None,
+        "Epochs of float training from scratch (default 12); with --weights, the most epochs the fine-tuning trial may "
+        "run (default 10; it stops earlier when the held-out slice stops improving).")
+    learning_rate: float = setting(0.1, "Peak learning rate of float training (SGD, warm-up + cosine).")
+    fine_tune_learning_rate: float = setting(
+        1e-4, "Transfer recipe: peak learning rate (Adam) of fine-tuning; QAT's default is a fifth of it.")
+    weight_decay: float = setting(4e-5, "Decoupled weight decay (not applied to BN or biases).")
+    label_smoothing: float = setting(0.1, "Label smoothing.")
+    # None: chosen from the number of float training steps once the data is known (stays None when resolved)
+    bn_momentum: float | None = setting(
+        None,
+        "BatchNorm moving-average momentum during training. Default: chosen from the number of float training steps so "
+        "the moving statistics average over the last ~5% of training (0.9 to 0.99; the reference 0.999 suits ImageNet "
+        "runs).")
     # QAT
-    qat: bool
-    qat_epochs: int
-    freeze_bn_epochs: int  # the last QAT epochs (--freeze_bn_epochs), never more than all of them
-    qat_learning_rate: float  # the default resolved from the recipe's learning rate
-    qat_distill: bool
-    calibration_batches: int
+    qat: bool = setting(True, "Quantization-aware training; --noqat exports with post-training quantization.")
+    qat_epochs: int = setting(3, "Epochs of quantization-aware fine-tuning (0 with --noqat).")
+    # resolved: never more than all QAT epochs
+    freeze_bn_epochs: int = setting(1, "Last QAT epochs run with BatchNorm statistics frozen.")
+    qat_learning_rate: float | None = setting(
+        None,
+        "Peak learning rate of QAT fine-tuning (default: --learning_rate / 20, so it scales with the batch size like "
+        "the float one).")
+    qat_distill: bool = setting(
+        False,
+        "QAT learns the float model's predictions instead of the labels (self-distillation): the int8 model agrees "
+        "with the float one more often; on CIFAR-10 its top-1 was not better (BENCHMARKS.md).")
+    calibration_batches: int = setting(10, "Training batches that initialize QAT's activation ranges.")
     # export, benchmark, outputs
-    io: str
-    hswish: str
-    calibration_images: int
-    benchmark_runs: int
-    android: bool
-    output_dir: str
-    verbose: int
-    # tf.distribute (pipeline/distribute.py); defaults for run records written before these existed
-    strategy: str = "default"
-    sync_batch_norm: bool = False
-    cpu_replicas: int = 0
-    tfds_manual_dir: str | None = None
-    logits: bool = False  # the int8 file ends at the logits (no SOFTMAX op); an export choice, not the model's
-    fine_tune: str = "auto"  # transfer recipe: auto (decided on a held-out slice of train), none, all
+    io: str = setting("uint8", "Input/output dtype of the TFLite model.", ("uint8", "int8"))
+    hswish: str = setting("lowered", "h-swish as ADD/RELU6/MUL ops, or HARD_SWISH.", ("lowered", "builtin"))
+    calibration_images: int = setting(200, "Images for int8 calibration.")
+    benchmark_runs: int = setting(100, "LiteRT latency runs for the report (0 to skip).")
+    android: bool = setting(False, "Copy the exported model into android_demo/app/src/main/assets.")
+    output_dir: str | None = setting(
+        None, "Where checkpoints, logs and artifacts go (default runs/<variant>-<dataset>).")
+    verbose: int = setting(
+        1,
+        "Progress output: 0 none, 1 progress bars (Keras per epoch; calibration, conversion, evaluation), 2 one line "
+        "per epoch and the other bars. -v 1 (absl's verbosity) also shows TensorFlow's own logs.")
+    # tf.distribute (pipeline/distribute.py says what stays the same)
+    strategy: str = setting(
+        "default",
+        "default: one device. mirrored: all GPUs of this machine. multi_worker: several machines, each with TF_CONFIG. "
+        "--batch_size is the global batch (each replica takes an equal share) and the learning rates are for it, "
+        "whatever the number of replicas. tpu: refused (untested, see pipeline/distribute.py).", STRATEGIES)
+    sync_batch_norm: bool = setting(
+        False,
+        "BatchNorm statistics over the global batch instead of each replica's share (all-reduced every step; Keras' "
+        "unfused BatchNorm): the number of devices then changes the result only by floating-point rounding.")
+    cpu_replicas: int = setting(
+        0,
+        "With --strategy mirrored on a machine without GPUs: split the CPU into this many devices (tests of the "
+        "multi-device path; no speed-up).")
+    tfds_manual_dir: str | None = setting(
+        None,
+        "For TFDS data sets downloaded by hand (tfds:imagenet2012: ILSVRC2012_img_train.tar and "
+        "ILSVRC2012_img_val.tar): the folder holding the files. TFDS prepares them once into TFDS_DATA_DIR (default "
+        "~/tensorflow_datasets).")
+    logits: bool = setting(
+        False,
+        "End the TFLite file at the classifier's logits instead of its softmax: no SOFTMAX op (faster; XNNPACK runs "
+        "none in int8); the model card says activation 'none' and the Android core applies softmax itself.")
+    fine_tune: str = setting(
+        "auto",
+        "Transfer recipe: auto decides on the held-out slice of the training split; none keeps the start's backbone "
+        "(head only); all always fine-tunes everything but BatchNorm.", FINE_TUNE)
 
     @property
     def runs_qat(self) -> bool:
@@ -92,45 +158,34 @@ class RunConfig:
         return {name: getattr(self, name) for name in MODEL_FIELDS}
 
     @classmethod
-    def from_flags(cls, flags) -> RunConfig:
-        """The config of the absl `flags` (pipeline.train_and_export's), validated; ValueError (one line) if bad."""
-        import keras_models
-        from pipeline.transfer import resolve_recipe
+    def from_flags(cls, flag_values: flags.FlagValues) -> RunConfig:
+        """The config of the absl flags `define_flags` defined, resolved and validated; ValueError (one line) if bad."""
+        return cls(**values_from_flags(cls, flag_values)).resolved()
 
-        variant = keras_models.canonical_variant(flags.variant)
-        output_dir = flags.output_dir or default_output_dir(flags.variant, flags.dataset)
-        recipe = resolve_recipe(flags.recipe, flags.weights)
+    def resolved(self) -> RunConfig:
+        """This config with the defaults that depend on other settings filled in, validated: every check that needs no
+        data, one-line ValueErrors naming the flag. Resolving a resolved config changes nothing."""
+        check_choices(self)
+        variant = keras_models.canonical_variant(self.variant)
+        output_dir = self.output_dir or default_output_dir(self.variant, self.dataset)
+        recipe = resolve_recipe(self.recipe, self.weights)
         # QAT fine-tunes a trained model, so it starts well below the float peak, but not too far: on CIFAR-10
         # (BENCHMARKS.md) 1/20 and 1/40 of it did equally well and 1/200 lost a point. Tied to the float learning rate,
         # it follows the batch size the way the float one does; after transfer, to the fine-tuning rate.
-        qat_learning_rate = flags.qat_learning_rate
+        qat_learning_rate = self.qat_learning_rate
         if qat_learning_rate is None:
-            qat_learning_rate = (flags.fine_tune_learning_rate / 5 if recipe == "transfer"
-                                 else flags.learning_rate / 20)
-        config = cls(
-            variant=variant, alpha=flags.alpha, minimalistic=flags.minimalistic, image_size=flags.image_size,
-            dropout=keras_models.DEFAULT_DROPOUT[variant] if flags.dropout is None else flags.dropout,
-            weights=flags.weights, dataset=flags.dataset, synthetic_size=_synthetic_size(flags.synthetic_size),
-            batch_size=flags.batch_size, on_bad_image=flags.on_bad_image, seed=flags.seed, recipe=recipe,
-            float_epochs=_float_epochs(flags.float_epochs, recipe), learning_rate=flags.learning_rate,
-            fine_tune_learning_rate=flags.fine_tune_learning_rate, weight_decay=flags.weight_decay,
-            label_smoothing=flags.label_smoothing, bn_momentum=flags.bn_momentum, qat=flags.qat,
-            qat_epochs=flags.qat_epochs, freeze_bn_epochs=min(flags.freeze_bn_epochs, flags.qat_epochs),
-            qat_learning_rate=qat_learning_rate, qat_distill=flags.qat_distill,
-            calibration_batches=flags.calibration_batches, io=flags.io, hswish=flags.hswish,
-            calibration_images=flags.calibration_images, benchmark_runs=flags.benchmark_runs, android=flags.android,
-            output_dir=output_dir, verbose=flags.verbose, strategy=flags.strategy,
-            sync_batch_norm=flags.sync_batch_norm, cpu_replicas=flags.cpu_replicas,
-            tfds_manual_dir=flags.tfds_manual_dir, logits=flags.logits, fine_tune=flags.fine_tune,
-        )
+            qat_learning_rate = (self.fine_tune_learning_rate / 5 if recipe == "transfer"
+                                 else self.learning_rate / 20)
+        config = dataclasses.replace(
+            self, variant=variant, output_dir=output_dir, recipe=recipe, qat_learning_rate=qat_learning_rate,
+            dropout=keras_models.DEFAULT_DROPOUT[variant] if self.dropout is None else self.dropout,
+            synthetic_size=_synthetic_size(self.synthetic_size), float_epochs=_float_epochs(self.float_epochs, recipe),
+            freeze_bn_epochs=min(self.freeze_bn_epochs, self.qat_epochs))
         config.validate()
         return config
 
     def validate(self) -> None:
         """Every check that needs no data (one-line ValueErrors), before any data is loaded or anything trained."""
-        from keras_models import MIN_INPUT_SIZE
-        from tflite_export.files import TRAINING_RUN, check_folder_kind, check_writable_dir
-
         check_writable_dir(self.output_dir, "--output_dir")
         check_folder_kind(self.output_dir, TRAINING_RUN, "--output_dir")
         if self.image_size < MIN_INPUT_SIZE:
@@ -182,8 +237,6 @@ class RunConfig:
     def _check_weights_file(self) -> None:
         """Load --weights into a throwaway model of this config: a file of another architecture, or one that does not
         load, is refused before the data is read (keras_models.WeightsError, one line naming the file)."""
-        import keras_models
-
         model = keras_models.build(self.variant, input_shape=(self.image_size, self.image_size, 3), alpha=self.alpha,
                                    num_classes=2, minimalistic=self.minimalistic)
         keras_models.check_weights_file(model, self.weights)
@@ -214,6 +267,15 @@ def _float_epochs(value: int | None, recipe: str) -> int:
     return DEFAULT_FLOAT_EPOCHS[recipe] if value is None else value
 
 
+def resolve_recipe(recipe: str, weights: str) -> str:
+    """"auto" means transfer when there are pretrained weights, scratch otherwise."""
+    if recipe not in RECIPES:
+        raise ValueError(f"--recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+    if recipe == "auto":
+        return "scratch" if weights in (None, "", "none") else "transfer"
+    return recipe
+
+
 def default_output_dir(variant: str, dataset: str) -> str:
     name = os.path.basename(os.path.normpath(dataset)).replace(":", "_") or "data"
     return os.path.join("runs", f"{variant}-{name}")
@@ -222,8 +284,9 @@ def default_output_dir(variant: str, dataset: str) -> str:
 def _synthetic_size(values) -> tuple[int, int]:
     try:
         train, test = (int(v) for v in values)
-    except ValueError:
-        raise ValueError(f"--synthetic_size takes two integers 'train,test', got {','.join(values)}") from None
+    except (TypeError, ValueError):
+        raise ValueError("--synthetic_size takes two integers 'train,test', got "
+                         f"{','.join(map(str, values))}") from None
     if train < 1 or test < 1:
         raise ValueError("--synthetic_size counts must be positive")
     return train, test
@@ -240,97 +303,44 @@ def _available_memory_bytes() -> int | None:
     return None
 
 
-# ------------------------------------------------------------------------------------------- the run folder's record
-@dataclasses.dataclass(frozen=True)
-class RunRecord:
-    """run_config.json: the config of the run that started the folder and the classes of its data."""
-
-    # 1: a flat object of the model-defining fields and the classes (no schema_version); 2: with --head_epochs
-    SCHEMA_VERSION = 3
-
-    schema_version: int
-    config: RunConfig
-    classes: list[str]
+def check_choices(config) -> None:
+    """Refuse a value outside its field's choices (the flags refuse them when parsed; the Python API needs this)."""
+    for field in dataclasses.fields(config):
+        choices = field.metadata.get("choices")
+        if choices and getattr(config, field.name) not in choices:
+            raise ValueError(f"--{field.name} must be one of {', '.join(choices)}, got {getattr(config, field.name)!r}")
 
 
-def write_run_record(config: RunConfig, classes: list[str]) -> None:
-    """Record the folder's model once: reruns are checked against the run that made its checkpoints."""
-    from tflite_export.files import atomic_write_json
-
-    path = os.path.join(config.output_dir, RUN_CONFIG_FILE)
-    if not os.path.exists(path):
-        atomic_write_json(path, schema.to_json_dict(RunRecord(RunRecord.SCHEMA_VERSION, config, list(classes))))
-
-
-def forget_unresumable_run(output_dir: str) -> None:
-    """After a failed first run: when it left nothing to resume (no finished stage, no epoch checkpoint), remove its
-    run record and stage settings, so that a corrected command is a new run instead of a refused "resume"."""
-    checkpoints = os.path.join(output_dir, "checkpoints")
-    names = os.listdir(checkpoints) if os.path.isdir(checkpoints) else []
-    if any(name.endswith(".weights.h5") or (name.endswith("_backup") and os.listdir(os.path.join(checkpoints, name)))
-           for name in names):
-        return
-    for name in names:
-        if name.endswith(".settings.json"):
-            os.remove(os.path.join(checkpoints, name))
-    if os.path.exists(os.path.join(output_dir, RUN_CONFIG_FILE)):
-        os.remove(os.path.join(output_dir, RUN_CONFIG_FILE))
-
-
-def recorded_model(output_dir: str) -> dict | None:
-    """The model-defining fields (and classes) the folder's checkpoints were made with, or None for a new folder.
-
-    From run_config.json; for folders from before it existed, from their report.json."""
-    from pipeline.report import REPORT_FILE, Report
-
-    path = os.path.join(output_dir, RUN_CONFIG_FILE)
-    if os.path.exists(path):
-        data = schema.read_json(path)
-        if "schema_version" not in data:  # version 1: the flat record of the model-defining fields
-            return data
-        record = schema.read_record(RunRecord, path, "run record", "resume it with the pipeline version that made "
-                                    "the folder, or pass a fresh --output_dir")
-        return {**record.config.model_definition, "classes": record.classes}
-    path = os.path.join(output_dir, REPORT_FILE)
-    if not os.path.exists(path):
-        return None
-    data = schema.read_json(path)
-    if "schema_version" in data:
-        report = Report.read(path)
-        return {**report.config.model_definition, "classes": report.data.classes}
-    # A report.json of version 1 (untyped): what model the folder holds is all this reads of it.
-    import keras_models
-
-    config = data.get("config", {})
-    legacy = {key: config[key] for key in MODEL_FIELDS if key in config}
-    if "variant" in config:
-        legacy["variant"] = keras_models.canonical_variant(config["variant"])
-    if "classes" in data.get("data", {}):
-        legacy["classes"] = data["data"]["classes"]
-    return legacy
+def define_flags(config_class: type = RunConfig, flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """The absl flags of a command, one per field of its config dataclass (`setting`s): same name, default and help;
+    fields without a default are required flags. Called by the command before it parses its arguments, never on
+    import (pipeline.train_and_export, pipeline.import_tflite and pipeline.netadapt share flag names)."""
+    hints = typing.get_type_hints(config_class)
+    required = []
+    for field in dataclasses.fields(config_class):
+        kind = hints[field.name]
+        if typing.get_origin(kind) is types.UnionType:  # X | None
+            (kind,) = (t for t in typing.get_args(kind) if t is not type(None))
+        name, default, help_text = field.name, field.default, field.metadata["help"]
+        if default is REQUIRED:
+            required.append(name)
+            default = None
+        if field.metadata["choices"]:
+            flags.DEFINE_enum(name, default, list(field.metadata["choices"]), help_text, flag_values=flag_values)
+        elif kind is bool:
+            flags.DEFINE_boolean(name, default, help_text, flag_values=flag_values)
+        elif kind is int:
+            flags.DEFINE_integer(name, default, help_text, flag_values=flag_values)
+        elif kind is float:
+            flags.DEFINE_float(name, default, help_text, flag_values=flag_values)
+        elif kind is str:
+            flags.DEFINE_string(name, default, help_text, flag_values=flag_values)
+        else:  # a tuple such as synthetic_size: "train,test"
+            flags.DEFINE_list(name, [str(v) for v in default], help_text, flag_values=flag_values)
+    if required:
+        flags.mark_flags_as_required(required, flag_values=flag_values)
 
 
-def recorded_setting(output_dir: str, name: str):
-    """One setting (the data set, the recipe) of the run that made `output_dir`, or None: from run_config.json's typed
-    record, else report.json's config; every version of both keeps its settings under "config"."""
-    from pipeline.report import REPORT_FILE
-
-    for record in (RUN_CONFIG_FILE, REPORT_FILE):
-        path = os.path.join(output_dir, record)
-        if os.path.exists(path):
-            value = schema.read_json(path).get("config", {}).get(name)
-            if value:
-                return value
-    return None
-
-
-def check_run_directory(config: RunConfig, recorded: dict | None, classes: list[str] | None = None) -> None:
-    """Refuse a rerun that would build another model from the folder's checkpoints and weights (ValueError naming the
-    settings that differ). Called with the config before the data is loaded, then with its classes."""
-    from pipeline.train import check_same_settings
-
-    if recorded is None:
-        return
-    settings = config.model_definition if classes is None else {"classes": list(classes)}
-    check_same_settings("", {k: v for k, v in settings.items() if k in recorded}, "a run made", config.output_dir,
-                        recorded=recorded)
+def values_from_flags(config_class: type, flag_values: flags.FlagValues) -> dict:
+    """The fields of `config_class` as the parsed flags `define_flags` defined give them."""
+    return {field.name: flag_values[field.name].value for field in dataclasses.fields(config_class)}

@@ -16,6 +16,8 @@ from __future__ import annotations
 import functools
 
 from keras_models.backend import keras
+from tflite_export.export import run_tflite
+from tflite_export.verify import analyze
 
 
 class Distiller(keras.Model):
@@ -49,9 +51,6 @@ def tflite_soft_targets(path: str, pixels, classes: int):
     [0, 255], fed as its pixel bytes, as apps feed it); a 1001-output file's background is dropped when `classes` is
     1000 and the rest renormalized. For distilling a file into a Keras model of the same classes."""
     import numpy as np
-
-    from tflite_export.export import run_tflite
-    from tflite_export.verify import analyze
 
     (inp,) = analyze(path, xnnpack=False).inputs
     if tuple(inp.shape[1:]) != tuple(pixels.shape[1:]):

@@ -25,38 +25,71 @@ import os
 import sys
 import time
 
+import numpy as np
 from absl import app, flags
 
-from keras_models import backend  # noqa: F401  (must precede TensorFlow imports)
+import keras_models
+from keras_models import MIN_INPUT_SIZE, WeightsError
+from keras_models.backend import keras, tf
+from keras_models.tflite_weights import check_label_count, load_tflite_weights
+from pipeline.android import install_into_android_app
+from pipeline.augment import train_augment
+from pipeline.config import REQUIRED, check_choices, define_flags, setting, values_from_flags
+from pipeline.distill import tflite_soft_targets
+from pipeline.qat import (
+    KeepRanges,
+    activation_range_count,
+    align_rescaling_ranges,
+    calibrate_activation_ranges,
+    import_activation_ranges,
+    quantize_model,
+)
+from tflite_export.cli import one_line_error
+from tflite_export.convert import ConversionError
+from tflite_export.evaluate import discover_dataset
+from tflite_export.export import ModelInfo, export_model
+from tflite_export.files import (
+    IMPORT_RUN,
+    artifact_set,
+    atomic_write_json,
+    check_folder_kind,
+    check_writable_dir,
+    images_under,
+    read_labels,
+)
+from tflite_export.preprocessing import decode_rgb, load_eval_image
+from tflite_export.quantization import quantize_scope
+from tflite_export.verify import VerificationError
 
 FLAGS = flags.FLAGS
 
 
-def define_flags() -> None:
-    """The command's flags. Defined when it runs, not on import: its --weights, --image_size, ... share names with
-    pipeline.train_and_export's, and tests import both."""
-    flags.DEFINE_string("weights", None, "Published quantized MobileNet .tflite (ImageNet weights).")
-    flags.DEFINE_string("variant", "small", "Builder the file's graph must match: small, large, v2 or v1.")
-    flags.DEFINE_float("alpha", 1.0, "Width multiplier of the file's model.")
-    flags.DEFINE_integer("image_size", 224, "Input resolution of the exported model.")
-    flags.DEFINE_string("labels", None,
-                        "Label file, one class per line: 1000 ImageNet names (or 1001 with background).")
-    flags.DEFINE_string("calibration_dir", None, "Folder of images (any layout) for the ranges the file has none for.")
-    flags.DEFINE_integer("calibration_images", 64, "Images used from --calibration_dir.")
-    flags.DEFINE_string(
-        "distill_dir", None,
+@dataclasses.dataclass(frozen=True)
+class ImportConfig:
+    """The settings of one import; the command's flags are made from these fields (`pipeline.config.define_flags`)."""
+
+    weights: str = setting(REQUIRED, "Published quantized MobileNet .tflite (ImageNet weights).")
+    labels: str = setting(REQUIRED,
+                          "Label file, one class per line: 1000 ImageNet names (or 1001 with background).")
+    calibration_dir: str = setting(REQUIRED, "Folder of images (any layout) for the ranges the file has none for.")
+    variant: str = setting("small", "Builder the file's graph must match: small, large, v2 or v1.")
+    alpha: float = setting(1.0, "Width multiplier of the file's model.")
+    image_size: int = setting(224, "Input resolution of the exported model.")
+    calibration_images: int = setting(64, "Images used from --calibration_dir.")
+    distill_dir: str | None = setting(
+        None,
         "Optional: folder of unlabeled photos (any layout) on which the int8 model is fine-tuned to give the file's "
         "own outputs, with the file's ranges held (a few minutes; BENCHMARKS.md has what it gains). Not the "
         "--eval_dir.")
-    flags.DEFINE_integer("distill_epochs", 2, "Epochs over the --distill_dir views.")
-    flags.DEFINE_integer("distill_views", 3, "Views per photo: the evaluation crop, then random crops and flips.")
-    flags.DEFINE_float("distill_learning_rate", 2e-5, "Adam learning rate of the distillation.")
-    flags.DEFINE_string("eval_dir", None,
-                        "Optional: class folders or the ImageNet-samples layout, for int8 vs float top-1.")
-    flags.DEFINE_enum("io", "uint8", ["uint8", "int8"], "Input/output dtype of the TFLite model.")
-    flags.DEFINE_string("output_dir", "runs/imagenet-small", "Where the artifacts go.")
-    flags.DEFINE_boolean("android", False, "Also install the model as the demo app's bundled model.")
-    flags.mark_flags_as_required(["weights", "labels", "calibration_dir"])
+    distill_epochs: int = setting(2, "Epochs over the --distill_dir views.")
+    distill_views: int = setting(3, "Views per photo: the evaluation crop, then random crops and flips.")
+    distill_learning_rate: float = setting(2e-5, "Adam learning rate of the distillation.")
+    eval_dir: str | None = setting(
+        None, "Optional: class folders or the ImageNet-samples layout, for int8 vs float top-1.")
+    io: str = setting("uint8", "Input/output dtype of the TFLite model.", ("uint8", "int8"))
+    output_dir: str = setting("runs/imagenet-small", "Where the artifacts go.")
+    android: bool = setting(False, "Also install the model as the demo app's bundled model.")
+
 
 EVAL_BATCH = 50
 REPORT_FILE = "import_report.json"
@@ -81,57 +114,39 @@ class ImportReport:
 
 
 def _read_labels(path: str) -> list[str]:
-    from tflite_export.files import read_labels
-
     labels = [line.strip() for line in read_labels(path, "--labels") if line.strip()]
     if labels and labels[0].lower() == "background":
         labels = labels[1:]  # the background logit is dropped (module docstring)
     return labels
 
 
-def check_settings(values: dict) -> None:
-    """The flags' values (name -> value) that no file is needed to refuse: one-line ValueErrors."""
-    from keras_models import MIN_INPUT_SIZE
-
-    if values["calibration_images"] < 1:
-        raise ValueError(f"--calibration_images must be at least 1, got {values['calibration_images']}")
-    if values["image_size"] < MIN_INPUT_SIZE or values["alpha"] <= 0:
-        raise ValueError(f"--image_size must be at least {MIN_INPUT_SIZE} and --alpha > 0, got {values['image_size']} "
-                         f"and {values['alpha']:g}")
-    if values["distill_dir"]:
+def check_settings(config: ImportConfig) -> None:
+    """The settings no file is needed to refuse: one-line ValueErrors."""
+    if config.calibration_images < 1:
+        raise ValueError(f"--calibration_images must be at least 1, got {config.calibration_images}")
+    if config.image_size < MIN_INPUT_SIZE or config.alpha <= 0:
+        raise ValueError(f"--image_size must be at least {MIN_INPUT_SIZE} and --alpha > 0, got {config.image_size} "
+                         f"and {config.alpha:g}")
+    if config.distill_dir:
         for name in ("distill_views", "distill_epochs"):
-            if values[name] < 1:  # no views: "need at least one array to stack" after the import
-                raise ValueError(f"--{name} must be at least 1 with --distill_dir, got {values[name]}")
-        if not values["distill_learning_rate"] > 0:
-            raise ValueError(f"--distill_learning_rate must be > 0, got {values['distill_learning_rate']:g}")
+            if getattr(config, name) < 1:  # no views: "need at least one array to stack" after the import
+                raise ValueError(f"--{name} must be at least 1 with --distill_dir, got {getattr(config, name)}")
+        if not config.distill_learning_rate > 0:
+            raise ValueError(f"--distill_learning_rate must be > 0, got {config.distill_learning_rate:g}")
 
 
-def import_and_export(artifacts) -> ImportReport:
+def import_and_export(config: ImportConfig, artifacts) -> ImportReport:
     """Import, export into `artifacts` (a tflite_export.files.ArtifactSet); returns the report."""
-    import numpy as np
-
-    import keras_models
-    from keras_models.backend import keras
-    from keras_models.tflite_weights import check_label_count, load_tflite_weights
-    from pipeline.qat import (
-        activation_range_count,
-        align_rescaling_ranges,
-        calibrate_activation_ranges,
-        import_activation_ranges,
-        quantize_model,
-    )
-    from tflite_export.export import ModelInfo, export_model
-    from tflite_export.files import images_under
-    from tflite_export.preprocessing import load_eval_image
-
+    check_choices(config)
     started = time.perf_counter()
-    labels = _read_labels(FLAGS.labels)
-    check_label_count(FLAGS.weights, labels, FLAGS.labels)
-    size = FLAGS.image_size
-    calibration_files = images_under(FLAGS.calibration_dir, FLAGS.calibration_images)  # fail before the slow part
-    model = keras_models.build(FLAGS.variant, input_shape=(size, size, 3), alpha=FLAGS.alpha,
+    labels = _read_labels(config.labels)
+    check_settings(config)
+    check_label_count(config.weights, labels, config.labels)
+    size = config.image_size
+    calibration_files = images_under(config.calibration_dir, config.calibration_images)  # fail before the slow part
+    model = keras_models.build(config.variant, input_shape=(size, size, 3), alpha=config.alpha,
                                num_classes=len(labels))
-    graph = load_tflite_weights(model, FLAGS.weights)
+    graph = load_tflite_weights(model, config.weights)
     for layer in model.layers:  # the BatchNorms hold folded biases: keep them in inference mode (tflite_weights)
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
@@ -142,14 +157,12 @@ def import_and_export(artifacts) -> ImportReport:
     calibrate_activation_ranges(qat_model, batches)
     imported = import_activation_ranges(qat_model, graph.ranges)
     align_rescaling_ranges(qat_model)
-    distilled = _distill(qat_model, len(labels)) if FLAGS.distill_dir else 0
+    distilled = _distill(config, qat_model, len(labels)) if config.distill_dir else 0
     total = activation_range_count(qat_model)
 
     eval_batches = None
-    if FLAGS.eval_dir:
-        from tflite_export.evaluate import discover_dataset
-
-        items = discover_dataset(FLAGS.eval_dir, labels).items
+    if config.eval_dir:
+        items = discover_dataset(config.eval_dir, labels).items
 
         def eval_batches():
             for i in range(0, len(items), EVAL_BATCH):
@@ -157,18 +170,18 @@ def import_and_export(artifacts) -> ImportReport:
                 yield (np.stack([load_eval_image(path, size) for path, _ in chunk]),
                        np.array([label for _, label in chunk]))
 
-    name = keras_models.VARIANTS[keras_models.canonical_variant(FLAGS.variant)]
+    name = keras_models.VARIANTS[keras_models.canonical_variant(config.variant)]
     info = ModelInfo(
-        name=f"{name} {FLAGS.alpha:g} {size}px ImageNet int8",
-        description=(f"{name} with the ImageNet weights and activation ranges of {os.path.basename(FLAGS.weights)} "
+        name=f"{name} {config.alpha:g} {size}px ImageNet int8",
+        description=(f"{name} with the ImageNet weights and activation ranges of {os.path.basename(config.weights)} "
                      "(Google, Apache-2.0), re-exported fully integer with h-swish as ADD/RELU6/MUL; "
                      f"{len(labels)} ImageNet classes"))
     report = export_model(qat_model, lambda: (calibration[i:i + 1] for i in range(len(calibration))),
-                          output_dir=FLAGS.output_dir, labels=labels, info=info, io_dtype=FLAGS.io,
+                          output_dir=config.output_dir, labels=labels, info=info, io_dtype=config.io,
                           eval_batches=eval_batches, reference_model=model, artifacts=artifacts)
     accuracy = report.get("accuracy", {})
     return ImportReport(
-        weights=FLAGS.weights, variant=FLAGS.variant, classes=len(labels), ranges_from_file=len(imported),
+        weights=config.weights, variant=config.variant, classes=len(labels), ranges_from_file=len(imported),
         ranges_calibrated=total - len(imported), distilled_images=distilled, model_file=report["model_file"],
         size_bytes=report["size_bytes"], ops=report["ops"], float_top1=accuracy.get("keras_top1"),
         int8_top1=accuracy.get("int8_top1"),
@@ -176,26 +189,16 @@ def import_and_export(artifacts) -> ImportReport:
         seconds=time.perf_counter() - started)
 
 
-def _distill(qat_model, classes: int) -> int:
+def _distill(config: ImportConfig, qat_model, classes: int) -> int:
     """Fine-tune the QAT model towards the file's own outputs on --distill_dir photos; returns how many views.
 
     Our int8 graph rounds differently from the file (h-swish as ADD/RELU6/MUL rounds its gate once more, weights per
     channel instead of per tensor), and the file's weights were trained for its rounding; a short fine-tune with the
     file as teacher lets the weights adapt to ours. The ranges stay the file's (KeepRanges), BatchNorm stays frozen."""
-    import numpy as np
-
-    from keras_models.backend import keras, tf
-    from pipeline.augment import train_augment
-    from pipeline.distill import tflite_soft_targets
-    from pipeline.qat import KeepRanges
-    from tflite_export.files import images_under
-    from tflite_export.preprocessing import decode_rgb, load_eval_image
-    from tflite_export.quantization import quantize_scope
-
-    files = images_under(FLAGS.distill_dir)
-    size = FLAGS.image_size
+    files = images_under(config.distill_dir)
+    size = config.image_size
     views = []
-    for view in range(FLAGS.distill_views):
+    for view in range(config.distill_views):
         for index, path in enumerate(files):
             if view == 0:
                 views.append(load_eval_image(path, size))
@@ -203,11 +206,11 @@ def _distill(qat_model, classes: int) -> int:
                 image = decode_rgb(tf.io.read_file(path))
                 views.append(train_augment(image, size, seed=tf.constant([view, index])).numpy())
     images = np.round(np.stack(views))  # the pixel bytes both models see
-    targets = tflite_soft_targets(FLAGS.weights, images, classes)
+    targets = tflite_soft_targets(config.weights, images, classes)
     with quantize_scope():
-        qat_model.compile(optimizer=keras.optimizers.Adam(FLAGS.distill_learning_rate),
+        qat_model.compile(optimizer=keras.optimizers.Adam(config.distill_learning_rate),
                           loss=keras.losses.CategoricalCrossentropy())
-        qat_model.fit(images, targets, batch_size=16, epochs=FLAGS.distill_epochs, shuffle=True,
+        qat_model.fit(images, targets, batch_size=16, epochs=config.distill_epochs, shuffle=True,
                       callbacks=[KeepRanges(qat_model)], verbose=1)
     return len(images)
 
@@ -215,27 +218,18 @@ def _distill(qat_model, classes: int) -> int:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from keras_models import WeightsError
-    from tflite_export.cli import one_line_error
-    from tflite_export.convert import ConversionError
-    from tflite_export.files import IMPORT_RUN, artifact_set, atomic_write_json, check_folder_kind, check_writable_dir
-    from tflite_export.verify import VerificationError
-
+    config = ImportConfig(**values_from_flags(ImportConfig, FLAGS))
     try:
-        check_settings({name: FLAGS[name].value for name in ("calibration_images", "image_size", "alpha", "distill_dir",
-                                                             "distill_views", "distill_epochs",
-                                                             "distill_learning_rate")})
-        check_writable_dir(FLAGS.output_dir, "--output_dir")
-        check_folder_kind(FLAGS.output_dir, IMPORT_RUN, "--output_dir")
+        check_settings(config)
+        check_writable_dir(config.output_dir, "--output_dir")
+        check_folder_kind(config.output_dir, IMPORT_RUN, "--output_dir")
         # The report lands with the model, labels and card as one set (a rerun never leaves an old report beside a
         # new model).
-        with artifact_set(FLAGS.output_dir) as artifacts:
-            report = import_and_export(artifacts)
+        with artifact_set(config.output_dir) as artifacts:
+            report = import_and_export(config, artifacts)
             atomic_write_json(artifacts.path(REPORT_FILE), dataclasses.asdict(report))
-        if FLAGS.android:
-            from pipeline.android import install_into_android_app
-
-            install_into_android_app(FLAGS.output_dir)
+        if config.android:
+            install_into_android_app(config.output_dir)
     except (WeightsError, ConversionError, VerificationError, ValueError, OSError) as err:
         print(f"error: {one_line_error(err)}", file=sys.stderr)
         sys.exit(2)
@@ -247,10 +241,11 @@ def main(argv):
         print(f"top-1        float {report.float_top1:.4f}, int8 {report.int8_top1:.4f} on {report.eval_images} "
               f"images; int8 agrees with float on {report.agreement:.1%}")
     if report.distilled_images:
-        print(f"distilled    {report.distilled_images} views of --distill_dir, {FLAGS.distill_epochs} epochs")
+        print(f"distilled    {report.distilled_images} views of --distill_dir, {config.distill_epochs} epochs")
     print(f"time         {report.seconds:.0f} s")
 
 
 if __name__ == "__main__":
-    define_flags()
+    define_flags(ImportConfig)
+    flags.adopt_module_key_flags(sys.modules[define_flags.__module__])  # --help lists them as this command's
     app.run(main)

@@ -965,7 +965,8 @@ def _settings() -> dict:
     run_dir = FLAGS.run_dir
     if not run_dir:
         raise ValueError("--run_dir is required (a pipeline.train_and_export run folder)")
-    from pipeline.config import FLOAT_MODEL_FILE, RUN_CONFIG_FILE, recorded_model, recorded_setting
+    from pipeline.config import FLOAT_MODEL_FILE
+    from pipeline.run_dir import RUN_CONFIG_FILE, recorded_model, recorded_setting
 
     float_model = os.path.join(run_dir, FLOAT_MODEL_FILE)
     config_path = os.path.join(run_dir, RUN_CONFIG_FILE)

@@ -21,6 +21,7 @@ from pipeline import schema
 from pipeline.config import RunConfig
 from pipeline.transfer import TransferChoice
 from tflite_export.export import REPORT_FILE
+from tflite_export.files import atomic_write_json
 
 HTML_FILE = "report.html"  # beside report.json, in the same published set
 # A report of another schema: rerunning its command skips the finished stages and writes the report again.
@@ -174,8 +175,6 @@ class Report:
         return {s.name: s.first_epoch for s in self.stages if s.first_epoch and not s.skipped}
 
     def write(self, path: str | os.PathLike) -> None:
-        from tflite_export.files import atomic_write_json
-
         atomic_write_json(path, schema.to_json_dict(self))
 
     @classmethod

@@ -8,9 +8,10 @@
 Rerunning the same command after an interruption resumes from the last finished epoch of the stage it was in.
 Artifacts (model.tflite with metadata, labels.txt, model_card.json, report.json, report.html) land in --output_dir.
 
-The flags become one validated `pipeline.config.RunConfig`; `run` passes it through the stages below (data, model,
-float training, QAT, export with int8 evaluation, latency, report), each a function of the config and what the stages
-before it made.
+The flags (`pipeline.config.define_flags`, defined when the command runs, not on import) become one validated
+`pipeline.config.RunConfig`; `run` passes it through the stages below (data, model, float training, QAT, export with
+int8 evaluation, latency, report), each a function of the config and what the stages before it made. From Python,
+`pipeline.run(config)` (pipeline/api.py) runs the same stages.
 """
 
 from __future__ import annotations
@@ -20,111 +21,45 @@ import errno
 import os
 import sys
 import time
-from typing import TYPE_CHECKING
 
 from absl import app, flags, logging
 
-from keras_models import backend
+import keras_models
+from keras_models import WeightsError, backend
 from keras_models.backend import keras, tf
-from pipeline import distribute
-from pipeline.config import FLOAT_MODEL_FILE, MIN_BATCH_SIZE, MIN_TRAIN_IMAGES, QAT_MODEL_DIR, RunConfig
-
-if TYPE_CHECKING:
-    from pipeline.data import Dataset
-    from pipeline.report import Report
-    from pipeline.train import Recipe, StageResult
-    from pipeline.transfer import TransferChoice
-    from tflite_export.evaluate import HeldOutPredictions
-    from tflite_export.files import ArtifactSet
+from keras_models.tflite_weights import read_tflite
+from pipeline import distribute, transfer
+from pipeline.android import install_into_android_app
+from pipeline.config import FLOAT_MODEL_FILE, MIN_BATCH_SIZE, MIN_TRAIN_IMAGES, QAT_MODEL_DIR, RunConfig, define_flags
+from pipeline.data import DataError, Dataset, input_pipeline_throughput, load_dataset
+from pipeline.distill import Distiller
+from pipeline.qat import RangeRules, quantize_model, set_up_ranges
+from pipeline.report import HTML_FILE, Report
+from pipeline.run_dir import check_run_directory, forget_unresumable_run, recorded_model, write_run_record
+from pipeline.run_report import summary, write_report
+from pipeline.train import (
+    Recipe,
+    StageResult,
+    auto_batch_norm_momentum,
+    fine_tune,
+    one_hot,
+    run_stage,
+    set_batch_norm_momentum,
+)
+from pipeline.transfer import TransferChoice
+from tflite_export.benchmark import benchmark_models
+from tflite_export.cli import first_line, header, one_line_error, progress, set_progress
+from tflite_export.convert import ConversionError
+from tflite_export.evaluate import HeldOutPredictions
+from tflite_export.export import ModelInfo, export_model, held_out_predictions
+from tflite_export.files import MODEL_FILE, ArtifactSet, artifact_set, atomic_output, exclusive_folder
+from tflite_export.quantization import quantize_scope
+from tflite_export.verify import VerificationError
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("variant", "small", "Model: small or large (MobileNetV3), v2, v1.")
-flags.DEFINE_float("alpha", 1.0, "Width multiplier.")
-flags.DEFINE_boolean("minimalistic", False, "MobileNetV3 minimalistic variant (no SE, h-swish or 5x5).")
-flags.DEFINE_string(
-    "dataset", "synthetic",
-    "'synthetic' (built-in, offline), a folder of class sub-folders (optionally split into train/ and val/ or test/), "
-    "or a TFDS name such as tfds:cifar10 (needs network).",
-)
-flags.DEFINE_list("synthetic_size", ["4000", "800"], "Train,test image counts of the synthetic dataset.")
-flags.DEFINE_integer("image_size", 64, "Square input resolution of the model.")
-flags.DEFINE_integer("batch_size", 64, "Training batch size.")
-flags.DEFINE_integer(
-    "float_epochs", None,
-    "Epochs of float training from scratch (default 12); with --weights, the most epochs the fine-tuning trial may run "
-    "(default 10; it stops earlier when the held-out slice stops improving).")
-flags.DEFINE_integer("qat_epochs", 3, "Epochs of quantization-aware fine-tuning (0 with --noqat).")
-flags.DEFINE_integer("freeze_bn_epochs", 1, "Last QAT epochs run with BatchNorm statistics frozen.")
-flags.DEFINE_float("learning_rate", 0.1, "Peak learning rate of float training (SGD, warm-up + cosine).")
-flags.DEFINE_float(
-    "qat_learning_rate", None,
-    "Peak learning rate of QAT fine-tuning (default: --learning_rate / 20, so it scales with the batch size like the "
-    "float one).")
-flags.DEFINE_boolean(
-    "qat_distill", False,
-    "QAT learns the float model's predictions instead of the labels (self-distillation): the int8 model agrees "
-    "with the float one more often; on CIFAR-10 its top-1 was not better (BENCHMARKS.md).")
-flags.DEFINE_float("weight_decay", 4e-5, "Decoupled weight decay (not applied to BN or biases).")
-flags.DEFINE_float("label_smoothing", 0.1, "Label smoothing.")
-flags.DEFINE_float(
-    "bn_momentum", None,
-    "BatchNorm moving-average momentum during training. Default: chosen from the number of float training steps so the "
-    "moving statistics average over the last ~5% of training (0.9 to 0.99; the reference 0.999 suits ImageNet runs).",
-)
-flags.DEFINE_float("dropout", None, "Dropout before the classifier (default: the variant's, as in keras.applications: "
-                   "0.2 for V3, 0 for V2, 0.001 for V1).")
-flags.DEFINE_string("weights", "none", "Initial weights: none, imagenet (downloads the Keras file), or a file path.")
-flags.DEFINE_enum(
-    "recipe", "auto", ["auto", "scratch", "transfer"],
-    "Training recipe. auto: transfer when --weights is given, else scratch. transfer: a logistic-regression head on "
-    "the frozen backbone's features, then fine-tuning only if it beats that head on a held-out fifth of the training "
-    "split (pipeline/transfer.py).")
-flags.DEFINE_enum(
-    "fine_tune", "auto", ["auto", "none", "all"],
-    "Transfer recipe: auto decides on the held-out slice of the training split; none keeps the start's backbone "
-    "(head only); all always fine-tunes everything but BatchNorm.")
-flags.DEFINE_float("fine_tune_learning_rate", 1e-4,
-                   "Transfer recipe: peak learning rate (Adam) of fine-tuning; QAT's default is a fifth of it.")
-flags.DEFINE_boolean("qat", True, "Quantization-aware training; --noqat exports with post-training quantization.")
-flags.DEFINE_enum("io", "uint8", ["uint8", "int8"], "Input/output dtype of the TFLite model.")
-flags.DEFINE_enum("hswish", "lowered", ["lowered", "builtin"], "h-swish as ADD/RELU6/MUL ops, or HARD_SWISH.")
-flags.DEFINE_boolean("logits", False, "End the TFLite file at the classifier's logits instead of its softmax: no "
-                     "SOFTMAX op (faster; XNNPACK runs none in int8); the model card says activation 'none' and the "
-                     "Android core applies softmax itself.")
-flags.DEFINE_enum("on_bad_image", "skip", ["skip", "error"], "Unreadable image files: report and skip, or stop.")
-flags.DEFINE_string("output_dir", None, "Where checkpoints, logs and artifacts go (default runs/<variant>-<dataset>).")
-flags.DEFINE_integer("seed", 0, "Random seed (data split, shuffling, initialization).")
-flags.DEFINE_integer("calibration_images", 200, "Images for int8 calibration.")
-flags.DEFINE_integer("calibration_batches", 10, "Training batches that initialize QAT's activation ranges.")
-flags.DEFINE_integer("benchmark_runs", 100, "LiteRT latency runs for the report (0 to skip).")
-flags.DEFINE_boolean("android", False, "Copy the exported model into android_demo/app/src/main/assets.")
-flags.DEFINE_integer(
-    "verbose", 1,
-    "Progress output: 0 none, 1 progress bars (Keras per epoch; calibration, conversion, evaluation), 2 one line per "
-    "epoch and the other bars. -v 1 (absl's verbosity) also shows TensorFlow's own logs.")
-# tf.distribute: more than one device or machine (pipeline/distribute.py says what stays the same).
-flags.DEFINE_enum(
-    "strategy", "default", distribute.STRATEGIES,
-    "default: one device. mirrored: all GPUs of this machine. multi_worker: several machines, each with TF_CONFIG. "
-    "--batch_size is the global batch (each replica takes an equal share) and the learning rates are for it, whatever "
-    "the number of replicas. tpu: refused (untested, see pipeline/distribute.py).")
-flags.DEFINE_boolean(
-    "sync_batch_norm", False,
-    "BatchNorm statistics over the global batch instead of each replica's share (all-reduced every step; Keras' "
-    "unfused BatchNorm): the number of devices then changes the result only by floating-point rounding.")
-flags.DEFINE_integer(
-    "cpu_replicas", 0,
-    "With --strategy mirrored on a machine without GPUs: split the CPU into this many devices (tests of the "
-    "multi-device path; no speed-up).")
-flags.DEFINE_string(
-    "tfds_manual_dir", None,
-    "For TFDS data sets downloaded by hand (tfds:imagenet2012: ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar): "
-    "the folder holding the files. TFDS prepares them once into TFDS_DATA_DIR (default ~/tensorflow_datasets).")
 
 
 def _eval_keras(model: keras.Model, eval_ds: tf.data.Dataset, desc: str) -> float:
-    from tflite_export.cli import progress
-
     correct = total = 0
     for images, labels in progress(eval_ds, desc=desc, unit="batch"):
         predictions = tf.argmax(model(images, training=False), axis=-1, output_type=tf.int32)
@@ -133,56 +68,8 @@ def _eval_keras(model: keras.Model, eval_ds: tf.data.Dataset, desc: str) -> floa
     return correct / max(total, 1)
 
 
-def _summary(report: Report, html_path: str) -> str:
-    from tflite_export.demo import try_it
-
-    acc, export = report.export.accuracy, report.export
-    lines = [
-        f"model        {report.model.name}  ({report.model.params:,} params, "
-        f"{report.model.madds / 1e6:.1f}M MAdds at {report.config.image_size}px)",
-        f"data         {report.data.spec}: {report.data.num_train} train / {report.data.num_eval} "
-        f"eval ({report.data.eval_split}), {len(report.data.classes)} classes",
-        f"float top-1  {report.accuracy.float_keras:.4f}   (Keras, held-out split)",
-    ]
-    if report.accuracy.qat_keras is not None:
-        lines.append(f"QAT top-1    {report.accuracy.qat_keras:.4f}   (Keras with fake-quant)")
-    lines += [
-        f"int8 top-1   {acc.int8_top1:.4f}   (LiteRT, {acc.images} images; agrees with float on {acc.agreement:.1%})",
-        f"file         {export.model_file}  {export.size_bytes / 1024:.0f} KiB, {export.io_dtype} I/O, "
-        f"{sum(export.ops.values())} ops, HARD_SWISH {export.ops.get('HARD_SWISH', 0)}, "
-        f"float tensors {export.float_tensors}",
-        "ops          " + ", ".join(f"{k} {v}" for k, v in sorted(export.ops.items(), key=lambda kv: -kv[1])),
-    ]
-    for row in report.latency:
-        lines.append(f"latency      {row.threads} thread(s): median {row.median_ms:.2f} ms (LiteRT, XNNPACK)")
-    t = report.throughput
-
-    def rate(images_per_s):  # None: the stage was already done in an earlier run (or did not run)
-        return f"{images_per_s:.0f} img/s" if images_per_s else "not measured in this run"
-
-    lines.append(
-        f"throughput   input pipeline {rate(t.input_pipeline_images_per_s)} vs float training "
-        f"{rate(t.float_train_images_per_s)}"
-        + (f", QAT {rate(t.qat_train_images_per_s)}" if report.accuracy.qat_keras is not None else "")
-    )
-    float_seconds = sum(s.seconds for s in report.stages if not s.name.startswith("qat"))
-    lines.append(f"time         {report.seconds_total:.0f} s total (float {float_seconds:.0f} s, QAT "
-                 f"{report.qat_seconds:.0f} s, export + int8 evaluation {report.export_and_int8_eval_seconds:.0f} s)")
-    if report.transfer is not None:
-        from pipeline.transfer import describe
-
-        lines.append(f"transfer     {describe(report.transfer)}")
-    lines.append(f"report       {html_path}  (curves, confusion matrix, worst-classified images; report.json "
-                 "beside it)")
-    lines.append(f"try it       {try_it(os.path.dirname(html_path) or '.', export.io_dtype)}")
-    return "\n".join(lines)
-
-
 def _save_atomically(model: keras.Model, path: str, **kwargs) -> None:
     """Save beside `path` and rename, so an interrupted save never leaves a half-written model."""
-    from tflite_export.cli import first_line
-    from tflite_export.files import atomic_output
-
     try:
         with atomic_output(path) as tmp:
             model.save(str(tmp), include_optimizer=False, **kwargs)
@@ -215,14 +102,7 @@ class Trained:
     transfer: TransferChoice | None = None  # what the transfer recipe chose
 
 
-
-
 def load_data(config: RunConfig, recorded_model: dict | None) -> RunData:
-    from pipeline.config import check_run_directory, write_run_record
-    from pipeline.data import input_pipeline_throughput, load_dataset
-    from pipeline.train import one_hot
-    from tflite_export.cli import header
-
     header(f"data: {config.dataset}")
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     data = load_dataset(
@@ -248,9 +128,6 @@ def load_data(config: RunConfig, recorded_model: dict | None) -> RunData:
 
 def build_model(config: RunConfig, run_data: RunData) -> tuple[keras.Model, float]:
     """The network (with --weights loaded) and the BatchNorm momentum it trains with."""
-    import keras_models
-    from pipeline.train import auto_batch_norm_momentum, set_batch_norm_momentum
-
     model = keras_models.build(
         config.variant, input_shape=(config.image_size, config.image_size, 3), alpha=config.alpha,
         num_classes=len(run_data.data.class_names), minimalistic=config.minimalistic, dropout=config.dropout,
@@ -272,8 +149,6 @@ def _stage_args(config: RunConfig, run_data: RunData) -> dict:
 
 def _float_recipe(config: RunConfig) -> Recipe:
     """The recipe of the `float` stage: from scratch, or the fine-tuning of the transfer recipe."""
-    from pipeline.train import Recipe
-
     recipe = Recipe(learning_rate=config.learning_rate, weight_decay=config.weight_decay,
                     label_smoothing=config.label_smoothing)
     if config.recipe == "transfer":
@@ -284,9 +159,6 @@ def _float_recipe(config: RunConfig) -> Recipe:
 def train_float(config: RunConfig, model: keras.Model, bn_momentum: float, run_data: RunData) -> Trained:
     """Float training from scratch, or the transfer recipe (a fitted head, fine-tuning only where it pays:
     pipeline/transfer.py); saves float_model.h5."""
-    from pipeline import transfer
-    from pipeline.train import run_stage
-
     stage_args = _stage_args(config, run_data)
     choice = None
     if config.recipe == "transfer":
@@ -309,14 +181,6 @@ def train_qat(config: RunConfig, trained: Trained, run_data: RunData) -> None:
     """Quantization-aware fine-tuning of the float model (its ranges calibrated first); saves qat_model/ and adds the
     QAT model, its stages and its held-out top-1 to `trained`. A transfer run that kept the start file's backbone
     trains nothing: the file's ranges are its int8 arithmetic already (pipeline/transfer.py)."""
-    from keras_models.tflite_weights import read_tflite
-    from pipeline import transfer
-    from pipeline.distill import Distiller
-    from pipeline.qat import RangeRules, quantize_model, set_up_ranges
-    from pipeline.train import Recipe, fine_tune
-    from tflite_export.cli import header, progress
-    from tflite_export.quantization import quantize_scope
-
     model, data = trained.model, run_data.data
     if trained.transfer is not None and trained.transfer.fine_tune == "none":
         header("int8 arithmetic: the start file's ranges for the backbone, calibrated ones for the new head")
@@ -355,8 +219,6 @@ def train_qat(config: RunConfig, trained: Trained, run_data: RunData) -> None:
 
 def _finish_qat(config: RunConfig, trained: Trained, data: Dataset) -> None:
     """The QAT model's held-out top-1, and the model saved as qat_model/."""
-    from tflite_export.quantization import quantize_scope
-
     with quantize_scope():
         trained.qat_top1 = _eval_keras(trained.qat_model, data.eval, "QAT evaluation")
         # HDF5 cannot hold tfmot's shared quantizer variables; the SavedModel format round-trips them. Without the
@@ -370,11 +232,6 @@ def _finish_qat(config: RunConfig, trained: Trained, data: Dataset) -> None:
 def export_and_evaluate(config: RunConfig, trained: Trained, run_data: RunData,
                         artifacts: ArtifactSet) -> tuple[dict, HeldOutPredictions]:
     """The int8 file (with labels and card) into `artifacts`, and every held-out image's int8 and float top-1."""
-    import keras_models
-    from tflite_export.cli import header, progress
-    from tflite_export.export import ModelInfo, export_model, held_out_predictions
-    from tflite_export.files import MODEL_FILE
-
     data, source = run_data.data, trained.qat_model or trained.model
     family = keras_models.VARIANTS[config.variant]
     info = ModelInfo(
@@ -406,105 +263,11 @@ def export_and_evaluate(config: RunConfig, trained: Trained, run_data: RunData,
 
 
 def measure_latency(config: RunConfig, model_path: str) -> list[dict]:
-    from tflite_export.cli import header
-
     if not config.benchmark_runs:
         return []
     header(f"latency: {config.benchmark_runs} LiteRT runs at 1 and 2 threads")
-    from tflite_export.benchmark import benchmark_models
-
     return [{"threads": row["threads"], "median_ms": row["median_ms"]}
             for row in benchmark_models([model_path], threads=[1, 2], runs=config.benchmark_runs, warmup=10)]
-
-
-def _stage_summaries(config: RunConfig, stages: list[StageResult]) -> list:
-    from pipeline.report import StageSummary, read_epoch_curves
-    from pipeline.train import epoch_log_path
-
-    return [StageSummary(name=s.name, epochs=s.epochs, first_epoch=s.first_epoch, skipped=s.skipped,
-                         seconds=s.seconds, images_per_second=s.images_per_second,
-                         curves=read_epoch_curves(epoch_log_path(config.output_dir, s.name), s.epochs))
-            for s in stages]
-
-
-def _int8_evaluation(predictions: HeldOutPredictions, data: Dataset):
-    from pipeline.report import WORST_IMAGES, Int8Evaluation, WorstImage
-
-    worst = []
-    for i in predictions.worst(WORST_IMAGES):
-        predicted = int(predictions.predicted[i])
-        worst.append(WorstImage(
-            index=i, file=data.eval_files[i] if i < len(data.eval_files) else "",
-            true_class=int(predictions.labels[i]), predicted_class=predicted,
-            confidence=float(predictions.scores[i, predicted]),
-            true_class_score=float(predictions.scores[i, predictions.labels[i]])))
-    return Int8Evaluation(confusion=predictions.confusion_matrix().tolist(), worst=worst)
-
-
-def _thumbnails(data: Dataset, indices: list[int]) -> dict[int, bytes]:
-    """PNG thumbnails of the held-out images at `indices` (the evaluation split's order is deterministic)."""
-    from pipeline.report_html import thumbnail_png
-
-    wanted, found, position = set(indices), {}, 0
-    for images, _ in data.eval.as_numpy_iterator():
-        for image in images:
-            if position in wanted:
-                found[position] = thumbnail_png(image)
-            position += 1
-        if len(found) == len(wanted):
-            break
-    return found
-
-
-def write_report(config: RunConfig, run_data: RunData, trained: Trained, export_report: dict,
-                 predictions: HeldOutPredictions, latency: list[dict], export_seconds: float, started: float,
-                 artifacts: ArtifactSet, distribution: distribute.Distribution) -> Report:
-    """report.json and report.html into the set about to be published."""
-    from keras_models.profile import totals
-    from pipeline import report_html
-    from pipeline.report import (
-        HTML_FILE,
-        REPORT_FILE,
-        DataSummary,
-        DistributionSummary,
-        ExportSummary,
-        Int8Accuracy,
-        KerasAccuracy,
-        Latency,
-        ModelSummary,
-        Report,
-        Throughput,
-    )
-    from tflite_export.files import atomic_write_bytes
-
-    data, stages = run_data.data, trained.stages
-    params, madds = totals(trained.model)
-    report = Report(
-        schema_version=Report.SCHEMA_VERSION,
-        config=config,
-        model=ModelSummary(trained.model.name, params, madds, trained.bn_momentum),
-        data=DataSummary(spec=config.dataset, num_train=data.num_train, num_eval=data.num_eval,
-                         eval_split=data.eval_split_name, classes=list(data.class_names),
-                         skipped_files=list(data.skipped_files)),
-        accuracy=KerasAccuracy(trained.float_top1, trained.qat_top1),
-        export=ExportSummary(**export_report, accuracy=Int8Accuracy(**predictions.summary())),
-        int8_evaluation=_int8_evaluation(predictions, data),
-        latency=[Latency(**row) for row in latency],
-        throughput=Throughput(
-            input_pipeline_images_per_s=run_data.input_images_per_s,
-            float_train_images_per_s=next((s.images_per_second for s in stages if s.name in ("float", "fine_tune")),
-                                          None),
-            qat_train_images_per_s=next((s.images_per_second for s in stages if s.name == "qat"), None)),
-        stages=_stage_summaries(config, stages),
-        export_and_int8_eval_seconds=export_seconds,
-        seconds_total=time.perf_counter() - started,
-        distribution=DistributionSummary(**distribution.record(config.batch_size, config.sync_batch_norm)),
-        transfer=trained.transfer,
-    )
-    report.write(artifacts.path(REPORT_FILE))
-    thumbnails = _thumbnails(data, [w.index for w in report.int8_evaluation.worst])
-    atomic_write_bytes(artifacts.path(HTML_FILE), report_html.render(report, thumbnails).encode("utf-8"))
-    return report
 
 
 @dataclasses.dataclass
@@ -519,8 +282,6 @@ class Training:
 
 def train(config: RunConfig, distribution: distribute.Distribution) -> Training:
     """Data, model, float training and QAT, in `distribution`'s scope (every worker of a multi-worker run)."""
-    from pipeline.config import check_run_directory, forget_unresumable_run, recorded_model
-
     started = time.perf_counter()
     distribute.check_batch_size(config.batch_size, distribution.num_replicas, config.sync_batch_norm, MIN_BATCH_SIZE)
     logging.info("%s", distribution.describe(config.batch_size))
@@ -552,8 +313,6 @@ def plain_copies(config: RunConfig, trained: Trained) -> Trained:
     a replica averages them over the workers, so a graph traced from the trained model holds a CollectiveReduceV2 op
     (the TFLite converter cannot lower it, and the other workers have stopped by then). The saved files hold the
     values those reads agreed on when every worker was still there."""
-    from tflite_export.quantization import quantize_scope
-
     with quantize_scope():
         model = keras.models.load_model(os.path.join(config.output_dir, FLOAT_MODEL_FILE), compile=False)
         qat_model = (keras.models.load_model(os.path.join(config.output_dir, QAT_MODEL_DIR), compile=False)
@@ -563,9 +322,6 @@ def plain_copies(config: RunConfig, trained: Trained) -> Trained:
 
 def publish(training: Training, distribution: distribute.Distribution) -> Report:
     """On the chief, outside the strategy: the int8 file, its checks and evaluation, latency, the report, the app."""
-    from pipeline.android import install_into_android_app
-    from tflite_export.files import MODEL_FILE, artifact_set
-
     config, run_data, trained = training.config, training.run_data, training.trained
     if distribution.num_workers > 1:
         trained = plain_copies(config, trained)
@@ -586,8 +342,6 @@ def publish(training: Training, distribution: distribute.Distribution) -> Report
 def run(config: RunConfig, distribution: distribute.Distribution) -> Report | None:
     """The whole job; returns the report (None on a multi-worker run's other workers, which stop after training).
     User errors raise exceptions with one-line messages."""
-    from tflite_export.files import exclusive_folder
-
     if not distribution.is_chief:  # the other workers write nothing of their own into the folder
         train(config, distribution)
         return None  # the chief exports and reports
@@ -598,12 +352,6 @@ def run(config: RunConfig, distribution: distribute.Distribution) -> Report | No
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from keras_models import WeightsError
-    from pipeline.data import DataError
-    from pipeline.report import HTML_FILE
-    from tflite_export.cli import one_line_error, set_progress
-    from tflite_export.convert import ConversionError
-    from tflite_export.verify import VerificationError
 
     # Without -v the console shows the stages, progress and results, not TensorFlow's own logs.
     if FLAGS.verbosity >= 1:
@@ -626,8 +374,10 @@ def main(argv):
     if report is None:
         print(f"\nworker {distribution.worker}: training finished; the chief (worker 0) exports and reports")
         return
-    print("\n" + _summary(report, os.path.join(config.output_dir, HTML_FILE)))
+    print("\n" + summary(report, os.path.join(config.output_dir, HTML_FILE)))
 
 
 if __name__ == "__main__":
+    define_flags()
+    flags.adopt_module_key_flags(sys.modules[define_flags.__module__])  # --help lists them as this command's
     app.run(main)

@@ -32,11 +32,13 @@ from absl import logging
 
 from keras_models.backend import keras, tf
 from keras_models.tflite_weights import CLASSIFIER_NAMES, read_tflite
+from pipeline.config import FINE_TUNE
 from pipeline.qat import quantize_model, set_up_ranges
 from pipeline.train import Recipe, StageResult, epoch_log_path, one_hot, run_stage
+from tflite_export.cli import progress
+from tflite_export.convert import convert
+from tflite_export.export import run_tflite
 
-RECIPES = ("auto", "scratch", "transfer")
-FINE_TUNE = ("auto", "none", "all")  # auto: decided on the held-out slice; none: head only; all: always fine-tune
 HOLDOUT_FRACTION = 0.2
 MIN_HOLDOUT_IMAGES = 10  # below this the slice cannot tell two recipes apart: head only
 MARGIN_IMAGES, MARGIN_POINTS = 2, 1.0  # what fine-tuning must win by on the held-out slice
@@ -45,15 +47,6 @@ CV_FOLDS = 5
 MAX_PROBE_IMAGES = 20_000  # features of at most this many training images (a large set fine-tunes anyway)
 TRIAL_PATIENCE = 3  # epochs without a better held-out score before the fine-tuning trial stops
 TRIAL_STAGE = "fine_tune"
-
-
-def resolve_recipe(recipe: str, weights: str) -> str:
-    """"auto" means transfer when there are pretrained weights, scratch otherwise."""
-    if recipe not in RECIPES:
-        raise ValueError(f"--recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
-    if recipe == "auto":
-        return "scratch" if weights in (None, "", "none") else "transfer"
-    return recipe
 
 
 def classifier(model: keras.Model) -> keras.layers.Layer:
@@ -127,9 +120,6 @@ def feature_extractors(model: keras.Model, qat_model: keras.Model, calibration: 
     runs the QAT model up to its classifier, converted to int8 TFLite by the exporter, in LiteRT: the features the
     exported file will compute (its XNNPACK rounding, its lowered h-swish), not the Keras fake-quant approximation
     of them, which differed from the file on 2-3% of hymenoptera's photos."""
-    from tflite_export.convert import convert
-    from tflite_export.export import run_tflite
-
     float_body = keras.Model(model.input, classifier(model).input)
     int8_body = convert(keras.Model(qat_model.input, classifier(qat_model).input),
                         lambda: (batch[i:i + 1] for batch in calibration for i in range(len(batch))))
@@ -139,8 +129,6 @@ def feature_extractors(model: keras.Model, qat_model: keras.Model, calibration: 
 
 def compute_features(extractors, batches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(float features, int8 features, labels) of `batches` of (images, labels), one pass over them."""
-    from tflite_export.cli import progress
-
     float_rows, int8_rows, labels = [], [], []
     for images, batch_labels in progress(batches, desc="backbone features", unit="batch"):
         for rows, extractor in zip((float_rows, int8_rows), extractors):

@@ -64,6 +64,17 @@ def error_line(code: int, stderr: str, prog: str = "") -> str:
     return errors[0]
 
 
+def define_run_flags() -> None:
+    """The flags of `python -m pipeline.train_and_export` (its `__main__` defines them, importing it does not), once in
+    this process."""
+    from absl import flags
+
+    from pipeline.config import define_flags
+
+    if "float_epochs" not in flags.FLAGS:
+        define_flags()
+
+
 @pytest.fixture()
 def pipeline_cli(capsys):
     """`python -m pipeline.train_and_export ARGS` in this process (for cases refused before any training): returns
@@ -71,6 +82,8 @@ def pipeline_cli(capsys):
     from absl import flags
 
     from pipeline import train_and_export
+
+    define_run_flags()
 
     def run(args) -> tuple[int, str]:
         flags.FLAGS.unparse_flags()

@@ -9,6 +9,7 @@ pipeline cases reuse the session's `tiny_run`. The ones that need a training run
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -88,7 +89,7 @@ def test_rerun_on_other_classes_is_refused_before_training(tiny_run, pipeline_cl
 
 def test_run_directory_records_its_run_config(tiny_run):
     """run_config.json is the run's RunConfig (defaults resolved) with the classes of its data, versioned."""
-    from pipeline.config import RunRecord
+    from pipeline.run_dir import RunRecord
     from pipeline.schema import read_record
 
     out, _ = tiny_run
@@ -520,8 +521,8 @@ def test_inspect_and_verify_name_the_convolution_xnnpack_refuses(conv_overflow):
     from tflite_export.verify import VerificationError, verify
 
     report = inspect_model(conv_overflow)
-    assert report["requantization_overflows"] and report["xnnpack_partitions"] is None
-    assert any("requantization scale" in p for p in report["check"]["problems"])
+    assert report.analysis.requantization_overflows and report.analysis.xnnpack_partitions is None
+    assert any("requantization scale" in p for p in report.problems) and not report.passed
     with pytest.raises(VerificationError, match="requantization scale"):
         verify(conv_overflow)
 
@@ -904,13 +905,12 @@ def test_export_of_a_model_that_is_not_a_keras_image_classifier_is_one_line(tmp_
     ({"image_size": 8}, "--image_size must be at least"),
 ])
 def test_import_settings_are_refused_up_front(change, needle):
-    from pipeline import import_tflite
+    from pipeline.import_tflite import ImportConfig, check_settings
 
-    values = {"calibration_images": 64, "image_size": 224, "alpha": 1.0, "distill_dir": "photos", "distill_views": 3,
-              "distill_epochs": 2, "distill_learning_rate": 2e-5}
-    import_tflite.check_settings(values)  # the defaults pass
+    config = ImportConfig(weights="x.tflite", labels="labels.txt", calibration_dir="photos", distill_dir="photos")
+    check_settings(config)  # the defaults pass
     with pytest.raises(ValueError, match=needle):
-        import_tflite.check_settings({**values, **change})
+        check_settings(dataclasses.replace(config, **change))
 
 
 def test_misleading_one_liners_now_say_what_is_wrong(tmp_path):

@@ -18,7 +18,7 @@ import pytest
 
 from pipeline.report import WORST_IMAGES, Report
 from pipeline.schema import SchemaError
-from tests.conftest import TINY, error_line
+from tests.conftest import TINY, define_run_flags, error_line
 
 
 # ------------------------------------------------------------------------------------------------------ RunConfig
@@ -43,9 +43,9 @@ def test_each_bad_flag_is_one_line_before_anything_is_created(pipeline_cli, tmp_
 def _config(*args):
     from absl import flags
 
-    from pipeline import train_and_export  # noqa: F401 - defines the flags
     from pipeline.config import RunConfig
 
+    define_run_flags()
     flags.FLAGS.unparse_flags()
     try:
         flags.FLAGS(["train_and_export", *map(str, args)])

@@ -9,6 +9,8 @@ import sys
 import threading
 from typing import Callable, Iterable, Iterator, Sequence
 
+from keras_models.backend import console
+
 EXIT_OK = 0
 EXIT_FAIL = 1  # the tool ran but a check it was asked to enforce failed
 EXIT_BAD_INPUT = 2  # unreadable / missing / malformed input, bad arguments
@@ -69,8 +71,6 @@ def progress(iterable: Iterable, *, desc: str, total: int | None = None, unit: s
     while TensorFlow's native logs are captured (calibration runs inside the converter call)."""
     from tqdm import tqdm
 
-    from keras_models.backend import console
-
     return tqdm(iterable, desc=desc, total=total, unit=unit, file=console, disable=not _progress_enabled)
 
 
@@ -79,8 +79,6 @@ def elapsed(desc: str, seconds: float = 1.0) -> Iterator[None]:
     """A tqdm line with the time spent so far, redrawn every `seconds` during one call that reports no progress of its
     own (TFLite conversion): it claims no percentage and no ETA."""
     from tqdm import tqdm
-
-    from keras_models.backend import console
 
     with tqdm(desc=desc, bar_format="{desc}: {elapsed} elapsed", file=console, disable=not _progress_enabled) as bar:
         stop = threading.Event()

@@ -23,6 +23,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from keras_models.backend import keras, native_logs_captured, tf
+from keras_models.blocks import HARD_SWISH_MUL_SUFFIX
 from tflite_export.cli import elapsed, first_line
 from tflite_export.quantization import is_qat_model, quantize_scope, widen_empty_kernel_ranges
 
@@ -45,8 +46,6 @@ class _OperandSwappedMultiply(keras.layers.Multiply):
 
 def _with_fusable_hard_swish(model: keras.Model) -> keras.Model:
     """A copy of `model` whose h-swish multiplies use the operand order that TFLite fuses into HARD_SWISH."""
-    from keras_models.blocks import HARD_SWISH_MUL_SUFFIX
-
     def clone(layer):
         if isinstance(layer, keras.layers.Multiply) and layer.name.endswith(HARD_SWISH_MUL_SUFFIX):
             return _OperandSwappedMultiply(name=layer.name)

@@ -48,6 +48,9 @@ from tflite_export.files import (
     load_model_bytes,
     read_labels,
 )
+from tflite_export.metadata import read_metadata
+from tflite_export.preprocessing import load_eval_image, quantize_input
+from tflite_export.verify import analyze, check_runs_in_xnnpack
 
 PROG = "python -m tflite_export.evaluate"
 DEFAULT_MEAN = 127.5
@@ -146,8 +149,6 @@ def map_classes_to_outputs(classes: Sequence[str], labels: Sequence[str] | None,
 def _model_normalization(data: bytes) -> tuple[list[float] | None, list[float] | None, list[str] | None, str | None]:
     """(mean, std, labels, note) from the model's metadata, or Nones (note says why) when there is none/unreadable."""
     try:
-        from tflite_export.metadata import read_metadata
-
         md = read_metadata(data)
     except ValueError as exc:
         return None, None, None, f"metadata unreadable ({exc})"
@@ -179,9 +180,6 @@ def evaluate_tflite(
     seconds.
     """
     from ai_edge_litert.interpreter import Interpreter
-
-    from tflite_export.preprocessing import load_eval_image, quantize_input
-    from tflite_export.verify import check_runs_in_xnnpack
 
     if input_mode not in ("auto", "quantize"):
         raise ValueError(f"input_mode must be 'auto' or 'quantize', got {input_mode!r}")
@@ -332,8 +330,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         check_writable_file(args.json, "--json")  # before the evaluation, not after it
     data = load_model_bytes(args.model)  # fail fast, before scanning the data set
-    from tflite_export.verify import analyze
-
     outputs = analyze(data, xnnpack=False).outputs
     if len(outputs) != 1 or not outputs[0].shape:
         raise ValueError(f"{args.model}: expected a classifier with one output tensor, found {len(outputs)}")

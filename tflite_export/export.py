@@ -55,6 +55,7 @@ from tflite_export.files import (
 )
 from tflite_export.model_card import InputSpec, ModelCard, OutputSpec
 from tflite_export.preprocessing import PIXEL_MEAN, PIXEL_STD, dequantize, load_eval_image, quantize_input
+from tflite_export.quantization import quantize_scope
 
 EVAL_BATCH = 32
 # Post-training calibration needs images to measure ranges on: with none the converter leaves float tensors.
@@ -238,8 +239,6 @@ def export_model(
 
 
 def _load_keras_model(path: str) -> keras.Model:
-    from tflite_export.quantization import quantize_scope
-
     if not os.path.exists(path):
         raise ConversionError(f"model file not found: {path}")
     try:

@@ -9,29 +9,50 @@ judge; use `--strict` to exit 1 when the export rules fail); 2 with a one-line e
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from typing import Sequence
 
 from tflite_export.cli import EXIT_FAIL, EXIT_OK, run_main
-from tflite_export.clients import clients
-from tflite_export.verify import analyze, problems_of
+from tflite_export.clients import Client, clients
+from tflite_export.metadata import read_metadata
+from tflite_export.verify import ModelAnalysis, analyze, problems_of
 
 PROG = "python -m tflite_export.inspect"
 
 
-def inspect_model(path, *, allow_hard_swish: bool = False, io_dtype: str | None = "uint8") -> dict:
-    """Everything the CLI shows, as a JSON-serializable dict."""
+@dataclasses.dataclass(frozen=True)
+class Inspection:
+    """What `inspect_model` found in a .tflite file."""
+
+    model: str  # the path
+    analysis: ModelAnalysis  # ops, I/O tensors, float tensors, XNNPACK partitions (tflite_export.verify)
+    problems: list[str]  # the export rules it breaks; empty when the integer-only export check passes
+    metadata: dict | None  # name, normalization, label count, first labels; {"error": ...} if unreadable; None if none
+    clients: list[Client]  # which runtimes can run the file, and why not (tflite_export.clients)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict:
+        """The JSON the CLI prints with --json."""
+        report = {"model": self.model, **self.analysis.to_dict(),
+                  "check": {"passed": self.passed, "problems": list(self.problems)},
+                  "clients": [{"name": c.name, "runs": c.runs, "reasons": list(c.reasons)} for c in self.clients]}
+        report.pop("op_sequence", None)
+        report["metadata"] = self.metadata
+        return report
+
+
+def inspect_model(path, *, allow_hard_swish: bool = False, io_dtype: str | None = "uint8") -> Inspection:
+    """Everything the CLI shows (`Inspection.to_dict()` is its JSON)."""
     analysis = analyze(path)
     problems = problems_of(analysis, allow_hard_swish=allow_hard_swish, io_dtype=io_dtype)
-    report = {"model": str(path), **analysis.to_dict(), "check": {"passed": not problems, "problems": problems},
-              "clients": [{"name": c.name, "runs": c.runs, "reasons": list(c.reasons)} for c in clients(analysis)]}
-    report.pop("op_sequence", None)
     metadata: dict | None = None
     if analysis.has_metadata:
         try:
-            from tflite_export.metadata import read_metadata
-
             metadata = read_metadata(path)
             metadata.pop("raw", None)
             labels = metadata.pop("labels", None) or []
@@ -39,8 +60,8 @@ def inspect_model(path, *, allow_hard_swish: bool = False, io_dtype: str | None 
             metadata["first_labels"] = labels[:5]
         except ValueError as exc:  # MetadataError (incl. missing schema package) or corrupt metadata
             metadata = {"error": str(exc)}
-    report["metadata"] = metadata
-    return report
+    return Inspection(model=str(path), analysis=analysis, problems=list(problems), metadata=metadata,
+                      clients=list(clients(analysis)))
 
 
 def _fmt_tensor(t: dict) -> str:
@@ -95,9 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--strict", action="store_true", help="exit 1 when the export check fails")
     args = parser.parse_args(argv)
     io_dtype = None if args.io_dtype in ("any", "", "none") else args.io_dtype
-    report = inspect_model(args.model, allow_hard_swish=args.allow_hard_swish, io_dtype=io_dtype)
+    inspection = inspect_model(args.model, allow_hard_swish=args.allow_hard_swish, io_dtype=io_dtype)
+    report = inspection.to_dict()
     print(json.dumps(report, indent=2) if args.json else format_report(report))
-    if args.strict and not report["check"]["passed"]:
+    if args.strict and not inspection.passed:
         return EXIT_FAIL
     return EXIT_OK
 
