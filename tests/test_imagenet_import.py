@@ -180,6 +180,10 @@ def test_every_imported_layer_reproduces_the_files_output_from_the_files_input()
             y = consumer(y, training=False)
         if tensors[op["outputs"][0]]["name"].endswith("/Relu"):
             y = np.maximum(y, 0)
+        # The file's output saturates at the ends of its 8-bit range (part of its arithmetic, hit by some photos).
+        output = tensors[op["outputs"][0]]
+        (scale, zero_point), info = output["quantization"], np.iinfo(output["dtype"])
+        y = np.clip(y, (info.min - zero_point) * scale, (info.max - zero_point) * scale)
         steps = np.abs(np.asarray(y).reshape(expected.shape) - expected) / step
         assert steps.mean() < 0.35 and steps.max() < 1.5, f"{layer.name}: {steps.mean():.2f} steps from the file on " \
                                                           f"average, {steps.max():.2f} at most"

@@ -94,7 +94,7 @@ def test_run_directory_records_its_run_config(tiny_run):
 
     out, _ = tiny_run
     record = read_record(RunRecord, out / "run_config.json", "run record", "")
-    assert record.schema_version == 2 and len(record.classes) == 8
+    assert record.schema_version == RunRecord.SCHEMA_VERSION and len(record.classes) == 8
     assert record.config.model_definition == {"variant": "small", "alpha": 0.35, "minimalistic": False,
                                               "image_size": 32, "weights": "none", "io": "uint8", "hswish": "lowered"}
     assert record.config.output_dir == str(out) and record.config.qat_learning_rate == pytest.approx(0.1 / 20)
