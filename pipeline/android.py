@@ -32,6 +32,7 @@ from tflite_export.files import (
     read_labels,
 )
 from tflite_export.model_card import ModelCard, ModelCardError
+from tflite_export.verify import analyze
 
 DEFAULT_ASSETS = pathlib.Path(__file__).resolve().parents[1] / "android_demo" / "app" / "src" / "main" / "assets"
 
@@ -75,8 +76,6 @@ _EDGE_OPS = ("QUANTIZE", "DEQUANTIZE", "RESHAPE")
 def check_card_against_model(card: ModelCard, model: bytes, card_path: os.PathLike) -> None:
     """The card says what the app feeds the model and reads from it: refuse a card its model contradicts (the app threw
     at start-up) with one line naming the first field that differs."""
-    from tflite_export.verify import analyze
-
     try:
         analysis = analyze(model, xnnpack=False)
     except ModelError as err:

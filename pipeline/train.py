@@ -22,6 +22,7 @@ from absl import logging
 
 from keras_models.backend import keras, tf
 from pipeline.distribute import chief_path, is_chief
+from pipeline.schema import read_json
 from tflite_export.cli import header
 from tflite_export.files import atomic_output, atomic_write_json
 
@@ -283,8 +284,6 @@ def check_same_settings(path: str, settings: dict, what: str, workdir: str, reco
         if not os.path.exists(path):
             # A fresh stage, or weights put there by hand (experiments.qat_schedules copies a finished float stage).
             return
-        from pipeline.schema import read_json
-
         recorded = read_json(path)  # a corrupt file is one line naming it
     recorded = {**(defaults or {}), **recorded}
     changed = [f"{key} {recorded.get(key)} -> {value}" for key, value in settings.items() if recorded.get(key) != value]

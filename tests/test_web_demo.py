@@ -359,7 +359,7 @@ def test_clients_say_which_runtimes_run_a_file(tiny_models, tmp_path):
     from tflite_export.verify import analyze
 
     folder = _export_folder(tmp_path / "int8", tiny_models["int8"])
-    report = format_report(inspect_model(folder / "model.tflite", io_dtype=None))
+    report = format_report(inspect_model(folder / "model.tflite", io_dtype=None).to_dict())
     assert "\nRuns on:\n  LiteRT (Android, Python): yes\n  LiteRT.js (browser): no: int8 input" in report, report
     notes = demo.warnings_for(demo.model_files(folder))
     assert len(notes) == 1 and notes[0].startswith("browsers cannot run this model: int8 input"), notes

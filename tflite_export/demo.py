@@ -19,6 +19,8 @@ import sys
 from typing import Sequence
 
 from tflite_export.cli import run_main
+from tflite_export.clients import browser_problems
+from tflite_export.verify import analyze
 
 PROG = "python -m tflite_export.demo"
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -77,9 +79,6 @@ def _read_card(path: pathlib.Path) -> dict | None:
 
 def warnings_for(files: dict[str, pathlib.Path]) -> list[str]:
     """What the page will refuse or work around, said before the browser is opened."""
-    from tflite_export.clients import browser_problems
-    from tflite_export.verify import analyze
-
     notes = []
     problems = browser_problems(analyze(files["model.tflite"], xnnpack=False))
     if problems:
