@@ -27,7 +27,6 @@ from absl import app, flags, logging
 import keras_models
 from keras_models import WeightsError, backend
 from keras_models.backend import keras, tf
-from keras_models.tflite_weights import read_tflite
 from pipeline import distribute, transfer
 from pipeline.android import install_into_android_app
 from pipeline.config import FLOAT_MODEL_FILE, MIN_BATCH_SIZE, MIN_TRAIN_IMAGES, QAT_MODEL_DIR, RunConfig, define_flags
@@ -195,9 +194,8 @@ def train_qat(config: RunConfig, trained: Trained, run_data: RunData) -> None:
     if not os.path.exists(os.path.join(config.output_dir, "checkpoints", "qat.weights.h5")):
         batches = progress(data.train.take(config.calibration_batches), desc="QAT range calibration", unit="batch")
         # A .tflite start's weights were trained under the file's activation ranges: start QAT from them.
-        setup = set_up_ranges(qat_model, (images for images, _ in batches),
-                              read_tflite(config.weights).ranges if str(config.weights).lower().endswith(".tflite")
-                              else None, keep_calibrated=(transfer.classifier(model).name,))
+        setup = set_up_ranges(qat_model, (images for images, _ in batches), transfer.start_ranges(config.weights),
+                              keep_calibrated=(transfer.classifier(model).name,))
         logging.info("QAT: activation ranges calibrated on %d training batches, %d taken from --weights, %d clamped "
                      "where h-swish or the hard sigmoid saturates, %d x1/6 ranges aligned with their inputs",
                      setup.calibration_batches, setup.imported, setup.clamped, setup.aligned)

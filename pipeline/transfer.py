@@ -30,7 +30,7 @@ import warnings
 import numpy as np
 from absl import logging
 
-from keras_models.backend import keras, tf
+from keras_models.backend import keras
 from keras_models.tflite_weights import CLASSIFIER_NAMES, read_tflite
 from pipeline.config import FINE_TUNE
 from pipeline.qat import quantize_model, set_up_ranges
@@ -235,17 +235,6 @@ def trial_callbacks(best_weights: str, probe_top1: float) -> tuple:
     )
 
 
-def evaluate_top1(model: keras.Model, batches: tf.data.Dataset) -> float:
-    correct = total = 0
-    for images, labels in batches:
-        predicted = np.argmax(model(images, training=False).numpy(), axis=-1)
-        truth = np.asarray(labels)
-        truth = truth.argmax(-1) if truth.ndim > 1 else truth
-        correct += int(np.sum(predicted == truth))
-        total += len(truth)
-    return correct / max(total, 1)
-
-
 def log_choice(choice: TransferChoice) -> None:
     logging.info("transfer: %s", describe(choice))
 
@@ -261,12 +250,17 @@ def calibration_batches(data, batches: int) -> list[np.ndarray]:
     return [images.numpy() for images, _ in data.train_plain().take(max(1, batches))]
 
 
+def start_ranges(weights: str) -> dict[str, tuple[float, float]] | None:
+    """The activation ranges of a quantized .tflite start (its weights were trained under them), or None for any
+    other start."""
+    return read_tflite(weights).ranges if str(weights).lower().endswith(".tflite") else None
+
+
 def prepare_qat(model: keras.Model, start_file: str, calibration: list[np.ndarray]) -> keras.Model:
     """The fake-quantized copy of `model` whose backbone runs the start file's int8 arithmetic: its ranges imported
     (a .tflite start), the rest calibrated; the classifier's own range is calibrated."""
     qat_model = quantize_model(model)
-    ranges = read_tflite(start_file).ranges if str(start_file).lower().endswith(".tflite") else None
-    setup = set_up_ranges(qat_model, calibration, ranges, keep_calibrated=(classifier(model).name,))
+    setup = set_up_ranges(qat_model, calibration, start_ranges(start_file), keep_calibrated=(classifier(model).name,))
     logging.info("transfer: int8 arithmetic of the start: %d ranges from %s, the rest calibrated on %d batches",
                  setup.imported, start_file, setup.calibration_batches)
     return qat_model
