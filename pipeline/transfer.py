@@ -7,7 +7,8 @@ Pretrained Features and Underperform Out-of-Distribution", ICLR 2022).
    activation ranges). A logistic regression is fit on both sets together, its L2 strength chosen by k-fold
    cross-validation over images, and written into the classifier: a converged head in seconds. Fit on the float
    features alone, the head met features the int8 file computes differently (Google's weights were trained under
-   its rounding: BENCHMARKS.md) and the int8 file lost 2-6 points; fit on both, it decides the same either way.
+   its rounding: BENCHMARKS.md) and the int8 file lost points the float model kept; fit on both, it decides the
+   same either way (within a photo of the float model on hymenoptera_data: BENCHMARKS.md "Transfer learning").
 2. **Fine-tune or not.** A fifth of the training split is held out (stratified, seeded). The probe fit on the rest
    scores it, and so does the same start fine-tuned (everything but BatchNorm, Adam, early-stopped on the slice).
    Fine-tuning is kept only when it beats the probe by `MARGIN_IMAGES` images and `MARGIN_POINTS` points; otherwise
@@ -119,7 +120,8 @@ def feature_extractors(model: keras.Model, qat_model: keras.Model, calibration: 
     """Two functions, images -> pre-logits features [N, D]: the float model's, and the int8 file's own. The second
     runs the QAT model up to its classifier, converted to int8 TFLite by the exporter, in LiteRT: the features the
     exported file will compute (its XNNPACK rounding, its lowered h-swish), not the Keras fake-quant approximation
-    of them, which differed from the file on 2-3% of hymenoptera's photos."""
+    of them, which decides differently from the file on some photos (the QAT column of BENCHMARKS.md "Transfer
+    learning")."""
     float_body = keras.Model(model.input, classifier(model).input)
     int8_body = convert(keras.Model(qat_model.input, classifier(qat_model).input),
                         lambda: (batch[i:i + 1] for batch in calibration for i in range(len(batch))))
