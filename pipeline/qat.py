@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
@@ -101,6 +102,17 @@ def _output_range(layer):
         return None
     maximum = next(w for w in layer.non_trainable_weights if w.name == minimum.name.replace("_min:0", "_max:0"))
     return minimum, maximum
+
+
+def calibrate_output_range(layer, batches) -> None:
+    """Set `layer`'s output range to the mean of the batches' (min, max), as `calibrate_activation_ranges` does for a
+    whole model; `batches` are the layer's outputs (e.g. logits computed outside the model). The range keeps 0."""
+    variables = _output_range(layer)
+    if variables is None:  # the output is not quantized on its own (fused into what follows)
+        return
+    minimum, maximum = variables
+    minimum.assign(min(0.0, float(np.mean([np.min(b) for b in batches]))))
+    maximum.assign(max(0.0, float(np.mean([np.max(b) for b in batches]))))
 
 
 def activation_range_count(qat_model: keras.Model) -> int:

@@ -118,6 +118,10 @@ def _transfer(choice: TransferChoice) -> str:
                                  "(float)"),
                  ("fine-tuned on it", f"best {_pct(trial.best_top1)} at epoch {trial.best_epoch}; per epoch: "
                                       f"{epochs}%")]
+    if choice.final_head is not None:
+        final = choice.final_head
+        rows.append(("head after QAT", f"refit on the fine-tuned backbone's float and int8 features of "
+                                       f"{final.images} training images, L2 C = {final.l2_c:g}"))
     body = "".join(f'<tr><th class="label">{_esc(k)}</th><td>{_esc(v)}</td></tr>' for k, v in rows)
     return f'<table class="summary">{body}</table>'
 

@@ -41,6 +41,7 @@ from pipeline.train import (
     StageResult,
     auto_batch_norm_momentum,
     fine_tune,
+    freeze_batch_norm,
     one_hot,
     run_stage,
     set_batch_norm_momentum,
@@ -205,13 +206,28 @@ def train_qat(config: RunConfig, trained: Trained, run_data: RunData) -> None:
         # The float model's softmax is already a soft target: no label smoothing on top of it.
         label_smoothing=0.0 if config.qat_distill else config.label_smoothing,
         targets="float model" if config.qat_distill else "labels")
+    freeze_bn_epochs = config.freeze_bn_epochs
+    if trained.transfer is not None:
+        # A fine-tuned transfer model kept BatchNorm in inference mode (pipeline/transfer.py): so does its QAT. Batch
+        # statistics of the user's photos would move the start's ImageNet ones the fine-tuning was trained against.
+        freeze_batch_norm(qat_model)
+        freeze_bn_epochs = 0
     with quantize_scope():
         qat_trainee = Distiller(qat_model, teacher=model) if config.qat_distill else qat_model
         trained.stages += fine_tune("qat", qat_trainee, run_data.train, run_data.eval, epochs=config.qat_epochs,
-                                    freeze_bn_epochs=config.freeze_bn_epochs, recipe=qat_recipe,
+                                    freeze_bn_epochs=freeze_bn_epochs, recipe=qat_recipe,
                                     batch_norm_model=qat_model, callbacks=(RangeRules(qat_model),),
                                     **_stage_args(config, run_data))
     trained.qat_model = qat_model
+    if trained.transfer is not None:
+        header("the head refit on the fine-tuned backbone's float and int8 features")
+        calibration = transfer.calibration_batches(data, config.calibration_batches)
+        head = transfer.refit_head(model, qat_model, data, calibration, config.seed, config.batch_size)
+        trained.transfer = dataclasses.replace(trained.transfer, final_head=head)
+        trained.float_top1 = _eval_keras(model, data.eval, "float evaluation")
+        logging.info("float model with the refit head: held-out top-1 %.4f", trained.float_top1)
+        with distribute.chief_path(os.path.join(config.output_dir, FLOAT_MODEL_FILE)) as path:
+            _save_atomically(model, path)
     _finish_qat(config, trained, data)
 
 

@@ -52,6 +52,48 @@ def test_head_fit_converges_and_the_classifier_computes_the_probe(classes):
     np.testing.assert_allclose(model(images).numpy(), expected / expected.sum(-1, keepdims=True), atol=1e-5)
 
 
+def test_head_refit_after_qat_puts_one_head_in_both_models_and_its_ranges_follow(monkeypatch):
+    """After QAT of a fine-tuned model the head is refit on the float and int8 features of the training images: the
+    float and the QAT model get the same kernel (the QAT wrapper's variables, not its fake-quantized tensor), the
+    wrapper's weight ranges follow the new kernel (export reads them), and the logits range is recalibrated to the
+    new logits. The int8 features are stood in for by rounded float ones (the file's are tested end to end below)."""
+    import tensorflow as tf
+
+    from pipeline.qat import _output_range, quantize_model, set_up_ranges  # the range variables themselves
+    from tflite_export.quantization import quantize_scope
+
+    rng = np.random.default_rng(2)
+    images = rng.uniform(0, 255, (24, 32, 32, 3)).astype(np.float32)
+    labels = np.repeat([0, 1, 2], 8)
+
+    class Data:  # what refit_head reads of pipeline.data.Dataset
+        def train_plain(self):
+            return tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)
+
+    model = keras_models.build("small", input_shape=(32, 32, 3), alpha=0.35, num_classes=3)
+    body = keras.Model(model.input, transfer.classifier(model).input)
+    features = body(images).numpy().reshape(24, -1)
+    float_features = lambda x: body(x).numpy().reshape(len(x), -1)  # noqa: E731
+    monkeypatch.setattr(transfer, "feature_extractors", lambda *_: (
+        float_features, lambda x: np.round(float_features(x) * 16) / 16))
+    with quantize_scope():
+        qat_model = quantize_model(model)
+        set_up_ranges(qat_model, [images[:8], images[8:16]])
+        record = transfer.refit_head(model, qat_model, Data(), [], seed=0, batch_size=8)
+        assert record.images == 24 and record.l2_c in transfer.L2_GRID
+        head, qat_head = transfer.classifier(model), transfer.classifier(qat_model)
+        kernel = head.kernel.numpy()
+        qat_kernel = next(v for v in qat_head.weights if v.name.endswith("/kernel:0")).numpy()
+        np.testing.assert_array_equal(kernel, qat_kernel)
+        logits = features @ kernel.reshape(-1, 3) + head.bias.numpy()
+        expected = np.exp(logits - logits.max(-1, keepdims=True))
+        np.testing.assert_allclose(model(images).numpy(), expected / expected.sum(-1, keepdims=True), atol=1e-5)
+        ranges = next(v for _, _, v in qat_head._weight_vars)  # tfmot's per-channel kernel range
+        np.testing.assert_allclose(ranges["max_var"].numpy(), np.abs(kernel).reshape(-1, 3).max(0), rtol=1e-6)
+        low, high = (v.numpy() for v in _output_range(qat_head))
+        assert low < 0 < high and 2 * logits.min() < low and high < 2 * logits.max()
+
+
 def test_a_class_without_images_gets_a_logit_never_chosen():
     rng = np.random.default_rng(1)
     labels = np.repeat([0, 2], 10)
