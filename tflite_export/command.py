@@ -15,8 +15,8 @@ TensorFlow's tools use), made from a typed options dataclass and defined only wh
 What every command shares:
 * bad input, a bad flag value or an unknown flag: one line `NAME: error: ...` on stderr, exit code 2, no traceback
   (`tflite_export.cli.run_main`); `--help` (the module's docstring and the command's flags) and `--helpfull` exit 0;
-* `--json PATH` writes the command's typed result as JSON to PATH; `--json -` writes it to stdout instead of the text
-  report (`emit`);
+* `--json PATH` writes the command's typed result as JSON to PATH; `--json -` writes it to stdout, which then carries
+  the JSON alone (the text the command prints goes to stderr);
 * an output folder is `--output_dir`;
 * old spellings (`--calibration-images`, `--no-qat`, a command's renamed flags such as `--out`) still work for one
   release: `upgrade_spellings` rewrites them before absl parses, with a one-line `note:` naming the new spelling.
@@ -24,6 +24,7 @@ What every command shares:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -121,9 +122,18 @@ class Command:
         return self.run_parsed(flag_values, parse(self, flag_values, [self.name, *(argv or [])]))
 
     def run_parsed(self, flag_values: flags.FlagValues, argv: list[str]) -> int:
-        """Run on parsed flags; `argv`: the program name and the positional arguments absl left."""
+        """Run on parsed flags; `argv`: the program name and the positional arguments absl left. With `--json -`,
+        stdout carries the JSON alone: what the command prints goes to stderr meanwhile."""
         options = self.options(**values_from_flags(self.options, flag_values))
-        return int(self.run(options, list(argv[1:])) or 0)
+        if getattr(options, "json", None) != STDOUT:
+            return int(self.run(options, list(argv[1:])) or 0)
+        global _json_stdout
+        _json_stdout = sys.stdout
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                return int(self.run(options, list(argv[1:])) or 0)
+        finally:
+            _json_stdout = None
 
 
 def upgrade_spellings(command: Command, argv: Sequence[str], flag_values: flags.FlagValues) -> list[str]:
@@ -230,23 +240,33 @@ def check_json_target(path: str | None) -> None:
 
 
 def as_json(result) -> Any:
-    """A typed result as JSON data: its `to_dict()` when it has one, else `dataclasses.asdict` (lists too)."""
+    """A typed result as JSON data: dataclasses by their `to_dict()` when they have one, else `dataclasses.asdict`,
+    in lists and dicts too."""
     if hasattr(result, "to_dict"):
         return result.to_dict()
-    if dataclasses.is_dataclass(result):
+    if dataclasses.is_dataclass(result) and not isinstance(result, type):
         return dataclasses.asdict(result)
+    if isinstance(result, dict):
+        return {key: as_json(value) for key, value in result.items()}
     if isinstance(result, (list, tuple)):
         return [as_json(item) for item in result]
     return result
 
 
-def emit(text: str | None, result, json_path: str | None) -> None:
-    """The command's output: `text` on stdout, and the result as JSON to --json's file; with `--json -` the JSON
-    instead of the text on stdout (so that it can be piped)."""
+# Where `--json -` writes while a command runs (its own prints go to stderr meanwhile: Command.run_parsed).
+_json_stdout = None
+
+
+def write_json(json_path: str | None, result) -> None:
+    """The result as JSON to --json's file (atomically), or to stdout for `-`; nothing without --json."""
     if json_path == STDOUT:
-        sys.stdout.write(json_text(as_json(result)))
-        return
+        (_json_stdout or sys.stdout).write(json_text(as_json(result)))
+    elif json_path:
+        atomic_write_json(json_path, as_json(result))
+
+
+def emit(text: str | None, result, json_path: str | None) -> None:
+    """A command's output: `text` (on stderr with `--json -`, whose JSON alone is on stdout) and the JSON."""
     if text:
         print(text)
-    if json_path:
-        atomic_write_json(json_path, as_json(result))
+    write_json(json_path, result)
