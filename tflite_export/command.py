@@ -156,8 +156,9 @@ def upgrade_spellings(command: Command, argv: Sequence[str], flag_values: flags.
             arg = f"--{new}{equals}{value}"
             name = new
         upgraded.append(arg)
-        if name in command.switches_now_paths and not equals and (index + 1 == len(argv)
-                                                                   or argv[index + 1].startswith("-")):
+        following = argv[index + 1] if index + 1 < len(argv) else None
+        if name in command.switches_now_paths and not equals and (
+                following is None or (following.startswith("-") and following != STDOUT)):
             print(f"note: --{name} takes a path now: --{name} {STDOUT} writes to stdout", file=sys.stderr)
             upgraded.append(STDOUT)
     return upgraded
