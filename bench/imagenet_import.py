@@ -1,6 +1,6 @@
 """Issue #12 must-show: our re-export of Google's V3-Small (pipeline.import_tflite) vs Google's file, side by side.
 
-    nice -n 10 python -m bench.imagenet_import [--out DIR] [--reuse] [--runs 200] [--json OUT]
+    nice -n 10 python -m bench.imagenet_import [--output_dir DIR] [--reuse] [--runs 200] [--json OUT]
 
 1. `python -m pipeline.import_tflite` on Google's uint8 V3-Small (ImageNet weights and ranges), calibration images
    from hymenoptera_data (any photos would do; labels unused), evaluation on ../shared/datasets/imagenet-samples;
@@ -116,19 +116,19 @@ def imagenet_import(options: Options, args: list[str]) -> None:
     latency = benchmark_models([ours, google], threads=[1, 2], runs=options.runs, warmup=20)
 
     def median(path, threads):
-        return next(r["median_ms"] for r in latency if r["model"] == path and r["threads"] == threads)
+        return next(r.median_ms for r in latency if r.model == path and r.threads == threads)
 
     print(f"\nmachine: {_common.machine()}  revision {_common.git_revision()}")
-    rows = [["Google uint8 (HARD_SWISH)", f"{100 * google_eval['top1']:.2f}", f"{100 * google_eval['top5']:.2f}", "-",
+    rows = [["Google uint8 (HARD_SWISH)", f"{100 * google_eval.top1:.2f}", f"{100 * google_eval.top5:.2f}", "-",
              f"{median(google, 1):.2f}", f"{median(google, 2):.2f}", "1.00"],
             ["ours int8 re-export (lowered" + (", distilled)" if imported["distilled_images"] else ")"),
-             f"{100 * ours_eval['top1']:.2f}", f"{100 * ours_eval['top5']:.2f}",
+             f"{100 * ours_eval.top1:.2f}", f"{100 * ours_eval.top5:.2f}",
              f"{100 * agreement:.1f}%", f"{median(ours, 1):.2f}", f"{median(ours, 2):.2f}",
              f"{median(ours, 1) / median(google, 1):.2f}"],
             ["ours float (Keras, imported weights)", f"{100 * imported['float_top1']:.2f}", "-", "-", "-", "-", "-"]]
     print(_common.table(["model", "top-1 %", "top-5 %", "top-1 agrees with Google", "1 thread ms", "2 threads ms",
                          "latency ratio (1 thread)"], rows))
-    print(f"top-1 gap to Google: {100 * (google_eval['top1'] - ours_eval['top1']):.2f} points; "
+    print(f"top-1 gap to Google: {100 * (google_eval.top1 - ours_eval.top1):.2f} points; "
           f"import + export took {import_seconds if import_seconds is None else round(import_seconds)} s")
     by_kernels = {}
     if options.kernels:

@@ -112,7 +112,9 @@ def latency(options: Options, args: list[str]) -> None:
         if size == 224:
             files = {"Google V3-Small uint8 (reference)": reference, **files}
         names = list(files)
-        results = benchmark_models([files[n] for n in names], threads=threads, runs=options.runs, warmup=options.warmup)
+        # As dicts: the rows gain the model's name and its p10 ratio for the table and the JSON.
+        results = [dataclasses.asdict(r) for r in benchmark_models([files[n] for n in names], threads=threads,
+                                                                    runs=options.runs, warmup=options.warmup)]
         info = {n: describe(files[n]) for n in names}
         rows = []
         # p10 ratio: the fast end of each distribution, less sensitive to other processes than the median.

@@ -236,7 +236,7 @@ def test_evaluate_bad_model_writes_no_json(tmp_path, capsys):
                     prog="tflite_export.evaluate")
     assert code == 2 and not out.exists()
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("evaluate: error:") and "not a TFLite model" in err[0]
+    assert len(err) == 1 and err[0].startswith("tflite_export.evaluate: error:") and "not a TFLite model" in err[0]
 
 
 def test_evaluate_reproduces_googles_v3_small_top1(shared):
