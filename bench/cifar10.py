@@ -132,7 +132,7 @@ def cifar10(options: Options, args: list[str]) -> int:
         archive = _common.shared_path("datasets", "cifar10-jpeg.tar.gz")
         root = os.path.join(_common.unpack_once(archive, "cifar10-jpeg"))
         if not os.path.isdir(os.path.join(root, "train")):
-            sys.exit(f"error: {root}/train missing after unpacking {archive}")
+            raise ValueError(f"{root}/train missing after unpacking {archive}")
         os.makedirs(output_dir, exist_ok=True)
         cmd = [sys.executable, "-m", "pipeline.train_and_export", "--variant", "small", "--alpha", "1.0",
                "--dataset", root, "--image_size", str(size), "--batch_size", str(options.batch_size),

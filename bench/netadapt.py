@@ -56,7 +56,8 @@ def netadapt(options: Options, args: list[str]) -> int:
     machine = _common.machine()
     if not options.report_only:
         if not os.path.exists(os.path.join(options.run_dir, FLOAT_MODEL_FILE)):
-            sys.exit(f"error: {options.run_dir} has no float_model.h5; train the start model first (see BENCHMARKS.md)")
+            raise ValueError(f"{options.run_dir} has no float_model.h5; train the start model first (see "
+                             "BENCHMARKS.md)")
         _common.unpack_once(_common.shared_path("datasets", "cifar10-jpeg.tar.gz"), "cifar10-jpeg")
         os.makedirs(options.output_dir, exist_ok=True)
         cmd = [sys.executable, "-m", "pipeline.netadapt", "--run_dir", options.run_dir,
@@ -79,7 +80,7 @@ def netadapt(options: Options, args: list[str]) -> int:
             sys.exit(f"error: pipeline.netadapt exited with {code}; see {log_path}")
     report_path = os.path.join(options.output_dir, "report.json")  # pipeline.netadapt's report, not a run's Report
     if not os.path.exists(report_path):
-        sys.exit(f"error: no report.json in {options.output_dir}")
+        raise ValueError(f"no report.json in {options.output_dir}")
     with open(report_path) as f:
         report = json.load(f)
     print(f"machine: {machine['cpu']} ({machine['isa']}), {machine['nproc']} cores, load "

@@ -158,7 +158,7 @@ def parse_process_configs(text: str) -> list[dict]:
             for item in part.split(","):
                 key, _, value = item.partition("=")
                 if key not in ("intra", "inter", "onednn") or not value.isdigit():
-                    sys.exit(f"error: --process_configs item {item!r}: expected intra=N, inter=N or onednn=0|1")
+                    raise ValueError(f"--process_configs item {item!r}: expected intra=N, inter=N or onednn=0|1")
                 config[key] = int(value)
         configs.append(config)
     return configs
@@ -206,7 +206,7 @@ def throughput(options: Options, args: list[str]) -> None:
     names = list(VARIANTS) if options.variants == "all" else [n.strip() for n in options.variants.split(",")]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
-        sys.exit(f"error: unknown --variants {unknown}; known: {', '.join(VARIANTS)}")
+        raise ValueError(f"unknown --variants {unknown}; known: {', '.join(VARIANTS)}")
     configs = parse_process_configs(options.process_configs)
     if options.intra is not None:
         tf.config.threading.set_intra_op_parallelism_threads(options.intra)

@@ -148,7 +148,7 @@ def transfer(options: Options, args: list[str]) -> None:
     names = [n.strip() for n in options.datasets.split(",") if n.strip()]
     unknown = sorted(set(names) - set(DATASETS))
     if unknown:
-        raise SystemExit(f"error: unknown data set(s) {', '.join(unknown)}; choose from {', '.join(DATASETS)}")
+        raise ValueError(f"unknown data set(s) {', '.join(unknown)}; choose from {', '.join(DATASETS)}")
     results = {"machine": _common.machine(), "revision": _common.git_revision(), "command": _common.command_line(),
                "datasets": {}}
     runs = os.path.join(_common.CACHE, "runs", f"transfer-{results['revision']}")

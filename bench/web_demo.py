@@ -60,7 +60,7 @@ class Options:
 def web_demo(options: Options, args: list[str]) -> None:
     model = (positional(args, "MODEL_OR_RUN_DIR", least=0) or [None])[0]
     if browser.missing():
-        raise SystemExit(f"error: missing {', '.join(browser.missing())}: run bash scripts/setup.sh")
+        raise ValueError(f"missing {', '.join(browser.missing())}: run bash scripts/setup.sh")
     from ai_edge_litert.interpreter import Interpreter
 
     machine = _common.machine()  # the load average at the start

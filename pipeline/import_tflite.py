@@ -210,7 +210,7 @@ def _distill(config: ImportConfig, qat_model, classes: int) -> int:
 
 def import_command(config: ImportConfig, args: list[str]) -> int:
     """The command; expected failures raise one-line errors."""
-    positional(args, "no positional arguments (every setting is a flag)", least=0, most=0)
+    positional(args, "no positional arguments: every setting is a flag", least=0, most=0)
     check_settings(config)
     check_writable_dir(config.output_dir, "--output_dir")
     check_folder_kind(config.output_dir, IMPORT_RUN, "--output_dir")

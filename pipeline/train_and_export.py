@@ -344,7 +344,7 @@ def run(config: RunConfig, distribution: distribute.Distribution) -> Report | No
 
 def train_and_export_command(config: RunConfig, args: list[str]) -> int:
     """The command: `config` as its flags give it (resolved here); expected failures raise one-line errors."""
-    positional(args, "no positional arguments (every setting is a flag)", least=0, most=0)
+    positional(args, "no positional arguments: every setting is a flag", least=0, most=0)
     set_progress(config.verbose > 0)
     config = config.resolved()
     # Before anything runs TensorFlow: a strategy configures the runtime (devices, the workers' collectives).

@@ -43,7 +43,9 @@ from tflite_export.files import atomic_write_json, check_writable_file, json_tex
 REQUIRED = dataclasses.MISSING
 STDOUT = "-"  # --json - : the JSON goes to stdout
 JSON_HELP = "Write the result as JSON to this file ('-': to stdout, instead of the text report)."
-HELP_FLAGS = {"--help": True, "-help": True, "--helpshort": True, "-?": True, "--helpfull": False, "-helpfull": False}
+# absl's help flags (and argparse's -h): True for the command's flags, False for every flag (--helpfull).
+HELP_FLAGS = {"--help": True, "-help": True, "--helpshort": True, "-?": True, "-h": True, "--helpfull": False,
+              "-helpfull": False}
 
 
 class UsageError(ValueError):
@@ -225,7 +227,7 @@ def positional(args: Sequence[str], what: str, *, least: int = 1, most: int | No
     if len(args) < least:
         raise UsageError(f"missing {what}")
     if most is not None and len(args) > most:
-        raise UsageError(f"unexpected arguments: {' '.join(args[most:])} (expected {what})")
+        raise UsageError(f"unexpected arguments: {' '.join(args[most:])} (this command takes {what})")
     return list(args)
 
 
