@@ -79,12 +79,15 @@ SPLIT_PENDING = {
     "pipeline/data.py": "the folder and TFDS loaders move out of the data set module",
 }
 MAX_LINES = 500
-# Every `python -m` command of the project: the modules of pipeline/, tflite_export/ and bench/ that run as a program.
+# Every `python -m` command of the project: the modules of pipeline/, tflite_export/ and bench/ that run as a program,
+# and their packages with a __main__.py.
 COMMANDS = tuple(sorted(
-    f"{package}.{path.stem}" for package in ("pipeline", "tflite_export", "bench")
-    for path in (REPO / package).glob("*.py")
-    if re.search(r'^if __name__ == "__main__":', path.read_text(encoding="utf-8"), re.M)
-    and path.stem != "xnnpack_child"))  # a child process of tflite_export.verify, not a command
+    [f"{package}.{path.stem}" for package in ("pipeline", "tflite_export", "bench")
+     for path in (REPO / package).glob("*.py")
+     if re.search(r'^if __name__ == "__main__":', path.read_text(encoding="utf-8"), re.M)
+     and path.stem != "xnnpack_child"]  # a child process of tflite_export.verify, not a command
+    + [f"{package}.{path.parent.name}" for package in ("pipeline", "tflite_export", "bench")
+       for path in (REPO / package).glob("*/__main__.py")]))
 # Commands not yet on the shared entry (tflite_export.command), and why.
 COMMAND_PENDING = {"pipeline.netadapt": "its split into a package moves its command onto tflite_export.command"}
 
