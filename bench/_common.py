@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import platform
 import subprocess
 import sys
 import tarfile
 from typing import TYPE_CHECKING
+
+from tflite_export import command
 
 if TYPE_CHECKING:
     from pipeline.report import Report
@@ -103,9 +104,9 @@ def table(headers: list[str], rows: list[list]) -> str:
 
 
 def write_json(path: str | None, payload: dict) -> None:
-    if path:
-        with open(path, "w") as f:
-            json.dump(payload, f, indent=2, default=str)
+    """--json: the results to PATH, or to stdout for `-` (tflite_export.command's rule for every command)."""
+    command.write_json(path, payload)
+    if path and path != command.STDOUT:
         print(f"json: {path}")
 
 

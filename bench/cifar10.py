@@ -11,7 +11,7 @@ use a fresh --output_dir for a fresh measurement.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import os
 import re
 import resource
@@ -21,23 +21,23 @@ import time
 
 from bench import _common
 from pipeline.schema import to_json_dict
+from tflite_export.command import Command, run_command, setting
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--image_size", type=int, default=64)
-    p.add_argument("--batch_size", type=int, default=128)
-    p.add_argument("--float_epochs", type=int, default=50)
-    p.add_argument("--qat_epochs", type=int, default=6)
-    p.add_argument("--freeze_bn_epochs", type=int, default=2)
-    p.add_argument("--learning_rate", type=float, default=0.2,
-                   help="0.1 at batch 64 (pipeline default), scaled linearly")
-    p.add_argument("--output_dir", default=None,
-                   help="default ~/.cache/mobilenet-bench/runs/cifar10-small-<size>-e<float_epochs>")
-    p.add_argument("--report_only", action="store_true", help="only print the table from an existing output_dir")
-    p.add_argument("--json", default=None, help="also write the results here")
-    p.add_argument("extra", nargs="*", help="more pipeline flags after --, e.g. -- --seed 1")
-    return p.parse_args(argv)
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """The flags of `python -m bench.cifar10`; more pipeline flags go after `--` (e.g. `-- --seed 1`)."""
+
+    image_size: int = setting(64, "Input resolution.")
+    batch_size: int = setting(128, "Training batch size.")
+    float_epochs: int = setting(50, "Float training epochs.")
+    qat_epochs: int = setting(6, "QAT epochs.")
+    freeze_bn_epochs: int = setting(2, "Last QAT epochs with BatchNorm frozen.")
+    learning_rate: float = setting(0.2, "0.1 at batch 64 (pipeline default), scaled linearly.")
+    output_dir: str | None = setting(None, "The run folder (default ~/.cache/mobilenet-bench/runs/"
+                                     "cifar10-small-<size>-e<float_epochs>).")
+    report_only: bool = setting(False, "Only print the table from an existing output_dir.")
+    json: str | None = setting(None, "Also write the results here ('-': to stdout).")
 
 
 def stage_curves(log_path: str) -> dict[str, list[float]]:
@@ -123,22 +123,22 @@ def print_table(r: dict) -> None:
         print(f"int8 latency {row['threads']} thread(s): {row['median_ms']:.2f} ms median")
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    size = args.image_size
-    output_dir = args.output_dir or os.path.join(_common.CACHE, "runs", f"cifar10-small-{size}-e{args.float_epochs}")
+def cifar10(options: Options, args: list[str]) -> int:
+    size = options.image_size
+    output_dir = options.output_dir or os.path.join(_common.CACHE, "runs",
+                                                    f"cifar10-small-{size}-e{options.float_epochs}")
     extra = {}
-    if not args.report_only:
+    if not options.report_only:
         archive = _common.shared_path("datasets", "cifar10-jpeg.tar.gz")
         root = os.path.join(_common.unpack_once(archive, "cifar10-jpeg"))
         if not os.path.isdir(os.path.join(root, "train")):
-            sys.exit(f"error: {root}/train missing after unpacking {archive}")
+            raise ValueError(f"{root}/train missing after unpacking {archive}")
         os.makedirs(output_dir, exist_ok=True)
         cmd = [sys.executable, "-m", "pipeline.train_and_export", "--variant", "small", "--alpha", "1.0",
-               "--dataset", root, "--image_size", str(size), "--batch_size", str(args.batch_size),
-               "--float_epochs", str(args.float_epochs), "--qat_epochs", str(args.qat_epochs),
-               "--freeze_bn_epochs", str(args.freeze_bn_epochs), "--learning_rate", str(args.learning_rate),
-               "--output_dir", output_dir, *args.extra]
+               "--dataset", root, "--image_size", str(size), "--batch_size", str(options.batch_size),
+               "--float_epochs", str(options.float_epochs), "--qat_epochs", str(options.qat_epochs),
+               "--freeze_bn_epochs", str(options.freeze_bn_epochs), "--learning_rate", str(options.learning_rate),
+               "--output_dir", output_dir, *args]
         print("command:", " ".join(cmd), flush=True)
         print("log:", os.path.join(output_dir, "run.log"), flush=True)
         machine, revision = _common.machine(), _common.git_revision()  # at the start of the run
@@ -152,9 +152,11 @@ def main(argv=None):
             print(f"pipeline exited with code {code}; see {output_dir}/run.log", file=sys.stderr)
     result = summarize(output_dir, extra)
     print_table(result)
-    _common.write_json(args.json or (os.path.join(output_dir, "bench_cifar10.json") if not args.report_only else None),
-                       result)
+    default_json = None if options.report_only else os.path.join(output_dir, "bench_cifar10.json")
+    _common.write_json(options.json or default_json, result)
 
+
+main = Command("bench.cifar10", Options, cifar10)
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -7,25 +7,30 @@ epochs) in a fresh output folder: wall time (start-up included), peak RSS, float
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import os
 import shutil
 import sys
 
 from bench import _common
 from pipeline.schema import to_json_dict
+from tflite_export.command import Command, run_command, setting
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output_dir", default=os.path.join(_common.CACHE, "runs", "default"))
-    p.add_argument("--json", default=None)
-    args = p.parse_args(argv)
-    if os.path.exists(args.output_dir):
-        shutil.rmtree(args.output_dir)  # a rerun would resume/skip stages: always measure from scratch
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """The flags of `python -m bench.default_run`."""
+
+    output_dir: str = setting(os.path.join(_common.CACHE, "runs", "default"), "The run folder (emptied first).")
+    json: str | None = setting(None, "Write the results as JSON here ('-': to stdout).")
+
+
+def default_run(options: Options, args: list[str]) -> None:
+    if os.path.exists(options.output_dir):
+        shutil.rmtree(options.output_dir)  # a rerun would resume/skip stages: always measure from scratch
     machine = _common.machine()
-    run = _common.run_pipeline(["--variant", "small"], args.output_dir)
-    report = _common.load_report(args.output_dir)
+    run = _common.run_pipeline(["--variant", "small"], options.output_dir)
+    report = _common.load_report(options.output_dir)
     if run["exit_code"] or report is None:
         sys.exit(f"pipeline failed (exit {run['exit_code']}); see {run['log']}")
     fl = report.accuracy.float_keras
@@ -47,10 +52,12 @@ def main(argv=None):
     print(f"machine: {machine['cpu']}, {machine['nproc']} cores, load average at start "
           f"{machine.get('loadavg_at_start')}, "
           f"{machine['date']}")
-    _common.write_json(args.json, {"machine": machine, "revision": _common.git_revision(), "run": run,
+    _common.write_json(options.json, {"machine": machine, "revision": _common.git_revision(), "run": run,
                                    "float_top1": fl, "int8_top1": q8, "report": to_json_dict(report),
                                    "checks": {n: ok for n, ok in checks}})
 
 
+main = Command("bench.default_run", Options, default_run)
+
 if __name__ == "__main__":
-    main()
+    run_command(main)

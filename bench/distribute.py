@@ -17,27 +17,30 @@ Logical CPU devices share the same cores and thread pools, so this measures the 
 
 from __future__ import annotations
 
-import argparse
-import json
+import dataclasses
 import statistics
 import time
 
 from keras_models import backend  # noqa: F401  (before TensorFlow)
 from pipeline import distribute
+from tflite_export.command import Command, run_command, setting
 
 CONFIGS = ("default", "default sync-BN", "mirrored", "mirrored sync-BN")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--image_size", type=int, default=64)
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--alpha", type=float, default=1.0)
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--json", default=None)
-    args = parser.parse_args()
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """The flags of `python -m bench.distribute`."""
 
+    image_size: int = setting(64, "Input resolution.")
+    batch_size: int = setting(64, "Global batch size.")
+    alpha: float = setting(1.0, "Width multiplier.")
+    rounds: int = setting(4, "Alternating rounds.")
+    steps: int = setting(5, "Timed steps per strategy and round.")
+    json: str | None = setting(None, "Write the results as JSON here ('-': to stdout).")
+
+
+def measure(options: Options, args: list[str]) -> None:
     distribute.split_cpu(2)  # before anything starts TensorFlow's runtime
 
     import keras_models
@@ -47,8 +50,8 @@ def main() -> None:
     from pipeline.train import Recipe, compile_model, one_hot
 
     machine = _common.machine()
-    data = load_dataset("synthetic", image_size=args.image_size, batch_size=args.batch_size,
-                        synthetic_size=(max(512, args.batch_size * 4), 8))
+    data = load_dataset("synthetic", image_size=options.image_size, batch_size=options.batch_size,
+                        synthetic_size=(max(512, options.batch_size * 4), 8))
     train = one_hot(data.train, len(data.class_names)).repeat()
     mirrored = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
     runs = {}
@@ -56,8 +59,8 @@ def main() -> None:
         strategy = mirrored if name.startswith("mirrored") else tf.distribute.get_strategy()
         with strategy.scope():
             keras.utils.set_random_seed(0)
-            model = keras_models.build("small", input_shape=(args.image_size, args.image_size, 3), alpha=args.alpha,
-                                       num_classes=len(data.class_names))
+            model = keras_models.build("small", input_shape=(options.image_size, options.image_size, 3),
+                                       alpha=options.alpha, num_classes=len(data.class_names))
             if name.endswith("sync-BN"):
                 distribute.synchronize_batch_norm(model)
             compile_model(model, Recipe(), steps_per_epoch=100, epochs=10)
@@ -70,30 +73,30 @@ def main() -> None:
         runs[name] = (train_function, iterator)
 
     rates = {name: [] for name in CONFIGS}
-    for r in range(args.rounds):
+    for r in range(options.rounds):
         order = CONFIGS[r % len(CONFIGS):] + CONFIGS[:r % len(CONFIGS)]
         for name in order:
             train_function, iterator = runs[name]
             started = time.perf_counter()
-            for _ in range(args.steps):
+            for _ in range(options.steps):
                 logs = train_function(iterator)
             _ = {k: float(v) for k, v in logs.items()}  # waits for the last step
-            rates[name].append(args.steps * args.batch_size / (time.perf_counter() - started))
+            rates[name].append(options.steps * options.batch_size / (time.perf_counter() - started))
         print(f"round {r + 1}: " + ", ".join(f"{n} {rates[n][-1]:.0f} img/s" for n in CONFIGS), flush=True)
 
     rows = []
     for name in CONFIGS:
         ratio = statistics.median(a / b for a, b in zip(rates[name], rates["default"]))
         rows.append([name, f"{statistics.median(rates[name]):.0f}", f"{ratio:.2f}x"])
-    print(f"\nV3-Small {args.alpha:g} at {args.image_size} px, global batch {args.batch_size}, "
-          f"{args.rounds} rounds x {args.steps} steps; CPU {machine['cpu']} ({machine['nproc']} cores, ISA "
+    print(f"\nV3-Small {options.alpha:g} at {options.image_size} px, global batch {options.batch_size}, "
+          f"{options.rounds} rounds x {options.steps} steps; CPU {machine['cpu']} ({machine['nproc']} cores, ISA "
           f"{machine['isa']}), load average at start {machine.get('loadavg_at_start')}, revision "
           f"{_common.git_revision()}, {machine['date']}")
     print(_common.table(["configuration", "images/s (median)", "vs default"], rows))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "machine": machine, "images_per_s": rates}, f, indent=1)
+    _common.write_json(options.json, {"args": dataclasses.asdict(options), "machine": machine, "images_per_s": rates})
 
+
+main = Command("bench.distribute", Options, measure)
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -1,6 +1,6 @@
 """Issue #12 must-show: our re-export of Google's V3-Small (pipeline.import_tflite) vs Google's file, side by side.
 
-    nice -n 10 python -m bench.imagenet_import [--out DIR] [--reuse] [--runs 200] [--json OUT]
+    nice -n 10 python -m bench.imagenet_import [--output_dir DIR] [--reuse] [--runs 200] [--json OUT]
 
 1. `python -m pipeline.import_tflite` on Google's uint8 V3-Small (ImageNet weights and ranges), calibration images
    from hymenoptera_data (any photos would do; labels unused), evaluation on ../shared/datasets/imagenet-samples;
@@ -15,7 +15,7 @@
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -26,6 +26,7 @@ import numpy as np
 
 from bench import _common
 from keras_models import backend  # noqa: F401  (before TensorFlow)
+from tflite_export.command import Command, run_command, setting
 
 
 def eval_pixels(items: list) -> np.ndarray:
@@ -67,38 +68,41 @@ def paired_difference(ours_right: np.ndarray, google_right: np.ndarray) -> dict:
             "interval_95": [difference - 1.96 * standard_error, difference + 1.96 * standard_error]}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.imagenet_import", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=os.path.join(_common.CACHE, "imagenet-small"))
-    parser.add_argument("--reuse", action="store_true", help="keep an existing export in --out")
-    parser.add_argument("--runs", type=int, default=200)
-    parser.add_argument("--distill", action="store_true",
-                        help="import with --distill_dir hymenoptera_data (the int8 model fine-tuned on the file's "
-                             "outputs)")
-    parser.add_argument("--kernels", action="store_true",
-                        help="also score both files under XNNPACK, the builtin and the reference kernels (minutes)")
-    parser.add_argument("--json")
-    args = parser.parse_args()
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """The flags of `python -m bench.imagenet_import`."""
+
+    output_dir: str = setting(os.path.join(_common.CACHE, "imagenet-small"), "The import's folder.")
+    reuse: bool = setting(False, "Keep an existing export in --output_dir.")
+    runs: int = setting(200, "Timed LiteRT runs per model and thread count.")
+    distill: bool = setting(False, "Import with --distill_dir hymenoptera_data (the int8 model fine-tuned on the "
+                            "file's outputs).")
+    kernels: bool = setting(False, "Also score both files under XNNPACK, the builtin and the reference kernels "
+                            "(minutes).")
+    json: str | None = setting(None, "Write the results as JSON here ('-': to stdout).")
+
+
+def imagenet_import(options: Options, args: list[str]) -> None:
 
     from tflite_export.benchmark import benchmark_models
     from tflite_export.evaluate import discover_dataset, evaluate_tflite
 
     google = _common.reference_v3_small()
     samples = _common.shared_path("datasets", "imagenet-samples")
-    ours = os.path.join(args.out, "model.tflite")
+    ours = os.path.join(options.output_dir, "model.tflite")
     import_seconds = None
-    if not (args.reuse and os.path.exists(ours)):
+    if not (options.reuse and os.path.exists(ours)):
         cmd = [sys.executable, "-m", "pipeline.import_tflite", "--weights", google,
                "--labels", _common.shared_path("labels", "imagenet_classes.txt"),
                "--calibration_dir", _common.shared_path("datasets", "hymenoptera_data"),
-               "--eval_dir", samples, "--output_dir", args.out]
-        if args.distill:
+               "--eval_dir", samples, "--output_dir", options.output_dir]
+        if options.distill:
             cmd += ["--distill_dir", _common.shared_path("datasets", "hymenoptera_data")]
         print("command:", " ".join(cmd), flush=True)
         started = time.perf_counter()
         subprocess.run(cmd, cwd=_common.REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         import_seconds = time.perf_counter() - started
-    with open(os.path.join(args.out, "import_report.json")) as f:
+    with open(os.path.join(options.output_dir, "import_report.json")) as f:
         imported = json.load(f)
 
     items = discover_dataset(samples).items
@@ -109,25 +113,25 @@ def main() -> None:
     google_top1 = top1_predictions(google, pixels) - 1  # background class at 0
     agreement = float(np.mean(ours_top1 == google_top1))
     paired = paired_difference(ours_top1 == truth, google_top1 == truth)
-    latency = benchmark_models([ours, google], threads=[1, 2], runs=args.runs, warmup=20)
+    latency = benchmark_models([ours, google], threads=[1, 2], runs=options.runs, warmup=20)
 
     def median(path, threads):
-        return next(r["median_ms"] for r in latency if r["model"] == path and r["threads"] == threads)
+        return next(r.median_ms for r in latency if r.model == path and r.threads == threads)
 
     print(f"\nmachine: {_common.machine()}  revision {_common.git_revision()}")
-    rows = [["Google uint8 (HARD_SWISH)", f"{100 * google_eval['top1']:.2f}", f"{100 * google_eval['top5']:.2f}", "-",
+    rows = [["Google uint8 (HARD_SWISH)", f"{100 * google_eval.top1:.2f}", f"{100 * google_eval.top5:.2f}", "-",
              f"{median(google, 1):.2f}", f"{median(google, 2):.2f}", "1.00"],
             ["ours int8 re-export (lowered" + (", distilled)" if imported["distilled_images"] else ")"),
-             f"{100 * ours_eval['top1']:.2f}", f"{100 * ours_eval['top5']:.2f}",
+             f"{100 * ours_eval.top1:.2f}", f"{100 * ours_eval.top5:.2f}",
              f"{100 * agreement:.1f}%", f"{median(ours, 1):.2f}", f"{median(ours, 2):.2f}",
              f"{median(ours, 1) / median(google, 1):.2f}"],
             ["ours float (Keras, imported weights)", f"{100 * imported['float_top1']:.2f}", "-", "-", "-", "-", "-"]]
     print(_common.table(["model", "top-1 %", "top-5 %", "top-1 agrees with Google", "1 thread ms", "2 threads ms",
                          "latency ratio (1 thread)"], rows))
-    print(f"top-1 gap to Google: {100 * (google_eval['top1'] - ours_eval['top1']):.2f} points; "
+    print(f"top-1 gap to Google: {100 * (google_eval.top1 - ours_eval.top1):.2f} points; "
           f"import + export took {import_seconds if import_seconds is None else round(import_seconds)} s")
     by_kernels = {}
-    if args.kernels:
+    if options.kernels:
         by_kernels = {"google": top1_by_kernels(google, pixels, truth), "ours": top1_by_kernels(ours, pixels, truth)}
         print(_common.table(["top-1 % by LiteRT kernels", *by_kernels["google"]],
                             [[name, *(f"{100 * v:.2f}" for v in values.values())]
@@ -137,11 +141,13 @@ def main() -> None:
     print(f"paired: Google's file alone is right on {paired['only_google_right']} photos, ours alone on "
           f"{paired['only_ours_right']}: Google - ours = {100 * paired['difference']:.2f} points, 95% interval "
           f"[{100 * low:.2f}, {100 * high:.2f}]")
-    _common.write_json(args.json, {"machine": _common.machine(), "revision": _common.git_revision(),
+    _common.write_json(options.json, {"machine": _common.machine(), "revision": _common.git_revision(),
                                    "ours": ours_eval, "google": google_eval, "agreement": agreement,
                                    "paired": paired, "top1_by_kernels": by_kernels,
                                    "latency": latency, "import": imported, "import_seconds": import_seconds})
 
 
+main = Command("bench.imagenet_import", Options, imagenet_import, renamed={"out": "output_dir"})
+
 if __name__ == "__main__":
-    main()
+    run_command(main)

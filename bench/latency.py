@@ -16,7 +16,7 @@ Ratios are medians relative to Google's reference (224) or to our float model (o
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import os
 import tempfile
 
@@ -25,6 +25,7 @@ import numpy as np
 from bench import _common
 from keras_models import backend  # noqa: F401  (before TensorFlow)
 from keras_models.backend import tf
+from tflite_export.command import Command, run_command, setting
 
 
 def float_tflite(model) -> bytes:
@@ -84,30 +85,36 @@ def describe(path: str) -> dict:
             "op_histogram": a.op_histogram}
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", default="224,64")
-    p.add_argument("--threads", default="1,2")
-    p.add_argument("--runs", type=int, default=200)
-    p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--keep", default=None, help="keep the .tflite files in this folder (default: temporary)")
-    p.add_argument("--json", default=None)
-    args = p.parse_args(argv)
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """The flags of `python -m bench.latency`."""
+
+    sizes: str = setting("224,64", "Comma-separated input sizes.")
+    threads: str = setting("1,2", "Comma-separated LiteRT thread counts.")
+    runs: int = setting(200, "Timed runs per model and thread count.")
+    warmup: int = setting(20, "Untimed warm-up runs.")
+    keep: str | None = setting(None, "Keep the .tflite files in this folder (default: temporary).")
+    json: str | None = setting(None, "Write the results as JSON here ('-': to stdout).")
+
+
+def latency(options: Options, args: list[str]) -> None:
     from tflite_export.benchmark import benchmark_models
 
     reference = _common.reference_v3_small()
-    sizes = [int(s) for s in args.sizes.split(",")]
-    threads = [int(t) for t in args.threads.split(",")]
+    sizes = [int(s) for s in options.sizes.split(",")]
+    threads = [int(t) for t in options.threads.split(",")]
     machine = _common.machine()
     out = {"machine": machine, "revision": _common.git_revision(), "command": _common.command_line(), "sizes": {}}
-    workdir = args.keep or tempfile.mkdtemp(prefix="bench-latency-")
+    workdir = options.keep or tempfile.mkdtemp(prefix="bench-latency-")
     os.makedirs(workdir, exist_ok=True)
     for size in sizes:
         files = build_models(size, 1001 if size == 224 else 10, workdir)
         if size == 224:
             files = {"Google V3-Small uint8 (reference)": reference, **files}
         names = list(files)
-        results = benchmark_models([files[n] for n in names], threads=threads, runs=args.runs, warmup=args.warmup)
+        # As dicts: the rows gain the model's name and its p10 ratio for the table and the JSON.
+        results = [dataclasses.asdict(r) for r in benchmark_models([files[n] for n in names], threads=threads,
+                                                                    runs=options.runs, warmup=options.warmup)]
         info = {n: describe(files[n]) for n in names}
         rows = []
         # p10 ratio: the fast end of each distribution, less sensitive to other processes than the median.
@@ -122,8 +129,8 @@ def main(argv=None):
                          ", ".join(f"{k} {v}" for k, v in sorted(d["undelegated"].items())) or "-"])
             r["name"] = name
         base = "Google ref" if size == 224 else "ours float32"
-        print(f"\n{size}x{size} px, {args.runs} interleaved runs after {args.warmup} warm-up, ratio vs {base} (same "
-              "thread count)")
+        print(f"\n{size}x{size} px, {options.runs} interleaved runs after {options.warmup} warm-up, ratio vs {base} "
+              "(same thread count)")
         print(_common.table(["model", "threads", "median ms", "p10-p90 ms", f"median ratio vs {base}", "p10 ratio",
                              "KiB", "HARD_SWISH",
                              "XNNPACK partitions", "not delegated"], rows))
@@ -142,8 +149,10 @@ def main(argv=None):
     print(f"\nmachine: {machine['cpu']} ({machine['isa']}), {machine['nproc']} cores, load average at start "
           f"{machine.get('loadavg_at_start')}, "
           f"{machine['date']}")
-    _common.write_json(args.json, out)
+    _common.write_json(options.json, out)
 
+
+main = Command("bench.latency", Options, latency)
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

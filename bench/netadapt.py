@@ -17,7 +17,7 @@ images; latency is timed on this machine, 1 thread, each file as a pair with the
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -26,47 +26,50 @@ import time
 
 from bench import _common
 from pipeline.config import FLOAT_MODEL_FILE
+from tflite_export.command import Command, run_command, setting
 
 START_RUN = os.path.join(_common.CACHE, "runs", "cifar10-imagenet-96")
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run_dir", default=START_RUN, help="the trained start run")
-    p.add_argument("--output_dir", default=os.path.join(_common.CACHE, "netadapt", "cifar10-64"))
-    p.add_argument("--image_size", type=int, default=64)
-    p.add_argument("--start_steps", type=int, default=200)
-    p.add_argument("--finetune_steps", type=int, default=40)
-    p.add_argument("--delta_ratio", type=float, default=0.05)
-    p.add_argument("--final_steps", type=int, default=200)
-    p.add_argument("--qat_steps", type=int, default=100)
-    p.add_argument("--target_alpha", type=float, default=0.75,
-                   help="search until the latency of this width multiplier (a finished search rerun with a lower one "
-                        "goes on from where it stopped)")
-    p.add_argument("--max_iterations", type=int, default=30,
-                   help="stop the search there (the 2026-11-30 run: 1, for lack of time; see BENCHMARKS.md)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--report_only", action="store_true")
-    p.add_argument("--json", default=None, help="also write the results here")
-    return p.parse_args(argv)
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """The flags of `python -m bench.netadapt`."""
+
+    run_dir: str = setting(START_RUN, "The trained start run.")
+    output_dir: str = setting(os.path.join(_common.CACHE, "netadapt", "cifar10-64"), "The search's folder.")
+    image_size: int = setting(64, "Input resolution.")
+    start_steps: int = setting(200, "pipeline.netadapt --start_steps.")
+    finetune_steps: int = setting(40, "pipeline.netadapt --finetune_steps.")
+    delta_ratio: float = setting(0.05, "pipeline.netadapt --delta_ratio.")
+    final_steps: int = setting(200, "pipeline.netadapt --final_steps.")
+    qat_steps: int = setting(100, "pipeline.netadapt --qat_steps.")
+    target_alpha: float = setting(0.75, "Search until the latency of this width multiplier (a finished search rerun "
+                                  "with a lower one goes on from where it stopped).")
+    max_iterations: int = setting(30, "Stop the search there (the 2026-11-30 run: 1, for lack of time; see "
+                                  "BENCHMARKS.md).")
+    seed: int = setting(0, "Random seed.")
+    report_only: bool = setting(False, "Only print the table from an existing --output_dir.")
+    json: str | None = setting(None, "Also write the results here ('-': to stdout).")
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def netadapt(options: Options, args: list[str]) -> int:
     machine = _common.machine()
-    if not args.report_only:
-        if not os.path.exists(os.path.join(args.run_dir, FLOAT_MODEL_FILE)):
-            sys.exit(f"error: {args.run_dir} has no float_model.h5; train the start model first (see BENCHMARKS.md)")
+    if not options.report_only:
+        if not os.path.exists(os.path.join(options.run_dir, FLOAT_MODEL_FILE)):
+            raise ValueError(f"{options.run_dir} has no float_model.h5; train the start model first (see "
+                             "BENCHMARKS.md)")
         _common.unpack_once(_common.shared_path("datasets", "cifar10-jpeg.tar.gz"), "cifar10-jpeg")
-        os.makedirs(args.output_dir, exist_ok=True)
-        cmd = [sys.executable, "-m", "pipeline.netadapt", "--run_dir", args.run_dir, "--output_dir", args.output_dir,
-               "--image_size", str(args.image_size), "--start_steps", str(args.start_steps),
-               "--finetune_steps", str(args.finetune_steps), "--delta_ratio", str(args.delta_ratio),
-               "--latency_rounds", "2", "--latency_runs", "1000", "--target_alpha", str(args.target_alpha),
+        os.makedirs(options.output_dir, exist_ok=True)
+        cmd = [sys.executable, "-m", "pipeline.netadapt", "--run_dir", options.run_dir,
+               "--output_dir", options.output_dir,
+               "--image_size", str(options.image_size), "--start_steps", str(options.start_steps),
+               "--finetune_steps", str(options.finetune_steps), "--delta_ratio", str(options.delta_ratio),
+               "--latency_rounds", "2", "--latency_runs", "1000", "--target_alpha", str(options.target_alpha),
                "--alphas", "0.75,0.5",
-               "--final_steps", str(args.final_steps), "--qat_steps", str(args.qat_steps), "--seed", str(args.seed),
-               "--max_iterations", str(args.max_iterations)]
-        log_path = os.path.join(args.output_dir, "run.log")
+               "--final_steps", str(options.final_steps), "--qat_steps", str(options.qat_steps),
+               "--seed", str(options.seed),
+               "--max_iterations", str(options.max_iterations)]
+        log_path = os.path.join(options.output_dir, "run.log")
         print("command:", " ".join(cmd), "\nlog:", log_path, flush=True)
         started = time.perf_counter()
         with open(log_path, "a") as log:
@@ -75,9 +78,9 @@ def main(argv=None) -> int:
         machine["loadavg_at_end"] = os.getloadavg()
         if code:
             sys.exit(f"error: pipeline.netadapt exited with {code}; see {log_path}")
-    report_path = os.path.join(args.output_dir, "report.json")  # pipeline.netadapt's report, not a run's Report
+    report_path = os.path.join(options.output_dir, "report.json")  # pipeline.netadapt's report, not a run's Report
     if not os.path.exists(report_path):
-        sys.exit(f"error: no report.json in {args.output_dir}")
+        raise ValueError(f"no report.json in {options.output_dir}")
     with open(report_path) as f:
         report = json.load(f)
     print(f"machine: {machine['cpu']} ({machine['isa']}), {machine['nproc']} cores, load "
@@ -91,9 +94,11 @@ def main(argv=None) -> int:
              f"{r['madds'] / 1e6:.1f}"] for r in report["results"]]
     print(_common.table(["model", "int8 ms (1 thread)", "x start", "int8 top-1 %", "float top-1 %", "MnasNet reward",
                          "steps (search+float+QAT)", "params", "MAdds (M)"], rows))
-    _common.write_json(args.json, {"machine": machine, "report": report})
+    _common.write_json(options.json, {"machine": machine, "report": report})
     return 0
 
 
+main = Command("bench.netadapt", Options, netadapt)
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

@@ -9,7 +9,7 @@ reused, in which case the pipeline resumes/skips finished stages).
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import os
 import shutil
 import sys
@@ -17,6 +17,7 @@ import sys
 from bench import _common
 from pipeline.config import FLOAT_MODEL_FILE
 from pipeline.schema import to_json_dict
+from tflite_export.command import Command, run_command, setting
 
 
 def batch_norm_probe(output_dir: str, dataset: str, image_size: int) -> dict:
@@ -53,29 +54,32 @@ def print_probe(probe: dict) -> None:
                          for k, v in probe.items()]))
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--image_size", type=int, default=128)
-    p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--float_epochs", type=int, default=30)
-    p.add_argument("--qat_epochs", type=int, default=3)
-    p.add_argument("--learning_rate", type=float, default=0.05, help="pipeline default 0.1 at batch 64, scaled to 32")
-    p.add_argument("--output_dir", default=None)
-    p.add_argument("--json", default=None)
-    p.add_argument("--probe_only", action="store_true",
-                   help="only run the BatchNorm probe on the float model of an existing --output_dir")
-    p.add_argument("extra", nargs="*")
-    args = p.parse_args(argv)
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """The flags of `python -m bench.photos`; more pipeline flags go after `--`."""
+
+    image_size: int = setting(128, "Input resolution.")
+    batch_size: int = setting(32, "Training batch size.")
+    float_epochs: int = setting(30, "Float training epochs.")
+    qat_epochs: int = setting(3, "QAT epochs.")
+    learning_rate: float = setting(0.05, "Pipeline default 0.1 at batch 64, scaled to 32.")
+    output_dir: str | None = setting(None, "The run folder (default ~/.cache/mobilenet-bench/runs/photos-<size>).")
+    json: str | None = setting(None, "Write the results as JSON here ('-': to stdout).")
+    probe_only: bool = setting(False, "Only run the BatchNorm probe on the float model of an existing --output_dir.")
+
+
+def photos(options: Options, args: list[str]) -> None:
     data = _common.shared_path("datasets", "hymenoptera_data")
-    output_dir = args.output_dir or os.path.join(_common.CACHE, "runs", f"photos-{args.image_size}")
-    if args.probe_only:
-        print_probe(batch_norm_probe(output_dir, data, args.image_size))
+    output_dir = options.output_dir or os.path.join(_common.CACHE, "runs", f"photos-{options.image_size}")
+    if options.probe_only:
+        print_probe(batch_norm_probe(output_dir, data, options.image_size))
         return
-    if args.output_dir is None and os.path.exists(output_dir):
+    if options.output_dir is None and os.path.exists(output_dir):
         shutil.rmtree(output_dir)  # fresh measurement (the pipeline would skip finished stages)
-    flags = ["--variant", "small", "--dataset", data, "--image_size", str(args.image_size), "--batch_size",
-             str(args.batch_size), "--float_epochs", str(args.float_epochs), "--qat_epochs", str(args.qat_epochs),
-             "--learning_rate", str(args.learning_rate), *args.extra]
+    flags = ["--variant", "small", "--dataset", data, "--image_size", str(options.image_size), "--batch_size",
+             str(options.batch_size), "--float_epochs", str(options.float_epochs),
+             "--qat_epochs", str(options.qat_epochs),
+             "--learning_rate", str(options.learning_rate), *args]
     machine = _common.machine()  # date and load average at the start
     run = _common.run_pipeline(flags, output_dir)
     report = _common.load_report(output_dir)
@@ -84,17 +88,17 @@ def main(argv=None):
     d = report.data
     print(f"\nhymenoptera_data ({', '.join(d.classes)}): {d.num_train} train / {d.num_eval} "
           f"{d.eval_split}, "
-          f"V3-Small 1.0 from scratch at {args.image_size} px, {args.float_epochs} float + {args.qat_epochs} QAT "
-          "epochs")
+          f"V3-Small 1.0 from scratch at {options.image_size} px, {options.float_epochs} float + "
+          f"{options.qat_epochs} QAT epochs")
     print(_common.table(["model", f"top-1 % on {d.num_eval} val photos"], _common.accuracy_rows(report)))
     print(f"time: wall {run['wall_seconds']:.0f} s (pipeline {report.seconds_total:.0f} s), "
           f"peak RSS {run['peak_rss_gib']:.2f} GiB, skipped files {len(d.skipped_files)}")
-    probe = batch_norm_probe(output_dir, data, args.image_size)
+    probe = batch_norm_probe(output_dir, data, options.image_size)
     print_probe(probe)
     print(f"machine: {machine['cpu']}, {machine['nproc']} cores, load average at start "
           f"{machine.get('loadavg_at_start')}, "
           f"started {machine['date']}")
-    _common.write_json(args.json, {"machine": machine, "revision": _common.git_revision(), "run": run,
+    _common.write_json(options.json, {"machine": machine, "revision": _common.git_revision(), "run": run,
                                    "accuracy": to_json_dict(report.accuracy),
                                    "export_accuracy": to_json_dict(report.export.accuracy),
                                    "data": to_json_dict(d), "config": to_json_dict(report.config),
@@ -102,5 +106,7 @@ def main(argv=None):
                                    "batch_norm_probe": probe})
 
 
+main = Command("bench.photos", Options, photos)
+
 if __name__ == "__main__":
-    main()
+    run_command(main)

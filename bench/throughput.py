@@ -25,7 +25,6 @@ only as comparable as the machine's load allows (the load average is recorded fo
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -39,6 +38,7 @@ import numpy as np
 from bench import _common
 from keras_models import backend  # noqa: F401  (before TensorFlow)
 from keras_models.backend import keras, tf
+from tflite_export.command import Command, run_command, setting
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,13 +158,13 @@ def parse_process_configs(text: str) -> list[dict]:
             for item in part.split(","):
                 key, _, value = item.partition("=")
                 if key not in ("intra", "inter", "onednn") or not value.isdigit():
-                    sys.exit(f"error: --process_configs item {item!r}: expected intra=N, inter=N or onednn=0|1")
+                    raise ValueError(f"--process_configs item {item!r}: expected intra=N, inter=N or onednn=0|1")
                 config[key] = int(value)
         configs.append(config)
     return configs
 
 
-def run_process_configs(configs: list[dict], args) -> list[dict]:
+def run_process_configs(configs: list[dict], options: Options) -> list[dict]:
     """This script in a child process per configuration (ours vs keras.apps); returns each child's JSON result."""
     results = []
     for config in configs:
@@ -173,8 +173,9 @@ def run_process_configs(configs: list[dict], args) -> list[dict]:
             env["TF_ENABLE_ONEDNN_OPTS"] = str(config["onednn"])
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
             cmd = [sys.executable, "-m", "bench.throughput", "--variants", "ours,keras.apps", "--process_configs", "",
-                   "--rounds", str(args.process_rounds), "--steps", str(args.steps),
-                   "--image_size", str(args.image_size), "--batch_size", str(args.batch_size), "--json", out.name]
+                   "--rounds", str(options.process_rounds), "--steps", str(options.steps),
+                   "--image_size", str(options.image_size), "--batch_size", str(options.batch_size),
+                   "--json", out.name]
             cmd += [f"--{key}={config[key]}" for key in ("intra", "inter") if key in config]
             print("child:", " ".join(f"{k}={v}" for k, v in config.items()) or "default", flush=True)
             subprocess.run(cmd, check=True, env=env, cwd=_common.REPO, stdout=subprocess.DEVNULL)
@@ -183,35 +184,38 @@ def run_process_configs(configs: list[dict], args) -> list[dict]:
     return results
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--image_size", type=int, default=64)
-    p.add_argument("--batch_size", type=int, default=64)
-    p.add_argument("--rounds", type=int, default=40)
-    p.add_argument("--steps", type=int, default=3, help="timed steps per variant per round (short rounds: load "
-                                                        "changes hit all variants alike)")
-    p.add_argument("--warmup_steps", type=int, default=5)
-    p.add_argument("--variants", default="all", help="'all' or a comma-separated list of: " + ", ".join(VARIANTS))
-    p.add_argument("--process_configs", default="default;inter=1;intra=1;onednn=0",
-                   help="';'-separated child-process configurations (intra=N, inter=N, onednn=0|1); '' for none")
-    p.add_argument("--process_rounds", type=int, default=20)
-    p.add_argument("--intra", type=int, default=None, help="tf.config.threading intra-op threads (default: TF's)")
-    p.add_argument("--inter", type=int, default=None, help="tf.config.threading inter-op threads (default: TF's)")
-    p.add_argument("--json", default=None)
-    args = p.parse_args(argv)
-    names = list(VARIANTS) if args.variants == "all" else [n.strip() for n in args.variants.split(",")]
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """The flags of `python -m bench.throughput`."""
+
+    image_size: int = setting(64, "Input resolution.")
+    batch_size: int = setting(64, "Training batch size.")
+    rounds: int = setting(40, "Alternating rounds.")
+    steps: int = setting(3, "Timed steps per variant per round (short rounds: load changes hit all variants alike).")
+    warmup_steps: int = setting(5, "Untimed steps per variant first.")
+    variants: str = setting("all", "'all' or a comma-separated list of: " + ", ".join(VARIANTS))
+    process_configs: str = setting("default;inter=1;intra=1;onednn=0", "';'-separated child-process configurations "
+                                   "(intra=N, inter=N, onednn=0|1); '' for none.")
+    process_rounds: int = setting(20, "Rounds of the child-process configurations.")
+    intra: int | None = setting(None, "tf.config.threading intra-op threads (default: TF's).")
+    inter: int | None = setting(None, "tf.config.threading inter-op threads (default: TF's).")
+    json: str | None = setting(None, "Write the results as JSON here ('-': to stdout).")
+
+
+def throughput(options: Options, args: list[str]) -> None:
+    names = list(VARIANTS) if options.variants == "all" else [n.strip() for n in options.variants.split(",")]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
-        sys.exit(f"error: unknown --variants {unknown}; known: {', '.join(VARIANTS)}")
-    configs = parse_process_configs(args.process_configs)
-    if args.intra is not None:
-        tf.config.threading.set_intra_op_parallelism_threads(args.intra)
-    if args.inter is not None:
-        tf.config.threading.set_inter_op_parallelism_threads(args.inter)
+        raise ValueError(f"unknown --variants {unknown}; known: {', '.join(VARIANTS)}")
+    configs = parse_process_configs(options.process_configs)
+    if options.intra is not None:
+        tf.config.threading.set_intra_op_parallelism_threads(options.intra)
+    if options.inter is not None:
+        tf.config.threading.set_inter_op_parallelism_threads(options.inter)
 
     machine = _common.machine()  # load average before the measurement
-    setup = compiled_models(args.image_size, args.batch_size, names, args.warmup_steps)
-    rates, cpu_rates = time_rounds(setup, names, args.rounds, args.steps, args.batch_size)
+    setup = compiled_models(options.image_size, options.batch_size, names, options.warmup_steps)
+    rates, cpu_rates = time_rounds(setup, names, options.rounds, options.steps, options.batch_size)
     params = {n: setup.entries[n].params for n in names}
     med = {n: float(np.median(rates[n])) for n in names}
     # Pooled: all images over all timed seconds (rates are per round with equal image counts -> harmonic mean).
@@ -222,8 +226,8 @@ def main(argv=None):
     def ratio(a, b, of=rates):
         return float(np.median(np.array(of[a]) / np.array(of[b])))
 
-    print(f"\nTraining throughput, V3-Small 1.0 at {args.image_size} px, batch {args.batch_size}, "
-          f"{setup.num_classes} classes, {args.rounds} alternating rounds x {args.steps} steps")
+    print(f"\nTraining throughput, V3-Small 1.0 at {options.image_size} px, batch {options.batch_size}, "
+          f"{setup.num_classes} classes, {options.rounds} alternating rounds x {options.steps} steps")
     print(_common.table(
         ["variant", "params", "median img/s (rounds)", "pooled img/s", "p10-p90 img/s", "img per CPU-second",
          "first call, CPU s"],
@@ -250,13 +254,14 @@ def main(argv=None):
           f"{os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'default (on)')}, load average at start "
           f"{machine.get('loadavg_at_start')}, end {os.getloadavg()}, {machine['date']}")
     result = {"machine": machine, "revision": _common.git_revision(), "command": _common.command_line(),
-              "config": vars(args), "loadavg_at_end": os.getloadavg(), "params": params, "rates_img_s": rates,
+              "config": dataclasses.asdict(options), "loadavg_at_end": os.getloadavg(), "params": params,
+              "rates_img_s": rates,
               "median_img_s": med, "pooled_img_s": pooled, "cpu_rates_img_per_cpu_s": cpu_rates,
               "median_img_per_cpu_s": cpu_med, "ratios": ratios,
               "first_call_cpu_s": {n: setup.entries[n].first_call_cpu_s for n in names}}
 
     if configs:
-        children = run_process_configs(configs, args)
+        children = run_process_configs(configs, options)
         rows = []
         for child in children:
             cmed = child["median_img_s"]
@@ -266,13 +271,15 @@ def main(argv=None):
                          f"{child['median_img_per_cpu_s']['ours']:.0f}",
                          f"{child['ratios']['ours / keras.apps (img/s)'][0]:.3f}",
                          f"{child['machine'].get('loadavg_at_start', ['?'])[0]:.1f}-{child['loadavg_at_end'][0]:.1f}"])
-        print(f"\nProcess-wide settings, one child process each ({args.process_rounds} rounds), in this order")
+        print(f"\nProcess-wide settings, one child process each ({options.process_rounds} rounds), in this order")
         print(_common.table(["configuration", "ours img/s", "keras.apps img/s", "ours img per CPU-s",
                              "ours / keras.apps",
                              "1-min load start-end"], rows))
         result["process_configs"] = children
-    _common.write_json(args.json, result)
+    _common.write_json(options.json, result)
 
+
+main = Command("bench.throughput", Options, throughput)
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

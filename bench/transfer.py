@@ -23,7 +23,7 @@ the CPU and load average are recorded.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import os
 import random
 import statistics
@@ -35,6 +35,7 @@ import numpy as np
 
 from bench import _common
 from pipeline.schema import to_json_dict
+from tflite_export.command import Command, run_command, setting
 
 DATASETS = {"hymenoptera": 224, "cifar50": 96, "cifar500": 96}  # name -> image size
 OLD_README_FLAGS = ["--float_epochs", "24"]
@@ -133,32 +134,36 @@ def pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--datasets", default=",".join(DATASETS), help=f"comma-separated: {', '.join(DATASETS)}")
-    p.add_argument("--seeds", type=int, default=5, help="seeds of the hymenoptera runs (CIFAR subsets: seed 0)")
-    p.add_argument("--old_revision", default=None, help="also run the recipe of this git revision")
-    p.add_argument("--json", default=None)
-    args = p.parse_args(argv)
-    names = [n.strip() for n in args.datasets.split(",") if n.strip()]
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """The flags of `python -m bench.transfer`."""
+
+    datasets: str = setting(",".join(DATASETS), f"Comma-separated: {', '.join(DATASETS)}.")
+    seeds: int = setting(5, "Seeds of the hymenoptera runs (CIFAR subsets: seed 0).")
+    old_revision: str | None = setting(None, "Also run the recipe of this git revision.")
+    json: str | None = setting(None, "Write the results as JSON here ('-': to stdout).")
+
+
+def transfer(options: Options, args: list[str]) -> None:
+    names = [n.strip() for n in options.datasets.split(",") if n.strip()]
     unknown = sorted(set(names) - set(DATASETS))
     if unknown:
-        raise SystemExit(f"error: unknown data set(s) {', '.join(unknown)}; choose from {', '.join(DATASETS)}")
+        raise ValueError(f"unknown data set(s) {', '.join(unknown)}; choose from {', '.join(DATASETS)}")
     results = {"machine": _common.machine(), "revision": _common.git_revision(), "command": _common.command_line(),
                "datasets": {}}
     runs = os.path.join(_common.CACHE, "runs", f"transfer-{results['revision']}")
     for name in names:
         size, folder = DATASETS[name], dataset_folder(name)
-        seeds = range(args.seeds if name == "hymenoptera" else 1)
+        seeds = range(options.seeds if name == "hymenoptera" else 1)
         entry = {"image_size": size, "probe": probe(folder, size),
                  "recipe": [recipe_run(folder, size, s, os.path.join(runs, f"{name}-seed{s}")) for s in seeds]}
-        if args.old_revision:
-            repo = old_checkout(args.old_revision)
-            entry["old_recipe"] = {"revision": args.old_revision, "runs": [
+        if options.old_revision:
+            repo = old_checkout(options.old_revision)
+            entry["old_recipe"] = {"revision": options.old_revision, "runs": [
                 recipe_run(folder, size, s, os.path.join(runs, f"{name}-old-seed{s}"), repo, OLD_README_FLAGS)
                 for s in seeds]}
         results["datasets"][name] = entry
-        _common.write_json(args.json, results)
+        _common.write_json(options.json, results)
         print_table(name, entry)
 
 
@@ -179,5 +184,7 @@ def print_table(name: str, entry: dict) -> None:
     print(_common.table(["", "float %", "QAT %", "int8 %", "seconds"], rows))
 
 
+main = Command("bench.transfer", Options, transfer)
+
 if __name__ == "__main__":
-    main()
+    run_command(main)

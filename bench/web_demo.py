@@ -16,8 +16,8 @@ Targets (issue 25): frame to label <= 10 ms median at 224, wasm inference <= 3x 
 
 from __future__ import annotations
 
-import argparse
 import base64
+import dataclasses
 import tempfile
 import time
 
@@ -27,6 +27,7 @@ from bench import _common
 from keras_models import backend  # noqa: F401  (before TensorFlow)
 from keras_models.backend import tf
 from tflite_export import browser, demo
+from tflite_export.command import Command, positional, run_command, setting
 from tflite_export.preprocessing import PIXEL_MEAN, PIXEL_STD, decode_rgb, eval_resize, quantize_input
 
 CAMERA_SIZE = (640, 480)
@@ -45,21 +46,25 @@ def _python_runs(interpreter, tensor: np.ndarray, runs: int) -> list[float]:
     return times
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
-    parser.add_argument("model", nargs="?",
-                        help="run folder, export folder or .tflite (default: the app's bundled model)")
-    parser.add_argument("--runs", type=int, default=100, help="inferences per round and runtime")
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--frames", type=int, default=300, help="camera frames to classify")
-    parser.add_argument("--json", help="write the results here")
-    args = parser.parse_args()
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """The flags of `python -m bench.web_demo` (the positional argument: a run folder, an export folder or a
+    .tflite file; default: the app's bundled model)."""
+
+    runs: int = setting(100, "Inferences per round and runtime.")
+    rounds: int = setting(4, "Alternating rounds.")
+    frames: int = setting(300, "Camera frames to classify.")
+    json: str | None = setting(None, "Write the results as JSON here ('-': to stdout).")
+
+
+def web_demo(options: Options, args: list[str]) -> None:
+    model = (positional(args, "MODEL_OR_RUN_DIR", least=0) or [None])[0]
     if browser.missing():
-        raise SystemExit(f"error: missing {', '.join(browser.missing())}: run bash scripts/setup.sh")
+        raise ValueError(f"missing {', '.join(browser.missing())}: run bash scripts/setup.sh")
     from ai_edge_litert.interpreter import Interpreter
 
     machine = _common.machine()  # the load average at the start
-    files = demo.model_files(args.model)
+    files = demo.model_files(model)
     photo = _common.shared_path("datasets", "test-photos", "hot_dog.jpg")
     interpreter = Interpreter(model_path=str(files["model.tflite"]), num_threads=1)
     interpreter.allocate_tensors()
@@ -76,7 +81,7 @@ def main() -> None:
         browser.write_y4m(video, frame)
         chrome = browser.Browser(fake_video=video, timeout=600)
         try:
-            with browser.serving(args.model) as url:
+            with browser.serving(model) as url:
                 chrome.open(url)
                 status = browser.wait_ready(chrome)
                 if status != "ready":
@@ -85,16 +90,16 @@ def main() -> None:
                 _python_runs(interpreter, tensor, 10)  # warm-up, both sides
                 chrome.eval("(a) => window.demo.time(a[0], a[1], a[2], 3, 10)", [rgb64, rgb.shape[1], rgb.shape[0]])
                 native, wasm, preprocess = [], [], []
-                for _ in range(args.rounds):
-                    native += _python_runs(interpreter, tensor, args.runs)
+                for _ in range(options.rounds):
+                    native += _python_runs(interpreter, tensor, options.runs)
                     timed = chrome.eval("(a) => window.demo.time(a[0], a[1], a[2], 3, a[3])",
-                                        [rgb64, rgb.shape[1], rgb.shape[0], args.runs])
+                                        [rgb64, rgb.shape[1], rgb.shape[0], options.runs])
                     wasm += timed["inferenceAll"]
                     preprocess.append(timed["preprocess"])
                 chrome.eval("() => window.demo.startCamera()")
-                if not chrome.eval("(n) => window.demo.framesClassified(n, 600000)", args.frames):
+                if not chrome.eval("(n) => window.demo.framesClassified(n, 600000)", options.frames):
                     raise SystemExit("error: the camera did not deliver the frames in 10 minutes")
-                frames = chrome.eval("() => window.demo.cameraTimes()")[-args.frames:]
+                frames = chrome.eval("() => window.demo.cameraTimes()")[-options.frames:]
                 chrome.eval("() => window.demo.stopCamera()")
         finally:
             chrome.close()
@@ -115,11 +120,13 @@ def main() -> None:
         ["camera: frame to label", f"{med['total']:.2f}", ""],
     ]))
     print(f"camera: {len(frames)} frames at {fps:.1f} frames/s; inference runs {len(native)} per runtime "
-          f"({args.rounds} alternating rounds)")
-    _common.write_json(args.json, {"machine": machine, "revision": _common.git_revision(), "model": str(files[
+          f"({options.rounds} alternating rounds)")
+    _common.write_json(options.json, {"machine": machine, "revision": _common.git_revision(), "model": str(files[
         "model.tflite"]), "chromium": chrome.version, "native_ms": native_ms, "wasm_ms": wasm_ms,
         "ratio": wasm_ms / native_ms, "camera_median_ms": med, "camera_fps": fps, "frames": len(frames)})
 
 
+main = Command("bench.web_demo", Options, web_demo)
+
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -20,6 +20,7 @@ interleaved in one `tflite_export.benchmark.benchmark_models` call. GMAC/s = MAC
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -145,7 +146,8 @@ def main(argv=None):
     macs = {name: (peak_macs if name.startswith("peak") else v3_macs) for name in files}
     names = list(files)
     print(f"benchmarking {len(names)} models x threads {threads}, {args.runs} interleaved runs ...", flush=True)
-    results = benchmark_models([files[n] for n in names], threads=threads, runs=args.runs, warmup=args.warmup)
+    results = [dataclasses.asdict(r) for r in benchmark_models([files[n] for n in names], threads=threads,
+                                                                runs=args.runs, warmup=args.warmup)]
     by_key = {(names[[files[n] for n in names].index(r["model"])], r["threads"]): r for r in results}
 
     info = {n: describe(files[n]) for n in names}

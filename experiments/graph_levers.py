@@ -18,6 +18,7 @@ checks that lever 3's file gives the integers of lever 2's on --images random pi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -65,7 +66,8 @@ def main(argv=None) -> int:
     names = list(files)
     rounds = []
     for _ in range(args.rounds):
-        rounds.append(benchmark_models([files[n] for n in names], threads=[1], runs=args.runs, warmup=args.warmup))
+        rounds.append([dataclasses.asdict(r) for r in benchmark_models([files[n] for n in names], threads=[1],
+                                                                       runs=args.runs, warmup=args.warmup)])
     rows = []
     for i, name in enumerate(names):
         d = describe(files[name])

@@ -18,6 +18,7 @@ is timed in the same run for the ratio the issue's target is written in.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -119,7 +120,8 @@ def main(argv=None) -> int:
             f.write(data)
         files[f"ours, {label}"] = path
     names = list(files)
-    results = benchmark_models([files[n] for n in names], threads=[1], runs=args.runs, warmup=args.warmup)
+    results = [dataclasses.asdict(r) for r in benchmark_models([files[n] for n in names], threads=[1], runs=args.runs,
+                                                                warmup=args.warmup)]
     ours_ms = results[1]["median_ms"]
     rows = []
     for name, r in zip(names, results):

@@ -21,6 +21,7 @@ the minimum and the median over the model's gates.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 
@@ -107,7 +108,7 @@ def main(argv=None):
         with open(qat_file, "rb") as f:
             content = f.read()
         a = analyze(content)
-        acc = compare_with_keras(content, float_model, data.eval.as_numpy_iterator())
+        acc = dataclasses.asdict(compare_with_keras(content, float_model, data.eval.as_numpy_iterator()))
         levels = gate_levels(content)
         results["QAT export (run's model.tflite)"] = {"accuracy": acc, "gate_levels": levels}
         rows.append(["QAT export (run's model.tflite), lowered", f"{100 * acc['keras_top1']:.2f}",
@@ -120,7 +121,7 @@ def main(argv=None):
                                 ("gate-first", variant, "lowered")):
         content = convert(model, rep, io_dtype="uint8", hswish=hswish)
         a = analyze(content)
-        acc = compare_with_keras(content, model, data.eval.as_numpy_iterator())
+        acc = dataclasses.asdict(compare_with_keras(content, model, data.eval.as_numpy_iterator()))
         levels = gate_levels(content)
         results[name] = {"accuracy": acc, "ops": a.op_histogram, "xnnpack_partitions": a.xnnpack_partitions,
                          "undelegated": a.xnnpack_undelegated, "gate_levels": levels}

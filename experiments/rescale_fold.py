@@ -15,6 +15,7 @@ identical outputs on --images random pictures, and times both beside Google's fi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -164,7 +165,8 @@ def main(argv=None) -> int:
             f.write(content)
         files[name] = path
     names = list(files)
-    results = benchmark_models([files[n] for n in names], threads=[1], runs=args.runs, warmup=args.warmup)
+    results = [dataclasses.asdict(r) for r in benchmark_models([files[n] for n in names], threads=[1], runs=args.runs,
+                                                                warmup=args.warmup)]
     rows = []
     for name, r in zip(names, results):
         d = describe(files[name])

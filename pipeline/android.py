@@ -9,18 +9,18 @@ readable TFLite flatbuffer, the card is a model card of the version this code wr
 tensors and last op and with the labels count, and names a labels file inside its folder), copied
 beside their destinations and renamed into place one by one, side files first and the model last, so a failed or
 interrupted run never leaves a half-written model for Gradle to package.
-Exit status: 0 installed, 1 invalid input.
+Exit status: 0 installed, 2 invalid input (one line `pipeline.android: error: ...`, assets untouched).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
+import dataclasses
 import os
 import pathlib
 import shutil
-import sys
 
+from tflite_export.command import Command, positional, run_command, setting
 from tflite_export.files import (
     CARD_FILE,
     LABELS_FILE,
@@ -132,19 +132,22 @@ def install_into_android_app(output_dir: str) -> list[pathlib.Path]:
     return install(output_dir)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="install_model", description=__doc__.splitlines()[0])
-    parser.add_argument("model_dir", type=pathlib.Path, help=f"folder with {MODEL_FILE}, {LABELS_FILE}, {CARD_FILE}")
-    parser.add_argument("--assets", type=pathlib.Path, default=DEFAULT_ASSETS, help=f"default: {DEFAULT_ASSETS}")
-    args = parser.parse_args(argv)
-    try:
-        for path in install(args.model_dir, args.assets):
-            print(f"installed {path}")
-    except (InstallError, OSError) as err:
-        print(f"install_model: {err}", file=sys.stderr)
-        return 1
+@dataclasses.dataclass(frozen=True)
+class InstallOptions:
+    """The flags of the installer (the positional argument: the folder with model.tflite, labels.txt and
+    model_card.json)."""
+
+    assets: str = setting(str(DEFAULT_ASSETS), "The app's assets folder.")
+
+
+def install_command(options: InstallOptions, args: list[str]) -> int:
+    (model_dir,) = positional(args, f"MODEL_DIR: a folder with {MODEL_FILE}, {LABELS_FILE} and {CARD_FILE}")
+    for path in install(model_dir, options.assets):
+        print(f"installed {path}")
     return 0
 
 
+main = Command("pipeline.android", InstallOptions, install_command)
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

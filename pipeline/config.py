@@ -2,11 +2,12 @@
 
     config = RunConfig(dataset="photos", weights="v3-small.tflite", image_size=224).resolved()
 
-Every field has its default and its help text here; `define_flags` makes the command's absl flags from them (same
-names, same defaults), and `RunConfig.from_flags(FLAGS)` reads them back. `resolved()` fills in the defaults that depend
-on other settings (the output folder, the variant's dropout, the recipe "auto" means, the float epochs, the QAT
-learning rate) and refuses bad values with a one-line ValueError before any data is loaded; the command and the Python
-API (`pipeline.run`) both go through it. The stages of the run take the resolved config, not the flags.
+Every field has its default and its help text here; `define_flags` (tflite_export.command, shared by every command;
+imported here for the pipeline's commands) makes the command's absl flags from them (same names, same defaults), and
+`RunConfig.from_flags(FLAGS)` reads them back. `resolved()` fills in the defaults that depend on other settings (the
+output folder, the variant's dropout, the recipe "auto" means, the float epochs, the QAT learning rate) and refuses bad
+values with a one-line ValueError before any data is loaded; the command and the Python API (`pipeline.run`) both go
+through it. The stages of the run take the resolved config, not the flags.
 The run folder's record of the config is `pipeline.run_dir`'s.
 """
 
@@ -14,14 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import types
-import typing
 
 from absl import flags
 
 import keras_models
 from keras_models import MIN_INPUT_SIZE
 from pipeline.distribute import STRATEGIES
+from tflite_export.command import REQUIRED, check_choices, define_flags, setting, values_from_flags  # noqa: F401
 from tflite_export.files import TRAINING_RUN, check_folder_kind, check_writable_dir
 
 # The trained models a run folder keeps beside its records: the float model (HDF5), and the QAT model as a SavedModel
@@ -42,16 +42,6 @@ MODEL_FIELDS = ("variant", "alpha", "minimalistic", "image_size", "weights", "io
 # --recipe (auto: transfer with --weights, else scratch) and the transfer recipe's --fine_tune (pipeline/transfer.py)
 RECIPES = ("auto", "scratch", "transfer")
 FINE_TUNE = ("auto", "none", "all")  # auto: decided on the held-out slice; none: head only; all: always fine-tune
-# The default of a setting that has none: the command's flag is required, the dataclass field too.
-REQUIRED = dataclasses.MISSING
-
-
-def setting(default, help_text: str, choices: tuple[str, ...] | None = None):
-    """A field of a command's config dataclass: its default, and the help text and choices of its flag
-    (`define_flags`)."""
-    return dataclasses.field(default=default, metadata={"help": help_text, "choices": choices})
-
-
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """Every setting of one run. As given, the settings that depend on others may be None or "auto"; `resolved()`
@@ -301,46 +291,3 @@ def _available_memory_bytes() -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
-
-
-def check_choices(config) -> None:
-    """Refuse a value outside its field's choices (the flags refuse them when parsed; the Python API needs this)."""
-    for field in dataclasses.fields(config):
-        choices = field.metadata.get("choices")
-        if choices and getattr(config, field.name) not in choices:
-            raise ValueError(f"--{field.name} must be one of {', '.join(choices)}, got {getattr(config, field.name)!r}")
-
-
-def define_flags(config_class: type = RunConfig, flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    """The absl flags of a command, one per field of its config dataclass (`setting`s): same name, default and help;
-    fields without a default are required flags. Called by the command before it parses its arguments, never on
-    import (pipeline.train_and_export, pipeline.import_tflite and pipeline.netadapt share flag names)."""
-    hints = typing.get_type_hints(config_class)
-    required = []
-    for field in dataclasses.fields(config_class):
-        kind = hints[field.name]
-        if typing.get_origin(kind) is types.UnionType:  # X | None
-            (kind,) = (t for t in typing.get_args(kind) if t is not type(None))
-        name, default, help_text = field.name, field.default, field.metadata["help"]
-        if default is REQUIRED:
-            required.append(name)
-            default = None
-        if field.metadata["choices"]:
-            flags.DEFINE_enum(name, default, list(field.metadata["choices"]), help_text, flag_values=flag_values)
-        elif kind is bool:
-            flags.DEFINE_boolean(name, default, help_text, flag_values=flag_values)
-        elif kind is int:
-            flags.DEFINE_integer(name, default, help_text, flag_values=flag_values)
-        elif kind is float:
-            flags.DEFINE_float(name, default, help_text, flag_values=flag_values)
-        elif kind is str:
-            flags.DEFINE_string(name, default, help_text, flag_values=flag_values)
-        else:  # a tuple such as synthetic_size: "train,test"
-            flags.DEFINE_list(name, [str(v) for v in default], help_text, flag_values=flag_values)
-    if required:
-        flags.mark_flags_as_required(required, flag_values=flag_values)
-
-
-def values_from_flags(config_class: type, flag_values: flags.FlagValues) -> dict:
-    """The fields of `config_class` as the parsed flags `define_flags` defined give them."""
-    return {field.name: flag_values[field.name].value for field in dataclasses.fields(config_class)}

@@ -22,19 +22,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 import time
 
 import numpy as np
-from absl import app, flags
 
 import keras_models
-from keras_models import MIN_INPUT_SIZE, WeightsError
+from keras_models import MIN_INPUT_SIZE
 from keras_models.backend import keras, tf
 from keras_models.tflite_weights import check_label_count, load_tflite_weights
 from pipeline.android import install_into_android_app
 from pipeline.augment import train_augment
-from pipeline.config import REQUIRED, check_choices, define_flags, setting, values_from_flags
+from pipeline.config import REQUIRED, check_choices, setting
 from pipeline.distill import tflite_soft_targets
 from pipeline.qat import (
     KeepRanges,
@@ -44,8 +42,7 @@ from pipeline.qat import (
     import_activation_ranges,
     quantize_model,
 )
-from tflite_export.cli import one_line_error
-from tflite_export.convert import ConversionError
+from tflite_export.command import Command, positional, run_command
 from tflite_export.evaluate import discover_dataset
 from tflite_export.export import ModelInfo, export_model
 from tflite_export.files import (
@@ -59,14 +56,11 @@ from tflite_export.files import (
 )
 from tflite_export.preprocessing import decode_rgb, load_eval_image
 from tflite_export.quantization import quantize_scope
-from tflite_export.verify import VerificationError
-
-FLAGS = flags.FLAGS
 
 
 @dataclasses.dataclass(frozen=True)
 class ImportConfig:
-    """The settings of one import; the command's flags are made from these fields (`pipeline.config.define_flags`)."""
+    """The settings of one import; the command's flags are made from these fields (`tflite_export.command`)."""
 
     weights: str = setting(REQUIRED, "Published quantized MobileNet .tflite (ImageNet weights).")
     labels: str = setting(REQUIRED,
@@ -179,14 +173,13 @@ def import_and_export(config: ImportConfig, artifacts) -> ImportReport:
     report = export_model(qat_model, lambda: (calibration[i:i + 1] for i in range(len(calibration))),
                           output_dir=config.output_dir, labels=labels, info=info, io_dtype=config.io,
                           eval_batches=eval_batches, reference_model=model, artifacts=artifacts)
-    accuracy = report.get("accuracy", {})
+    accuracy = report.accuracy
     return ImportReport(
         weights=config.weights, variant=config.variant, classes=len(labels), ranges_from_file=len(imported),
-        ranges_calibrated=total - len(imported), distilled_images=distilled, model_file=report["model_file"],
-        size_bytes=report["size_bytes"], ops=report["ops"], float_top1=accuracy.get("keras_top1"),
-        int8_top1=accuracy.get("int8_top1"),
-        agreement=accuracy.get("agreement"), eval_images=accuracy.get("images", 0),
-        seconds=time.perf_counter() - started)
+        ranges_calibrated=total - len(imported), distilled_images=distilled, model_file=report.model_file,
+        size_bytes=report.size_bytes, ops=report.ops, float_top1=accuracy and accuracy.keras_top1,
+        int8_top1=accuracy and accuracy.int8_top1, agreement=accuracy and accuracy.agreement,
+        eval_images=accuracy.images if accuracy else 0, seconds=time.perf_counter() - started)
 
 
 def _distill(config: ImportConfig, qat_model, classes: int) -> int:
@@ -215,24 +208,19 @@ def _distill(config: ImportConfig, qat_model, classes: int) -> int:
     return len(images)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    config = ImportConfig(**values_from_flags(ImportConfig, FLAGS))
-    try:
-        check_settings(config)
-        check_writable_dir(config.output_dir, "--output_dir")
-        check_folder_kind(config.output_dir, IMPORT_RUN, "--output_dir")
-        # The report lands with the model, labels and card as one set (a rerun never leaves an old report beside a
-        # new model).
-        with artifact_set(config.output_dir) as artifacts:
-            report = import_and_export(config, artifacts)
-            atomic_write_json(artifacts.path(REPORT_FILE), dataclasses.asdict(report))
-        if config.android:
-            install_into_android_app(config.output_dir)
-    except (WeightsError, ConversionError, VerificationError, ValueError, OSError) as err:
-        print(f"error: {one_line_error(err)}", file=sys.stderr)
-        sys.exit(2)
+def import_command(config: ImportConfig, args: list[str]) -> int:
+    """The command; expected failures raise one-line errors."""
+    positional(args, "no positional arguments: every setting is a flag", least=0, most=0)
+    check_settings(config)
+    check_writable_dir(config.output_dir, "--output_dir")
+    check_folder_kind(config.output_dir, IMPORT_RUN, "--output_dir")
+    # The report lands with the model, labels and card as one set (a rerun never leaves an old report beside a new
+    # model).
+    with artifact_set(config.output_dir) as artifacts:
+        report = import_and_export(config, artifacts)
+        atomic_write_json(artifacts.path(REPORT_FILE), dataclasses.asdict(report))
+    if config.android:
+        install_into_android_app(config.output_dir)
     print(f"\nmodel        {report.model_file}  {report.size_bytes / 1024:.0f} KiB, {report.classes} classes, "
           f"HARD_SWISH {report.ops.get('HARD_SWISH', 0)}")
     print(f"ranges       {report.ranges_from_file} from {os.path.basename(report.weights)}, "
@@ -243,9 +231,10 @@ def main(argv):
     if report.distilled_images:
         print(f"distilled    {report.distilled_images} views of --distill_dir, {config.distill_epochs} epochs")
     print(f"time         {report.seconds:.0f} s")
+    return 0
 
+
+main = Command("pipeline.import_tflite", ImportConfig, import_command)
 
 if __name__ == "__main__":
-    define_flags(ImportConfig)
-    flags.adopt_module_key_flags(sys.modules[define_flags.__module__])  # --help lists them as this command's
-    app.run(main)
+    run_command(main)

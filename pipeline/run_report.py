@@ -3,6 +3,7 @@ summary the command prints."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import TYPE_CHECKING
@@ -33,6 +34,7 @@ from pipeline.train import StageResult, epoch_log_path
 from pipeline.transfer import describe
 from tflite_export.demo import try_it
 from tflite_export.evaluate import HeldOutPredictions
+from tflite_export.export import ExportResult
 from tflite_export.files import ArtifactSet, atomic_write_bytes
 
 if TYPE_CHECKING:  # annotations only: pipeline.train_and_export imports this module
@@ -112,7 +114,7 @@ def _thumbnails(data: Dataset, indices: list[int]) -> dict[int, bytes]:
     return found
 
 
-def write_report(config: RunConfig, run_data: RunData, trained: Trained, export_report: dict,
+def write_report(config: RunConfig, run_data: RunData, trained: Trained, export_report: ExportResult,
                  predictions: HeldOutPredictions, latency: list[dict], export_seconds: float, started: float,
                  artifacts: ArtifactSet, distribution: distribute.Distribution) -> Report:
     """report.json and report.html into the set about to be published."""
@@ -126,7 +128,8 @@ def write_report(config: RunConfig, run_data: RunData, trained: Trained, export_
                          eval_split=data.eval_split_name, classes=list(data.class_names),
                          skipped_files=list(data.skipped_files)),
         accuracy=KerasAccuracy(trained.float_top1, trained.qat_top1),
-        export=ExportSummary(**export_report, accuracy=Int8Accuracy(**predictions.summary())),
+        export=ExportSummary(**{**dataclasses.asdict(export_report),
+                                "accuracy": Int8Accuracy(**dataclasses.asdict(predictions.summary()))}),
         int8_evaluation=_int8_evaluation(predictions, data),
         latency=[Latency(**row) for row in latency],
         throughput=Throughput(

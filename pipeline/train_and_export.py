@@ -8,8 +8,8 @@
 Rerunning the same command after an interruption resumes from the last finished epoch of the stage it was in.
 Artifacts (model.tflite with metadata, labels.txt, model_card.json, report.json, report.html) land in --output_dir.
 
-The flags (`pipeline.config.define_flags`, defined when the command runs, not on import) become one validated
-`pipeline.config.RunConfig`; `run` passes it through the stages below (data, model, float training, QAT, export with
+The flags (made from `pipeline.config.RunConfig`'s fields when the command runs, not on import: tflite_export.command)
+become one validated config; `run` passes it through the stages below (data, model, float training, QAT, export with
 int8 evaluation, latency, report), each a function of the config and what the stages before it made. From Python,
 `pipeline.run(config)` (pipeline/api.py) runs the same stages.
 """
@@ -19,18 +19,16 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
-import sys
 import time
 
-from absl import app, flags, logging
+from absl import logging
 
 import keras_models
-from keras_models import WeightsError, backend
 from keras_models.backend import keras, tf
 from pipeline import distribute, transfer
 from pipeline.android import install_into_android_app
-from pipeline.config import FLOAT_MODEL_FILE, MIN_BATCH_SIZE, MIN_TRAIN_IMAGES, QAT_MODEL_DIR, RunConfig, define_flags
-from pipeline.data import DataError, Dataset, input_pipeline_throughput, load_dataset
+from pipeline.config import FLOAT_MODEL_FILE, MIN_BATCH_SIZE, MIN_TRAIN_IMAGES, QAT_MODEL_DIR, RunConfig
+from pipeline.data import Dataset, input_pipeline_throughput, load_dataset
 from pipeline.distill import Distiller
 from pipeline.qat import RangeRules, quantize_model, set_up_ranges
 from pipeline.report import HTML_FILE, Report
@@ -48,15 +46,12 @@ from pipeline.train import (
 )
 from pipeline.transfer import TransferChoice
 from tflite_export.benchmark import benchmark_models
-from tflite_export.cli import first_line, header, one_line_error, progress, set_progress
-from tflite_export.convert import ConversionError
+from tflite_export.cli import first_line, header, progress, set_progress
+from tflite_export.command import Command, positional, run_command
 from tflite_export.evaluate import HeldOutPredictions
-from tflite_export.export import ModelInfo, export_model, held_out_predictions
+from tflite_export.export import ExportResult, ModelInfo, export_model, held_out_predictions
 from tflite_export.files import MODEL_FILE, ArtifactSet, artifact_set, atomic_output, exclusive_folder
 from tflite_export.quantization import quantize_scope
-from tflite_export.verify import VerificationError
-
-FLAGS = flags.FLAGS
 
 
 def _eval_keras(model: keras.Model, eval_ds: tf.data.Dataset, desc: str) -> float:
@@ -244,7 +239,7 @@ def _finish_qat(config: RunConfig, trained: Trained, data: Dataset) -> None:
 
 
 def export_and_evaluate(config: RunConfig, trained: Trained, run_data: RunData,
-                        artifacts: ArtifactSet) -> tuple[dict, HeldOutPredictions]:
+                        artifacts: ArtifactSet) -> tuple[ExportResult, HeldOutPredictions]:
     """The int8 file (with labels and card) into `artifacts`, and every held-out image's int8 and float top-1."""
     data, source = run_data.data, trained.qat_model or trained.model
     family = keras_models.VARIANTS[config.variant]
@@ -280,7 +275,7 @@ def measure_latency(config: RunConfig, model_path: str) -> list[dict]:
     if not config.benchmark_runs:
         return []
     header(f"latency: {config.benchmark_runs} LiteRT runs at 1 and 2 threads")
-    return [{"threads": row["threads"], "median_ms": row["median_ms"]}
+    return [{"threads": row.threads, "median_ms": row.median_ms}
             for row in benchmark_models([model_path], threads=[1, 2], runs=config.benchmark_runs, warmup=10)]
 
 
@@ -363,35 +358,26 @@ def run(config: RunConfig, distribution: distribute.Distribution) -> Report | No
         return publish(train(config, distribution), distribution)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-
-    # Without -v the console shows the stages, progress and results, not TensorFlow's own logs.
-    if FLAGS.verbosity >= 1:
-        backend.show_library_logs()
-    set_progress(FLAGS.verbose > 0)
-
+def train_and_export_command(config: RunConfig, args: list[str]) -> int:
+    """The command: `config` as its flags give it (resolved here); expected failures raise one-line errors."""
+    positional(args, "no positional arguments: every setting is a flag", least=0, most=0)
+    set_progress(config.verbose > 0)
+    config = config.resolved()
+    # Before anything runs TensorFlow: a strategy configures the runtime (devices, the workers' collectives).
+    distribution = distribute.create(config.strategy, cpu_replicas=config.cpu_replicas)
     try:
-        config = RunConfig.from_flags(FLAGS)
-        # Before anything runs TensorFlow: a strategy configures the runtime (devices, the workers' collectives).
-        distribution = distribute.create(config.strategy, cpu_replicas=config.cpu_replicas)
         report = run(config, distribution)
-    except (DataError, WeightsError, ConversionError, VerificationError, ValueError, OSError, MemoryError) as err:
-        print(f"error: {one_line_error(err)}", file=sys.stderr)
-        sys.exit(2)
     except tf.errors.ResourceExhaustedError as err:  # TensorFlow's out-of-memory (a full disk is an OSError by now)
-        first = (str(err).strip().splitlines() or ["resource exhausted"])[0][:200]
-        print(f"error: out of memory ({first}); reduce --batch_size ({FLAGS.batch_size}) or --image_size "
-              f"({FLAGS.image_size})", file=sys.stderr)
-        sys.exit(2)
+        raise ValueError(f"out of memory ({first_line(err, 200)}); reduce --batch_size ({config.batch_size}) or "
+                         f"--image_size ({config.image_size})") from None
     if report is None:
         print(f"\nworker {distribution.worker}: training finished; the chief (worker 0) exports and reports")
-        return
+        return 0
     print("\n" + summary(report, os.path.join(config.output_dir, HTML_FILE)))
+    return 0
 
+
+main = Command("pipeline.train_and_export", RunConfig, train_and_export_command)
 
 if __name__ == "__main__":
-    define_flags()
-    flags.adopt_module_key_flags(sys.modules[define_flags.__module__])  # --help lists them as this command's
-    app.run(main)
+    run_command(main)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -54,48 +55,38 @@ def run_pipeline(args) -> subprocess.CompletedProcess:
 
 
 def error_line(code: int, stderr: str, prog: str = "") -> str:
-    """Assert exit code 2, no traceback and exactly one error line, which is the last line; return it."""
+    """Assert exit code 2, no traceback and exactly one error line, which is the last line; return it. `prog`: the
+    command the line must name (`prog: error: ...`); without it, any command's."""
     assert code == 2, stderr[-2000:]
     assert "Traceback" not in stderr
-    marker = f"{prog}: error: " if prog else "error: "
-    errors = [line for line in stderr.splitlines() if line.startswith(marker)]
+    marker = re.compile(rf"^{re.escape(prog)}: error: " if prog else r"^(?:[\w.]+: )?error: ")
+    errors = [line for line in stderr.splitlines() if marker.match(line)]
     assert len(errors) == 1, stderr[-2000:]
     assert stderr.rstrip().splitlines()[-1] == errors[0]
     return errors[0]
 
 
 def define_run_flags() -> None:
-    """The flags of `python -m pipeline.train_and_export` (its `__main__` defines them, importing it does not), once in
-    this process."""
+    """The flags of `python -m pipeline.train_and_export` on absl's global FLAGS (its `__main__` defines them,
+    importing it does not), once in this process."""
     from absl import flags
 
-    from pipeline.config import define_flags
+    from pipeline.config import RunConfig, define_flags
 
     if "float_epochs" not in flags.FLAGS:
-        define_flags()
+        define_flags(RunConfig)
 
 
 @pytest.fixture()
 def pipeline_cli(capsys):
     """`python -m pipeline.train_and_export ARGS` in this process (for cases refused before any training): returns
-    (exit code, stderr). absl's flags are global, so they are reset after each call."""
-    from absl import flags
-
+    (exit code, stderr). The command parses into flags of its own each call (tflite_export.command)."""
     from pipeline import train_and_export
-
-    define_run_flags()
+    from tflite_export.cli import run_main
 
     def run(args) -> tuple[int, str]:
-        flags.FLAGS.unparse_flags()
-        flags.FLAGS(["train_and_export", *map(str, args)])
         capsys.readouterr()
-        try:
-            train_and_export.main(["train_and_export"])
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code
-        finally:
-            flags.FLAGS.unparse_flags()
+        code = run_main(train_and_export.main, [str(a) for a in args], prog="pipeline.train_and_export")
         return code, capsys.readouterr().err
 
     return run

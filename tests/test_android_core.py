@@ -32,6 +32,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO, missing_tool, shared_path
+from tflite_export.cli import run_main
 from tflite_export.files import image_files
 from tflite_export.model_card import SCHEMA_VERSION, ModelCard
 
@@ -548,7 +549,7 @@ def test_install_model_rejects_bad_exports_and_leaves_assets_alone(tmp_path, cap
         card = json.loads((bad / "model_card.json").read_text())
         del card["schema_version"]
         (bad / "model_card.json").write_text(json.dumps(card))
-    assert android.main([str(bad), "--assets", str(assets)]) == 1
+    assert run_main(android.main, [str(bad), "--assets", str(assets)], prog="pipeline.android") == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("install_model: "), err
+    assert len(err) == 1 and err[0].startswith("pipeline.android: error: "), err
     assert {p.name: p.read_bytes() for p in assets.iterdir()} == before

@@ -148,8 +148,8 @@ def test_export_cli_converts_saved_float_and_qat_models(tiny_run, tmp_path):
     for source, dataset, extra in ((run_dir / "float_model.h5", classes, ["--labels", run_dir / "labels.txt"]),
                                    (run_dir / "qat_model", flat, [])):
         out = tmp_path / source.stem
-        result = run_module("tflite_export.export", source, "--dataset", dataset, "--out", out,
-                            "--calibration-images", "16", *extra)
+        result = run_module("tflite_export.export", source, "--dataset", dataset, "--output_dir", out,
+                            "--calibration_images", "16", *extra)
         assert result.returncode == 0, result.stderr[-2000:]
         analysis = verify(str(out / "model.tflite"))
         assert analysis.has_metadata and (out / "labels.txt").read_text().split() == synthetic.CLASS_NAMES
@@ -177,7 +177,7 @@ def test_export_cli_calibrates_on_a_flat_folder_of_unlabelled_images(tmp_path, c
     out = tmp_path / "out"
 
     code = run_main(export.main, [str(model_path), "--dataset", str(photos), "--labels", str(labels),
-                                  "--out", str(out)], prog="tflite_export.export")
+                                  "--output_dir", str(out)], prog="tflite_export.export")
     printed = capsys.readouterr()
     assert code == 0, printed.err
     assert "calibrated on 5 images" in printed.out
@@ -188,7 +188,7 @@ def test_export_cli_calibrates_on_a_flat_folder_of_unlabelled_images(tmp_path, c
     assert (out / "labels.txt").read_text().split() == ["cat", "dog", "bird"]
 
     # Without --labels and no labels.txt beside the model, nothing names the outputs: one line, nothing written.
-    code = run_main(export.main, [str(model_path), "--dataset", str(photos), "--out", str(tmp_path / "out2")],
+    code = run_main(export.main, [str(model_path), "--dataset", str(photos), "--output_dir", str(tmp_path / "out2")],
                     prog="tflite_export.export")
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "unlabelled images" in err[0] and "--labels" in err[0], err
@@ -217,7 +217,7 @@ def test_export_cli_checks_accuracy_on_class_folders_matched_to_outputs_by_name(
         _write_pngs(tmp_path / "data" / name, 2, pixels=colours)
 
     code = run_main(export.main, [str(model_path), "--dataset", str(tmp_path / "data"), "--labels",
-                                  str(tmp_path / "labels.txt"), "--out", str(tmp_path / "out")],
+                                  str(tmp_path / "labels.txt"), "--output_dir", str(tmp_path / "out")],
                     prog="tflite_export.export")
     printed = capsys.readouterr()
     assert code == 0, printed.err
@@ -234,7 +234,7 @@ def test_export_cli_bad_model_is_a_one_line_error_without_output(kind, tmp_path)
     _write_pngs(tmp_path / "photos", 1)
     (tmp_path / "labels.txt").write_text("a\nb\n")
     result = run_module("tflite_export.export", model, "--dataset", tmp_path / "photos", "--labels",
-                        tmp_path / "labels.txt", "--out", out)
+                        tmp_path / "labels.txt", "--output_dir", out)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("tflite_export.export: error:")
     assert not out.exists() or not any(out.iterdir())
@@ -256,17 +256,17 @@ def test_logits_export_ends_at_the_logits_and_says_so(trained, tmp_path, capsys)
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
     assert warnings == ["warning: --io int8: browsers cannot load this model (LiteRT.js and MediaPipe's web runtime "
                         "take no int8 input); --io uint8, the default, makes a browser file"]
-    assert "SOFTMAX" not in report["ops"] and report["output"] == "logits" and report["xnnpack_partitions"] == 1
+    assert "SOFTMAX" not in report.ops and report.output == "logits" and report.xnnpack_partitions == 1
     card = ModelCard.read(tmp_path / "model_card.json")
     assert card.output.activation == "none"
-    assert read_metadata(report["model_file"])["output"]["name"] == "logits"
+    assert read_metadata(report.model_file)["output"]["name"] == "logits"
 
     expected = np.asarray(ending_at_logits(qat)(images))
-    got = run_tflite(report["model_file"], images)
+    got = run_tflite(report.model_file, images)
     # Within a few output steps of the QAT model's logits (measured: 3 steps at most).
     assert np.abs(got - expected).max() <= 4 * card.output.scale, (np.abs(got - expected).max(), card.output.scale)
     # The evaluation turns the outputs into probabilities, ranked as the QAT model's softmax ranks them.
-    content = open(report["model_file"], "rb").read()
+    content = open(report.model_file, "rb").read()
     predictions = held_out_predictions(content, qat, [(images, np.zeros(len(images), np.int64))], logits=True)
     np.testing.assert_allclose(predictions.scores.sum(-1), 1.0, rtol=1e-5)
     assert (predictions.scores.argmax(-1) == got.argmax(-1)).all()

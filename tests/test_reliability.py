@@ -148,8 +148,8 @@ def test_evaluate_refuses_a_label_file_of_the_wrong_length(tiny_models, tmp_path
     labels.write_text("a\nb\nc\n")
     out = tmp_path / "eval.json"
     code = run_main(evaluate.main, [str(tiny_models["four"]), "--dataset", str(data), "--labels", str(labels),
-                                    "--json", str(out)], prog="evaluate")
-    line = _error_line(code, capsys.readouterr().err, "evaluate")
+                                    "--json", str(out)], prog="tflite_export.evaluate")
+    line = _error_line(code, capsys.readouterr().err, "tflite_export.evaluate")
     assert "has 3 labels but the model has 4 outputs" in line and not out.exists()
 
 
@@ -161,8 +161,8 @@ def test_evaluate_refuses_class_folders_missing_from_the_labels(tiny_models, tmp
     labels = tmp_path / "labels.txt"
     labels.write_text("a\nb\nc\nd\n")
     code = run_main(evaluate.main, [str(tiny_models["four"]), "--dataset", str(data), "--labels", str(labels)],
-                    prog="evaluate")
-    assert "'zebra'" in _error_line(code, capsys.readouterr().err, "evaluate")
+                    prog="tflite_export.evaluate")
+    assert "'zebra'" in _error_line(code, capsys.readouterr().err, "tflite_export.evaluate")
 
 
 def test_evaluate_refuses_a_class_count_that_is_not_the_output_count(tiny_models, tmp_path, capsys):
@@ -171,8 +171,8 @@ def test_evaluate_refuses_a_class_count_that_is_not_the_output_count(tiny_models
     from tflite_export.cli import run_main
 
     data = _image_folders(tmp_path / "data", ["x", "y"], per_class=1)
-    code = run_main(evaluate.main, [str(tiny_models["four"]), "--dataset", str(data)], prog="evaluate")
-    line = _error_line(code, capsys.readouterr().err, "evaluate")
+    code = run_main(evaluate.main, [str(tiny_models["four"]), "--dataset", str(data)], prog="tflite_export.evaluate")
+    line = _error_line(code, capsys.readouterr().err, "tflite_export.evaluate")
     assert "2 classes but the model has 4 outputs" in line and "--labels" in line
 
 
@@ -181,8 +181,9 @@ def test_evaluate_refuses_a_two_output_model_on_imagenet(tiny_models, shared, ca
     from tflite_export.cli import run_main
 
     code = run_main(evaluate.main, [str(tiny_models["two"]), "--dataset", str(shared("datasets", "imagenet-samples"))],
-                    prog="evaluate")
-    assert "1000 classes but the model has 2 outputs" in _error_line(code, capsys.readouterr().err, "evaluate")
+                    prog="tflite_export.evaluate")
+    line = _error_line(code, capsys.readouterr().err, "tflite_export.evaluate")
+    assert "1000 classes but the model has 2 outputs" in line
 
 
 def test_evaluate_refuses_googles_1001_labels_on_a_two_class_folder(shared, capsys):
@@ -192,8 +193,9 @@ def test_evaluate_refuses_googles_1001_labels_on_a_two_class_folder(shared, caps
     model = shared("reference_models", "mobilenet_v3", "v3-small_224_1.0_uint8.tflite")
     labels = next(p for p in shared("labels").iterdir() if len(p.read_text().splitlines()) == 1001)
     code = run_main(evaluate.main, [str(model), "--dataset", str(shared("datasets", "hymenoptera_data")),
-                                    "--labels", str(labels)], prog="evaluate")
-    assert "2 classes but the model has 1001 outputs" in _error_line(code, capsys.readouterr().err, "evaluate")
+                                    "--labels", str(labels)], prog="tflite_export.evaluate")
+    line = _error_line(code, capsys.readouterr().err, "tflite_export.evaluate")
+    assert "2 classes but the model has 1001 outputs" in line
 
 
 def test_evaluate_still_accepts_1001_outputs_with_background_on_1000_imagenet_classes(shared, capsys):
@@ -202,7 +204,7 @@ def test_evaluate_still_accepts_1001_outputs_with_background_on_1000_imagenet_cl
 
     model = shared("reference_models", "mobilenet_v3", "v3-small_224_1.0_uint8.tflite")
     code = run_main(evaluate.main, [str(model), "--dataset", str(shared("datasets", "imagenet-samples")),
-                                    "--limit", "20"], prog="evaluate")
+                                    "--limit", "20"], prog="tflite_export.evaluate")
     printed = capsys.readouterr().out
     assert code == 0 and "background" in printed and "(20 images" in printed
 
@@ -219,14 +221,14 @@ def test_export_cli_refuses_classes_it_cannot_match_to_the_outputs(tiny_run, tmp
     labels.write_text("\n".join(f"name {i}" for i in range(8)) + "\n")
     out = tmp_path / "out"
     code = run_main(export.main, [str(run_dir / "float_model.h5"), "--dataset", str(data), "--labels", str(labels),
-                                  "--out", str(out), "--calibration-images", "4"], prog="tflite_export.export")
+                                  "--output_dir", str(out), "--calibration_images", "4"], prog="tflite_export.export")
     line = _error_line(code, capsys.readouterr().err, "tflite_export.export")
     assert "2 classes but the model has 8 outputs" in line
     assert not out.exists() or not any(out.iterdir())
 
 
 # ---------------------------------------------------------------------------- 3 and 7. artifacts as one set, modes
-def _export_tiny(out, io_dtype: str, **kwargs) -> dict:
+def _export_tiny(out, io_dtype: str, **kwargs):
     from tflite_export.export import ModelInfo, export_model
 
     rng = np.random.default_rng(0)
@@ -331,7 +333,7 @@ def test_export_cli_out_that_is_a_file_is_refused_before_loading(tmp_path, capsy
 
     out = tmp_path / "taken"
     out.write_text("x")
-    code = run_main(export.main, [str(tmp_path / "missing.h5"), "--dataset", str(tmp_path), "--out", str(out)],
+    code = run_main(export.main, [str(tmp_path / "missing.h5"), "--dataset", str(tmp_path), "--output_dir", str(out)],
                     prog="tflite_export.export")
     line = _error_line(code, capsys.readouterr().err, "tflite_export.export")
     assert "exists and is not a directory" in line and "missing.h5" not in line  # refused before the model is read
@@ -393,7 +395,7 @@ def test_truncated_model_is_one_line_not_struct_error(tiny_models, tmp_path, too
     extra = ["--dataset", str(_image_folders(tmp_path / "data", "abcd", per_class=1))] if tool == "evaluate" else []
     result = subprocess.run([os.sys.executable, "-m", f"tflite_export.{tool}", str(cut), *extra], cwd=REPO,
                             capture_output=True, text=True, timeout=300)
-    line = _error_line(result.returncode, result.stderr, tool)
+    line = _error_line(result.returncode, result.stderr, f"tflite_export.{tool}")
     assert "truncated or corrupt" in line and str(cut) in line
 
 
@@ -649,8 +651,8 @@ def test_evaluate_refuses_a_mean_that_is_not_a_number(tiny_models, tmp_path, cap
     from tflite_export.cli import run_main
 
     code = run_main(evaluate.main, [str(tiny_models["four"]), "--dataset", str(tmp_path), "--mean", mean, "--std",
-                                    "1"], prog="evaluate")
-    assert "must be finite" in _error_line(code, capsys.readouterr().err, "evaluate")
+                                    "1"], prog="tflite_export.evaluate")
+    assert "must be finite" in _error_line(code, capsys.readouterr().err, "tflite_export.evaluate")
 
 
 # ------------------------------------------------------------------------ issue 28, 7. multi_worker without its peer
@@ -768,7 +770,7 @@ def test_export_refuses_a_training_runs_folder_before_loading(tmp_path, capsys):
 
     run = _run_folder(tmp_path / "run", "run_config.json", "report.json", "model.tflite")
     before = _snapshot(run)
-    code = run_main(export.main, [str(tmp_path / "missing.h5"), "--dataset", str(tmp_path), "--out", str(run)],
+    code = run_main(export.main, [str(tmp_path / "missing.h5"), "--dataset", str(tmp_path), "--output_dir", str(run)],
                     prog="tflite_export.export")
     line = _error_line(code, capsys.readouterr().err, "tflite_export.export")
     assert "holds a training run (pipeline.train_and_export)" in line and "missing.h5" not in line, line
@@ -813,6 +815,7 @@ def tiny_export(tmp_path_factory):
 def test_install_model_refuses_a_card_its_model_contradicts(tiny_export, tmp_path, capsys, case, change, needle):
     """The app threw at start-up on such a card; an absolute labels_file was copied from wherever it pointed."""
     from pipeline.android import main
+    from tflite_export.cli import run_main
 
     folder = tmp_path / "model"
     shutil.copytree(tiny_export, folder / "export", symlinks=False)
@@ -824,7 +827,7 @@ def test_install_model_refuses_a_card_its_model_contradicts(tiny_export, tmp_pat
     (folder / "model_card.json").unlink()
     (folder / "model_card.json").write_text(json.dumps(card))
     assets = tmp_path / "assets"
-    assert main([str(folder), "--assets", str(assets)]) == 1, case
+    assert run_main(main, [str(folder), "--assets", str(assets)], prog="pipeline.android") == 2, case
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0], err
     assert not assets.exists()
@@ -844,16 +847,18 @@ def test_builtin_hswish_refusal_names_flags_that_exist():
 
     from absl import flags
 
-    from pipeline import train_and_export  # noqa: F401  (defines the pipeline's flags)
+    from pipeline.config import RunConfig, define_flags
     from pipeline.qat import quantize_model
     from tflite_export.convert import ConversionError, convert
 
+    pipeline_flags = flags.FlagValues()
+    define_flags(RunConfig, pipeline_flags)
     with pytest.raises(ConversionError) as error:
         convert(quantize_model(tiny_classifier_keras(classes=2)), lambda: iter(()), hswish="builtin")
     named = re.findall(r"--(\w+)", str(error.value))
     assert named, str(error.value)
     for name in named:
-        assert name in flags.FLAGS or (name.startswith("no") and flags.FLAGS[name[2:]].boolean), name
+        assert name in pipeline_flags or (name.startswith("no") and pipeline_flags[name[2:]].boolean), name
 
 
 def test_calibration_images_that_are_not_images_are_one_line_naming_the_file(tmp_path, capsys):
@@ -870,7 +875,7 @@ def test_calibration_images_that_are_not_images_are_one_line_naming_the_file(tmp
     (tmp_path / "labels.txt").write_text("a\nb\n")
     out = tmp_path / "out"
     code = run_main(export.main, [str(model), "--dataset", str(photos), "--labels", str(tmp_path / "labels.txt"),
-                                  "--out", str(out), "--calibration-images", "2"], prog="tflite_export.export")
+                                  "--output_dir", str(out), "--calibration_images", "2"], prog="tflite_export.export")
     line = _error_line(code, capsys.readouterr().err, "tflite_export.export")
     assert "1.jpg: cannot be read as an image" in line and "conversion failed" not in line, line
     assert not (out / "model.tflite").exists()
@@ -891,7 +896,8 @@ def test_export_of_a_model_that_is_not_a_keras_image_classifier_is_one_line(tmp_
     photos = _image_folders(tmp_path / "photos", ["a", "b"], per_class=1)
     for name, needle in (("unrelated", "is a SavedModel but not a Keras model"),
                          ("dense.h5", "is not an image classifier this tool exports")):
-        code = run_main(export.main, [str(tmp_path / name), "--dataset", str(photos), "--out", str(tmp_path / "out")],
+        code = run_main(export.main, [str(tmp_path / name), "--dataset", str(photos), "--output_dir",
+                                      str(tmp_path / "out")],
                         prog="tflite_export.export")
         line = _error_line(code, capsys.readouterr().err, "tflite_export.export")
         assert needle in line and str(tmp_path / name) in line, line

@@ -146,4 +146,5 @@ def test_worst_images_are_the_most_confident_mistakes_first():
     # Mistakes (images 1 and 2) by confidence, then the correct image the model was least sure of (3).
     assert predictions.worst(3) == [2, 1, 3]
     assert predictions.confusion_matrix().tolist() == [[2, 2], [0, 1]]
-    assert predictions.summary() == {"images": 5, "keras_top1": 0.8, "int8_top1": 0.6, "agreement": 0.4}
+    assert dataclasses.asdict(predictions.summary()) == {"images": 5, "keras_top1": 0.8, "int8_top1": 0.6,
+                                                         "agreement": 0.4}

@@ -117,7 +117,7 @@ def test_verify_rejects_missing_or_malformed_models(tmp_path, content):
 
 # ----------------------------------------------------------------------------------------------------------- inspect
 def test_inspect_cli_json(tiny):
-    proc = run_module("tflite_export.inspect", tiny["u8"], "--json")
+    proc = run_module("tflite_export.inspect", tiny["u8"], "--json", "-")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["check"] == {"passed": True, "problems": []}
@@ -129,11 +129,11 @@ def test_inspect_cli_json(tiny):
 
 def test_inspect_reports_failures_but_exits_zero(shared, capsys):
     path = shared(*V3_SMALL)
-    assert run_main(inspect_tool.main, [str(path)], prog="inspect") == 0
+    assert run_main(inspect_tool.main, [str(path)], prog="tflite_export.inspect") == 0
     out = capsys.readouterr().out
     assert "HARD_SWISH" in out and "Integer-only export check: FAIL" in out and "19 HARD_SWISH op(s)" in out
     assert "delegated partition(s)" in out
-    assert run_main(inspect_tool.main, [str(path), "--strict"], prog="inspect") == 1
+    assert run_main(inspect_tool.main, [str(path), "--strict"], prog="tflite_export.inspect") == 1
 
 
 @pytest.mark.parametrize("kind", ["missing", "garbage"])
@@ -142,18 +142,19 @@ def test_inspect_cli_bad_input_is_one_line_exit_2(tmp_path, kind):
     if kind == "garbage":
         path.write_bytes(os.urandom(4096))
     proc = run_module("tflite_export.inspect", path)
-    _assert_one_line_error(proc, "inspect", str(path), "no such file" if kind == "missing" else "not a TFLite model")
+    _assert_one_line_error(proc, "tflite_export.inspect", str(path),
+                           "no such file" if kind == "missing" else "not a TFLite model")
 
 
 # --------------------------------------------------------------------------------------------------------- benchmark
 def test_benchmark_two_models_side_by_side(tiny):
     results = benchmark.benchmark_models([tiny["u8"], tiny["u8_logits"]], threads=[1, 2], runs=15, warmup=2)
-    assert [(os.path.basename(r["model"]), r["threads"]) for r in results] == [
+    assert [(os.path.basename(r.model), r.threads) for r in results] == [
         ("tiny_u8.tflite", 1), ("tiny_u8_logits.tflite", 1), ("tiny_u8.tflite", 2), ("tiny_u8_logits.tflite", 2)]
     for r in results:
-        assert 0 < r["p10_ms"] <= r["median_ms"] <= r["p90_ms"]
-        assert r["runs"] == 15
-    assert results[0]["ratio_vs_first"] == 1.0 and results[2]["ratio_vs_first"] == 1.0
+        assert 0 < r.p10_ms <= r.median_ms <= r.p90_ms
+        assert r.runs == 15
+    assert results[0].ratio_vs_first == 1.0 and results[2].ratio_vs_first == 1.0
 
 
 def test_benchmark_cli_writes_json_and_rejects_garbage(tiny, tmp_path):
@@ -169,7 +170,7 @@ def test_benchmark_cli_writes_json_and_rejects_garbage(tiny, tmp_path):
     garbage.write_bytes(b"\x00" * 100)
     out2 = tmp_path / "bench2.json"
     proc = run_module("tflite_export.benchmark", tiny["u8"], garbage, "--runs", "5", "--json", out2)
-    _assert_one_line_error(proc, "benchmark", "garbage.tflite")
+    _assert_one_line_error(proc, "tflite_export.benchmark", "garbage.tflite")
     assert not out2.exists()
 
 
@@ -218,7 +219,7 @@ def test_evaluate_tiny_model_on_a_class_folder_tree(tiny, tmp_path, capsys):
         _write_images(tmp_path / "data" / "val" / cls, 3, ord(cls))
     out = tmp_path / "eval.json"
     code = run_main(evaluate.main, [str(tiny["u8"]), "--dataset", str(tmp_path / "data"), "--json", str(out)],
-                    prog="evaluate")
+                    prog="tflite_export.evaluate")
     assert code == 0
     printed = capsys.readouterr().out
     assert "default 127.5/127.5" in printed and "top-1:" in printed
@@ -231,10 +232,11 @@ def test_evaluate_bad_model_writes_no_json(tmp_path, capsys):
     bad = tmp_path / "bad.tflite"
     bad.write_text("not a model")
     out = tmp_path / "eval.json"
-    code = run_main(evaluate.main, [str(bad), "--dataset", str(tmp_path), "--json", str(out)], prog="evaluate")
+    code = run_main(evaluate.main, [str(bad), "--dataset", str(tmp_path), "--json", str(out)],
+                    prog="tflite_export.evaluate")
     assert code == 2 and not out.exists()
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("evaluate: error:") and "not a TFLite model" in err[0]
+    assert len(err) == 1 and err[0].startswith("tflite_export.evaluate: error:") and "not a TFLite model" in err[0]
 
 
 def test_evaluate_reproduces_googles_v3_small_top1(shared):
@@ -244,7 +246,7 @@ def test_evaluate_reproduces_googles_v3_small_top1(shared):
     dataset = evaluate.discover_dataset(shared("datasets", "imagenet-samples"))
     assert len(dataset.items) == 1000
     result = evaluate.evaluate_tflite(model, dataset.items, num_classes=len(dataset.class_names))
-    assert result["label_offset"] == 1  # 1001 outputs, background at 0
-    assert result["normalization_source"].startswith("default 127.5/127.5")
-    assert abs(100 * result["top1"] - 77.6) <= 0.5, result
-    assert result["top5"] > 0.9
+    assert result.label_offset == 1  # 1001 outputs, background at 0
+    assert result.normalization_source.startswith("default 127.5/127.5")
+    assert abs(100 * result.top1 - 77.6) <= 0.5, result
+    assert result.top5 > 0.9

@@ -345,9 +345,9 @@ def test_demo_command_refuses_a_bad_model_argument_in_one_line(tmp_path, capsys,
         target.write_text("not a model")
     if demo.web_root_problem():
         _require_browser()
-    assert run_main(demo.main, [str(target)], prog="demo") == 2
+    assert run_main(demo.main, [str(target)], prog="tflite_export.demo") == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("demo: error: ") and str(target) in err[0], err
+    assert len(err) == 1 and err[0].startswith("tflite_export.demo: error: ") and str(target) in err[0], err
 
 
 def test_clients_say_which_runtimes_run_a_file(tiny_models, tmp_path):

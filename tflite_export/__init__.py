@@ -4,8 +4,10 @@ A library under the pipeline: it imports `keras_models` and never `pipeline` (te
 What training and export share lives here: the preprocessing contract (`preprocessing`), the quantization scheme
 (`quantization`), files and atomic writes (`files`), the model card (`model_card`), console helpers (`cli`).
 
-The names below are its public API, imported on first use; each command-line tool is a module of the same job
-(`python -m tflite_export.export`, `.inspect`, `.evaluate`, `.benchmark`).
+The names below are its public API, imported on first use; the functions return frozen dataclasses (`ExportResult`,
+`Inspection`, `Evaluation`, a list of `ModelLatency`), which the command-line tools write with `--json`. Each tool is a
+module of the same job (`python -m tflite_export.export`, `.inspect`, `.evaluate`, `.benchmark`), run through
+`tflite_export.command`, the one command-line style of every `python -m` command of the project.
 """
 
 import importlib
@@ -33,6 +35,8 @@ def lazy_attributes(package: str, public: dict[str, str]):
 _PUBLIC = {
     "ModelInfo": "tflite_export.export",
     "export_model": "tflite_export.export",
+    "ExportResult": "tflite_export.export",
+    "HeldOutAccuracy": "tflite_export.evaluate",
     "run_tflite": "tflite_export.export",
     "ConversionError": "tflite_export.convert",
     "analyze": "tflite_export.verify",
@@ -41,7 +45,9 @@ _PUBLIC = {
     "inspect_model": "tflite_export.inspect",
     "Inspection": "tflite_export.inspect",
     "evaluate_tflite": "tflite_export.evaluate",
+    "Evaluation": "tflite_export.evaluate",
     "benchmark_models": "tflite_export.benchmark",
+    "ModelLatency": "tflite_export.benchmark",
     "read_metadata": "tflite_export.metadata",
     "ModelCard": "tflite_export.model_card",
 }

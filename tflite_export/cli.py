@@ -1,5 +1,6 @@
 """What the project's command-line tools share (the `python -m tflite_export.*` tools and the pipeline's commands):
-exit codes, expected failures as one line, progress bars and stage headers. Files are `tflite_export.files`."""
+exit codes, expected failures as one line, progress bars and stage headers. Their flags and entry point are
+`tflite_export.command`; files are `tflite_export.files`."""
 
 from __future__ import annotations
 

@@ -10,19 +10,17 @@ cross-origin isolation headers are needed.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import http.server
 import json
 import pathlib
 import shlex
 import sys
-from typing import Sequence
 
-from tflite_export.cli import run_main
 from tflite_export.clients import browser_problems
+from tflite_export.command import Command, positional, run_command, setting
 from tflite_export.verify import analyze
 
-PROG = "python -m tflite_export.demo"
 REPO = pathlib.Path(__file__).resolve().parents[1]
 WEB_DIR = REPO / "web_demo"
 BUNDLED_MODEL = REPO / "android_demo" / "app" / "src" / "main" / "assets"
@@ -161,20 +159,24 @@ def make_server(files: dict[str, pathlib.Path], port: int = DEFAULT_PORT, *, qui
         raise OSError(f"cannot listen on {HOST}:{port} ({exc.strerror}): pass another --port") from None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[1])
-    parser.add_argument("model", nargs="?", help="run folder, export folder or .tflite file (default: the Android "
-                        "app's bundled ImageNet model)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port on 127.0.0.1 (0: any free port)")
-    parser.add_argument("--log", action="store_true", help="print every request")
-    args = parser.parse_args(argv)
+@dataclasses.dataclass(frozen=True)
+class DemoOptions:
+    """The flags of `python -m tflite_export.demo` (the positional argument: a run folder, an export folder or a
+    .tflite file; default: the Android app's bundled ImageNet model)."""
+
+    port: int = setting(DEFAULT_PORT, "Port on 127.0.0.1 (0: any free port).")
+    log: bool = setting(False, "Print every request.")
+
+
+def demo_command(options: DemoOptions, args: list[str]) -> int:
+    target = positional(args, "MODEL_OR_RUN_DIR", least=0)
     problem = web_root_problem()
     if problem:
         raise ValueError(problem)
-    files = model_files(args.model)
+    files = model_files(target[0] if target else None)
     for note in warnings_for(files):
         print(f"warning: {note}", file=sys.stderr)
-    server = make_server(files, args.port, quiet=not args.log)
+    server = make_server(files, options.port, quiet=not options.log)
     print(f"serving {files['model.tflite']} at http://{HOST}:{server.server_address[1]}/  (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
@@ -185,5 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+main = Command("tflite_export.demo", DemoOptions, demo_command)
+
 if __name__ == "__main__":
-    sys.exit(run_main(main, prog="demo"))
+    run_command(main)

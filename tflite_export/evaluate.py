@@ -1,5 +1,5 @@
 """`python -m tflite_export.evaluate MODEL.tflite --dataset DIR [--labels FILE] [--mean M --std S] [--limit N]
-[--json OUT]`
+[--json OUT.json|-]`
 
 Top-1/top-5 of a TFLite classifier with the project's evaluation preprocessing (tflite_export.preprocessing: central
 87.5% crop, bilinear resize, pixels in [0, 255], then the model's own input quantization).
@@ -15,7 +15,7 @@ to the model's outputs (`map_classes_to_outputs`): a label file with another lin
 class folders of which only some are among the labels, or a class count that is neither the output count nor one less.
 
 Normalization: --mean/--std if given, else the model's metadata (NormalizationOptions), else 127.5/127.5 (the
-MobileNet convention); the tool prints which it used. How pixels reach the input tensor (--input-mode):
+MobileNet convention); the tool prints which it used. How pixels reach the input tensor (--input_mode):
 * auto (default): a uint8 input gets the pixel bytes themselves (rounded), as the TFLite Task Library and Android apps
   feed quantized image models (metadata normalization applies to float inputs there); this is what reproduces
   Google's published accuracy of its uint8 models (V3-Small: 78.6% here with raw bytes vs 76.7% when re-quantizing
@@ -27,23 +27,29 @@ MobileNet convention); the tool prints which it used. How pixels reach the input
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import os
 import pathlib
 import re
-import sys
 import time
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from tflite_export.cli import EXIT_OK, run_main
+from tflite_export.cli import EXIT_OK
+from tflite_export.command import (
+    JSON_HELP,
+    REQUIRED,
+    Command,
+    check_json_target,
+    emit,
+    positional,
+    run_command,
+    setting,
+)
 from tflite_export.files import (
     IMAGE_EXTENSIONS,
-    atomic_write_json,
-    check_writable_file,
     image_files,
     load_model_bytes,
     read_labels,
@@ -52,7 +58,6 @@ from tflite_export.metadata import read_metadata
 from tflite_export.preprocessing import load_eval_image, quantize_input
 from tflite_export.verify import analyze, check_runs_in_xnnpack
 
-PROG = "python -m tflite_export.evaluate"
 DEFAULT_MEAN = 127.5
 DEFAULT_STD = 127.5
 _WNID_FILE = re.compile(r"^(n\d{8})_.*$")
@@ -146,6 +151,39 @@ def map_classes_to_outputs(classes: Sequence[str], labels: Sequence[str] | None,
 
 
 # ---------------------------------------------------------------------------------------------------------- evaluation
+@dataclasses.dataclass(frozen=True)
+class InputTensor:
+    shape: list[int]
+    dtype: str
+    scale: float
+    zero_point: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """Top-1/top-5 of a TFLite classifier (`evaluate_tflite`; the command's --json)."""
+
+    model: str
+    n: int  # images evaluated
+    top1: float  # fractions
+    top5: float
+    correct_top1: int
+    correct_top5: int
+    mean: list[float]  # the normalization used, and where it came from
+    std: list[float]
+    normalization_source: str
+    input_feed: str  # how pixels reached the input tensor
+    label_offset: int  # added to each class index (1: the model has a background class at output 0)
+    num_outputs: int
+    input: InputTensor
+    seconds: float
+    # The data set, when the command read it from a folder (`discover_dataset`).
+    dataset: str | None = None
+    layout: str | None = None
+    class_mapping: str | None = None
+    num_classes: int | None = None
+
+
 def _model_normalization(data: bytes) -> tuple[list[float] | None, list[float] | None, list[str] | None, str | None]:
     """(mean, std, labels, note) from the model's metadata, or Nones (note says why) when there is none/unreadable."""
     try:
@@ -169,15 +207,12 @@ def evaluate_tflite(
     num_threads: int = 2,
     input_mode: str = "auto",
     progress: Callable[[int, int], None] | None = None,
-) -> dict:
+) -> Evaluation:
     """Top-1/top-5 of a TFLite classifier over (image path, class index) pairs.
 
     mean/std: None -> the model's metadata, else 127.5/127.5. input_mode: "auto" (uint8 input = pixel bytes, see the
     module doc) or "quantize" (quantize_input with mean/std for any integer input). label_offset: None -> 1 when the
-    model has exactly one output more than `num_classes` (background class), else 0. Returns a dict with top1, top5
-    (fractions), n, correct_top1, correct_top5, mean, std, normalization_source, label_offset, input
-    (shape/dtype/quantization),
-    seconds.
+    model has exactly one output more than `num_classes` (background class), else 0.
     """
     from ai_edge_litert.interpreter import Interpreter
 
@@ -253,15 +288,22 @@ def evaluate_tflite(
             progress(count, len(items))
     seconds = time.perf_counter() - start
     n = len(items)
-    return {
-        "model": str(model_path), "n": n, "top1": correct1 / n, "top5": correct5 / n,
-        "correct_top1": correct1, "correct_top5": correct5,
-        "mean": [float(v) for v in mean_arr], "std": [float(v) for v in std_arr], "normalization_source": source,
-        "input_feed": feed,
-        "label_offset": label_offset, "num_outputs": out_dim,
-        "input": {"shape": shape, "dtype": in_dtype.name, "scale": float(scale), "zero_point": int(zero_point)},
-        "seconds": seconds,
-    }
+    return Evaluation(
+        model=str(model_path), n=n, top1=correct1 / n, top5=correct5 / n, correct_top1=correct1,
+        correct_top5=correct5, mean=[float(v) for v in mean_arr], std=[float(v) for v in std_arr],
+        normalization_source=source, input_feed=feed, label_offset=label_offset, num_outputs=out_dim,
+        input=InputTensor(shape=shape, dtype=in_dtype.name, scale=float(scale), zero_point=int(zero_point)),
+        seconds=seconds)
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldOutAccuracy:
+    """Top-1 of an int8 file and of the Keras model it came from, on the same held-out images."""
+
+    images: int
+    keras_top1: float
+    int8_top1: float
+    agreement: float  # fraction of images where the two have the same top-1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,17 +319,14 @@ class HeldOutPredictions:
     def predicted(self) -> np.ndarray:
         return self.scores.argmax(-1)
 
-    def summary(self) -> dict:
+    def summary(self) -> HeldOutAccuracy:
         """Top-1 of the int8 file and of the Keras model on the same images, and how often they agree."""
         total = len(self.labels)
         if not total:
             raise ValueError("no evaluation images")
-        return {
-            "images": total,
-            "keras_top1": float(np.mean(self.reference == self.labels)),
-            "int8_top1": float(np.mean(self.predicted == self.labels)),
-            "agreement": float(np.mean(self.predicted == self.reference)),
-        }
+        return HeldOutAccuracy(images=total, keras_top1=float(np.mean(self.reference == self.labels)),
+                               int8_top1=float(np.mean(self.predicted == self.labels)),
+                               agreement=float(np.mean(self.predicted == self.reference)))
 
     def confusion_matrix(self) -> np.ndarray:
         """int [true, predicted] image counts of the int8 model, one row and one column per model output."""
@@ -306,58 +345,65 @@ class HeldOutPredictions:
         return [int(i) for i in np.concatenate([mistakes, unsure])[:count]]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description="Top-1/top-5 of a TFLite classifier on a folder of images.")
-    parser.add_argument("model", help="path to a .tflite file")
-    parser.add_argument("--dataset", required=True, help="class-folder tree (optionally with test/ or val/) or the "
-                        "imagenet-samples flat layout")
-    parser.add_argument("--labels", help="label file of the model's outputs (maps class folders by name)")
-    parser.add_argument("--mean", type=float, help="normalization mean (default: metadata, else 127.5)")
-    parser.add_argument("--std", type=float, help="normalization std (default: metadata, else 127.5)")
-    parser.add_argument("--limit", type=int, help="evaluate only the first N images")
-    parser.add_argument("--input-mode", choices=("auto", "quantize"), default="auto",
-                        help="auto: uint8 inputs get the pixel bytes (Task Library convention); quantize: "
-                        "quantize_input with mean/std for every integer input")
-    parser.add_argument("--threads", type=int, default=2, help="LiteRT threads (default 2)")
-    parser.add_argument("--json", metavar="OUT", help="write the results to this JSON file")
-    args = parser.parse_args(argv)
-    if (args.mean is None) != (args.std is None):
+@dataclasses.dataclass(frozen=True)
+class EvaluateOptions:
+    """The flags of `python -m tflite_export.evaluate`."""
+
+    dataset: str = setting(REQUIRED, "Class-folder tree (optionally with test/ or val/) or the imagenet-samples flat "
+                           "layout.")
+    labels: str | None = setting(None, "Label file of the model's outputs (maps class folders by name).")
+    mean: float | None = setting(None, "Normalization mean (default: metadata, else 127.5).")
+    std: float | None = setting(None, "Normalization std (default: metadata, else 127.5).")
+    limit: int | None = setting(None, "Evaluate only the first N images.")
+    input_mode: str = setting("auto", "auto: uint8 inputs get the pixel bytes (Task Library convention); quantize: "
+                              "quantize_input with mean/std for every integer input.", ("auto", "quantize"))
+    threads: int = setting(2, "LiteRT threads.")
+    json: str | None = setting(None, JSON_HELP)
+
+
+def evaluate_command(options: EvaluateOptions, args: list[str]) -> int:
+    check_json_target(options.json)  # before the evaluation, not after it
+    (model,) = positional(args, "MODEL: a .tflite file")
+    if (options.mean is None) != (options.std is None):
         raise ValueError("give both --mean and --std, or neither")
-    if args.std == 0:
+    if options.std == 0:
         raise ValueError("--std must not be 0")
-    if args.mean is not None and not (math.isfinite(args.mean) and math.isfinite(args.std)):
-        raise ValueError(f"--mean and --std must be finite numbers, got {args.mean:g} and {args.std:g}")
-    if args.json:
-        check_writable_file(args.json, "--json")  # before the evaluation, not after it
-    data = load_model_bytes(args.model)  # fail fast, before scanning the data set
+    if options.mean is not None and not (math.isfinite(options.mean) and math.isfinite(options.std)):
+        raise ValueError(f"--mean and --std must be finite numbers, got {options.mean:g} and {options.std:g}")
+    data = load_model_bytes(model)  # fail fast, before scanning the data set
     outputs = analyze(data, xnnpack=False).outputs
     if len(outputs) != 1 or not outputs[0].shape:
-        raise ValueError(f"{args.model}: expected a classifier with one output tensor, found {len(outputs)}")
+        raise ValueError(f"{model}: expected a classifier with one output tensor, found {len(outputs)}")
     num_outputs = int(outputs[0].shape[-1])
-    labels, labels_source = (read_labels(args.labels, "--labels"), f"--labels {args.labels}") if args.labels \
-        else (None, "")
+    labels, labels_source = (read_labels(options.labels, "--labels"), f"--labels {options.labels}") \
+        if options.labels else (None, "")
     if labels is None:
         _, _, labels, _ = _model_normalization(data)
         labels_source = "the model's metadata"
-    dataset = discover_dataset(args.dataset)
+    dataset = discover_dataset(options.dataset)
     classes = map_classes_to_outputs(dataset.class_names, labels, num_outputs, labels_source=labels_source,
                                      match_names=dataset.layout == "class-folders")
     items = [(path, classes["index"][label]) for path, label in dataset.items]
-    result = evaluate_tflite(args.model, items, mean=args.mean, std=args.std, label_offset=0,
-                             limit=args.limit, num_threads=args.threads, input_mode=args.input_mode)
-    result.update({"dataset": dataset.root, "layout": dataset.layout, "class_mapping": classes["mapping"],
-                   "label_offset": classes["label_offset"], "num_classes": len(dataset.class_names)})
-    print(f"normalization: mean={result['mean']} std={result['std']} ({result['normalization_source']}); "
-          f"input {result['input']['dtype']} fed as {result['input_feed']}")
-    print(f"dataset: {result['dataset']} ({result['layout']}, {result['num_classes']} classes, "
-          f"{result['class_mapping']}"
-          f"{', labels shifted by 1 for the background class' if result['label_offset'] else ''})")
-    print(f"top-1: {100 * result['top1']:.2f}%  top-5: {100 * result['top5']:.2f}%  "
-          f"({result['n']} images, {result['seconds']:.1f} s)")
-    if args.json:
-        atomic_write_json(args.json, result)
+    result = evaluate_tflite(model, items, mean=options.mean, std=options.std, label_offset=0, limit=options.limit,
+                             num_threads=options.threads, input_mode=options.input_mode)
+    result = dataclasses.replace(result, dataset=dataset.root, layout=dataset.layout, class_mapping=classes["mapping"],
+                                 label_offset=classes["label_offset"], num_classes=len(dataset.class_names))
+    emit(format_evaluation(result), result, options.json)
     return EXIT_OK
 
 
+def format_evaluation(result: Evaluation) -> str:
+    background = ", labels shifted by 1 for the background class" if result.label_offset else ""
+    return "\n".join([
+        f"normalization: mean={result.mean} std={result.std} ({result.normalization_source}); input "
+        f"{result.input.dtype} fed as {result.input_feed}",
+        f"dataset: {result.dataset} ({result.layout}, {result.num_classes} classes, {result.class_mapping}"
+        f"{background})",
+        f"top-1: {100 * result.top1:.2f}%  top-5: {100 * result.top5:.2f}%  ({result.n} images, "
+        f"{result.seconds:.1f} s)"])
+
+
+main = Command("tflite_export.evaluate", EvaluateOptions, evaluate_command)
+
 if __name__ == "__main__":
-    sys.exit(run_main(main, prog="evaluate"))
+    run_command(main)

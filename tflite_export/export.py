@@ -1,9 +1,9 @@
 """Export a trained Keras model as the file users ship: int8 TFLite + metadata + labels + model card, verified.
 
 Library: `export_model(...)`, called at the end of `python -m pipeline.train_and_export`.
-CLI:     `python -m tflite_export.export MODEL.h5 --dataset DIR --out DIR [--labels FILE] [--io uint8]`
-         `[--hswish lowered] [--logits]` converts a saved Keras model (float: post-training quantization; QAT: its
-         learned ranges).
+CLI:     `python -m tflite_export.export MODEL.h5 --dataset DIR --output_dir DIR [--labels FILE] [--io uint8]`
+         `[--hswish lowered] [--logits] [--calibration_images 200]` converts a saved Keras model (float: post-training
+         quantization; QAT: its learned ranges).
 
 --logits ends the file at the classifier's logits instead of its softmax: no SOFTMAX op, which XNNPACK cannot run in
 int8 and which costs a separate kernel call per inference; the ranking is the same (softmax keeps the order). The
@@ -34,9 +34,10 @@ import numpy as np
 from keras_models.backend import keras
 from tflite_export import metadata as tflite_metadata
 from tflite_export import verify as tflite_verify
-from tflite_export.cli import first_line, run_main
+from tflite_export.cli import first_line
+from tflite_export.command import REQUIRED, Command, positional, run_command, setting
 from tflite_export.convert import ConversionError, RepresentativeData, convert
-from tflite_export.evaluate import HeldOutPredictions, discover_dataset, map_classes_to_outputs
+from tflite_export.evaluate import HeldOutAccuracy, HeldOutPredictions, discover_dataset, map_classes_to_outputs
 from tflite_export.files import (
     CARD_FILE,
     EXPORT_RUN,
@@ -119,7 +120,7 @@ def run_tflite(model: bytes | str | os.PathLike, images: np.ndarray, num_threads
 def compare_with_keras(
     content: bytes, keras_model: keras.Model, batches: Iterable[tuple[np.ndarray, np.ndarray]], *,
     logits: bool = False,
-) -> dict:
+) -> HeldOutAccuracy:
     """Top-1 of the int8 file and of the Keras model on the same held-out images, and how often they agree."""
     return held_out_predictions(content, keras_model, batches, logits=logits).summary()
 
@@ -162,6 +163,22 @@ def held_out_predictions(
     return HeldOutPredictions(np.concatenate(labels), np.concatenate(scores), np.concatenate(reference))
 
 
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    """What `export_model` wrote and found."""
+
+    model_file: str  # model.tflite in the output folder
+    size_bytes: int
+    convert_seconds: float
+    io_dtype: str  # uint8 or int8
+    hswish: str  # lowered or builtin
+    output: str  # softmax, or logits (the file ends at the classifier's logits)
+    ops: dict[str, int]  # op histogram
+    float_tensors: int
+    xnnpack_partitions: int | None
+    accuracy: HeldOutAccuracy | None = None  # against the Keras model, when evaluation batches were given
+
+
 INT8_IO_WARNING = ("--io int8: browsers cannot load this model (LiteRT.js and MediaPipe's web runtime take no int8 "
                    "input); --io uint8, the default, makes a browser file")
 
@@ -196,8 +213,8 @@ def export_model(
     reference_model: keras.Model | None = None,
     artifacts: ArtifactSet | None = None,
     logits: bool = False,
-) -> dict:
-    """Convert, verify, add metadata, write `model.tflite`, `labels.txt`, `model_card.json`; return a report dict.
+) -> ExportResult:
+    """Convert, verify, add metadata, write `model.tflite`, `labels.txt`, `model_card.json`; return what was written.
 
     `reference_model` is the Keras model the int8 accuracy is compared with (defaults to `model`). `logits`: the file
     ends at the classifier's logits (`ending_at_logits`), not its softmax.
@@ -217,19 +234,14 @@ def export_model(
     analysis = tflite_verify.verify(content, allow_hard_swish=(hswish == "builtin"), io_dtype=io_dtype)
     content = tflite_metadata.write_metadata(content, labels=labels, **dataclasses.asdict(info), mean=PIXEL_MEAN,
                                              std=PIXEL_STD, logits=logits)
-    report = {
-        "model_file": os.path.join(output_dir, MODEL_FILE),
-        "size_bytes": len(content),
-        "convert_seconds": round(convert_seconds, 1),
-        "io_dtype": io_dtype,
-        "hswish": hswish,
-        "output": "logits" if logits else "softmax",
-        "ops": dict(analysis.op_histogram),
-        "float_tensors": len(analysis.float_tensors),
-        "xnnpack_partitions": analysis.xnnpack_partitions,
-    }
+    accuracy = None
     if eval_batches is not None:
-        report["accuracy"] = compare_with_keras(content, reference_model or model, eval_batches(), logits=logits)
+        accuracy = compare_with_keras(content, reference_model or model, eval_batches(), logits=logits)
+    report = ExportResult(
+        model_file=os.path.join(output_dir, MODEL_FILE), size_bytes=len(content),
+        convert_seconds=round(convert_seconds, 1), io_dtype=io_dtype, hswish=hswish,
+        output="logits" if logits else "softmax", ops=dict(analysis.op_histogram),
+        float_tensors=len(analysis.float_tensors), xnnpack_partitions=analysis.xnnpack_partitions, accuracy=accuracy)
     own_set = artifact_set(output_dir, replaces=(MODEL_FILE, LABELS_FILE, CARD_FILE, REPORT_FILE))
     with contextlib.nullcontext(artifacts) if artifacts is not None else own_set as files:
         atomic_write_bytes(files.path(LABELS_FILE), labels_text(labels))
@@ -265,44 +277,46 @@ def _labels_beside(model_path: str) -> str | None:
     return str(candidate) if candidate.is_file() else None
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
+@dataclasses.dataclass(frozen=True)
+class ExportOptions:
+    """The flags of `python -m tflite_export.export` (the positional argument: the saved Keras model, .h5 / .keras /
+    SavedModel folder, float or QAT)."""
 
-    parser = argparse.ArgumentParser(prog="python -m tflite_export.export", description=__doc__.splitlines()[0])
-    parser.add_argument("model", help="saved Keras model (.h5 / .keras / SavedModel dir), float or QAT")
-    parser.add_argument("--dataset", required=True, help="folder of images for calibration: class sub-folders (also "
-                        "used for the accuracy check) or a flat folder of unlabelled images")
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--io", default="uint8", choices=["uint8", "int8"])
-    parser.add_argument("--hswish", default="lowered", choices=["lowered", "builtin"])
-    parser.add_argument("--logits", action="store_true",
-                        help="end the file at the logits, not the softmax (no SOFTMAX op; see the module doc)")
-    parser.add_argument("--labels", help="labels file (one per line); default: the dataset's class folders, else the "
-                        f"{LABELS_FILE} beside the model")
-    parser.add_argument("--name", default=None)
-    parser.add_argument("--calibration-images", type=int, default=200)
-    args = parser.parse_args(argv)
+    dataset: str = setting(REQUIRED, "Folder of images for calibration: class sub-folders (also used for the accuracy "
+                           "check) or a flat folder of unlabelled images.")
+    output_dir: str = setting(REQUIRED, "Where model.tflite, labels.txt and model_card.json go.")
+    io: str = setting("uint8", "Input/output dtype of the TFLite model.", ("uint8", "int8"))
+    hswish: str = setting("lowered", "h-swish as ADD/RELU6/MUL ops, or HARD_SWISH.", ("lowered", "builtin"))
+    logits: bool = setting(False, "End the file at the logits, not the softmax (no SOFTMAX op; see the module doc).")
+    labels: str | None = setting(None, "Labels file (one per line); default: the dataset's class folders, else the "
+                                 f"{LABELS_FILE} beside the model.")
+    name: str | None = setting(None, "Model name in the metadata and the model card (default: the Keras model's).")
+    calibration_images: int = setting(200, "Images for int8 calibration.")
+
+
+def export_command(options: ExportOptions, args: list[str]) -> int:
+    (model_path,) = positional(args, "MODEL: a saved Keras model (.h5, .keras or a SavedModel folder)")
     # Everything that can be refused without the model is refused before loading and converting it (~40 s).
-    check_writable_dir(args.out, "--out")
-    check_folder_kind(args.out, EXPORT_RUN, "--out")
-    if args.calibration_images < MIN_CALIBRATION_IMAGES:
-        raise ValueError(f"--calibration-images must be at least {MIN_CALIBRATION_IMAGES}, got "
-                         f"{args.calibration_images}")
-    labels = read_labels(args.labels, "--labels") if args.labels else None
-    labels_source = f"--labels {args.labels}"
-    dataset = pathlib.Path(args.dataset)
+    check_writable_dir(options.output_dir, "--output_dir")
+    check_folder_kind(options.output_dir, EXPORT_RUN, "--output_dir")
+    if options.calibration_images < MIN_CALIBRATION_IMAGES:
+        raise ValueError(f"--calibration_images must be at least {MIN_CALIBRATION_IMAGES}, got "
+                         f"{options.calibration_images}")
+    labels = read_labels(options.labels, "--labels") if options.labels else None
+    labels_source = f"--labels {options.labels}"
+    dataset = pathlib.Path(options.dataset)
     train_dir = dataset / "train" if (dataset / "train").is_dir() else dataset
-    calibration_files = images_under(train_dir, args.calibration_images)
+    calibration_files = images_under(train_dir, options.calibration_images)
     has_eval_split = any((dataset / split).is_dir() for split in ("test", "val"))
     # Class indices in sorted folder order; map_classes_to_outputs below turns them into the model's outputs.
     found = discover_dataset(dataset if has_eval_split else train_dir, allow_unlabelled=True)
     if labels is None and not found.class_names:
-        beside = _labels_beside(args.model)
+        beside = _labels_beside(model_path)
         if beside is None:
-            raise ValueError(f"--dataset {args.dataset} holds unlabelled images, which name no classes: pass --labels "
-                             "with the model's labels file, one line per output")
+            raise ValueError(f"--dataset {options.dataset} holds unlabelled images, which name no classes: pass "
+                             "--labels with the model's labels file, one line per output")
         labels, labels_source = read_labels(beside), beside
-    model = _load_keras_model(args.model)
+    model = _load_keras_model(model_path)
     size = model.input_shape[1]
     num_outputs = int(model.output_shape[-1])
     if labels is not None and len(labels) != num_outputs:
@@ -326,27 +340,30 @@ def main(argv: list[str] | None = None) -> int:
                        to_output[[label for _, label in chunk]])
 
         print(f"classes: {classes['mapping']}")
-    info = ModelInfo(name=args.name or model.name, description=f"{model.name} int8 classifier ({len(labels)} classes)")
+    info = ModelInfo(name=options.name or model.name,
+                     description=f"{model.name} int8 classifier ({len(labels)} classes)")
     report = export_model(
         model,
         lambda: (load_eval_image(path, size)[None] for path in calibration_files),
-        output_dir=args.out,
+        output_dir=options.output_dir,
         labels=labels,
         info=info,
-        io_dtype=args.io,
-        hswish=args.hswish,
+        io_dtype=options.io,
+        hswish=options.hswish,
         eval_batches=eval_batches,
-        logits=args.logits,
+        logits=options.logits,
     )
     print(f"calibrated on {len(calibration_files)} images of {train_dir}")
-    line = f"wrote {report['model_file']} ({report['size_bytes']:,} bytes)"
-    if "accuracy" in report:
-        acc = report["accuracy"]
-        line += (f"; int8 top-1 {acc['int8_top1']:.4f}, keras top-1 {acc['keras_top1']:.4f}, agreement "
-                 f"{acc['agreement']:.4f} on {acc['images']} labelled images")
+    line = f"wrote {report.model_file} ({report.size_bytes:,} bytes)"
+    if report.accuracy is not None:
+        acc = report.accuracy
+        line += (f"; int8 top-1 {acc.int8_top1:.4f}, keras top-1 {acc.keras_top1:.4f}, agreement "
+                 f"{acc.agreement:.4f} on {acc.images} labelled images")
     print(line)
     return 0
 
 
+main = Command("tflite_export.export", ExportOptions, export_command, renamed={"out": "output_dir"})
+
 if __name__ == "__main__":
-    sys.exit(run_main(main, prog="tflite_export.export"))
+    run_command(main)

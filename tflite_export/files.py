@@ -330,8 +330,13 @@ def artifact_set(output_dir: str | os.PathLike, replaces: Sequence[str] = ()) ->
         raise
 
 
+def json_text(obj) -> str:
+    """JSON as the project writes it (indented; numpy values, tuples and paths as plain JSON)."""
+    return json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
+
+
 def atomic_write_json(path: str | os.PathLike, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n").encode())
+    atomic_write_bytes(path, json_text(obj).encode())
 
 
 def _json_default(value):

@@ -1,25 +1,21 @@
-"""`python -m tflite_export.inspect MODEL.tflite [--json] [--allow-hard-swish] [--io-dtype uint8]`
+"""`python -m tflite_export.inspect MODEL.tflite [--json OUT.json|-] [--allow_hard_swish] [--io uint8] [--strict]`
 
 Reports the op histogram, I/O details, the integer-only/export-rules check (tflite_export.verify), the XNNPACK
 partition count, the metadata summary and which runtimes can run the file (tflite_export.clients: LiteRT, the
 browser, MediaPipe Tasks, the project's Android app). Exit code 0 for any readable model (it reports, it does not
 judge; use `--strict` to exit 1 when the export rules fail); 2 with a one-line error for a missing or malformed file.
+`--json -` prints the report as JSON instead of text (`Inspection.to_dict()`), `--json FILE` writes it there too.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import sys
-from typing import Sequence
 
-from tflite_export.cli import EXIT_FAIL, EXIT_OK, run_main
+from tflite_export.cli import EXIT_FAIL, EXIT_OK
 from tflite_export.clients import Client, clients
+from tflite_export.command import JSON_HELP, Command, check_json_target, emit, positional, run_command, setting
 from tflite_export.metadata import read_metadata
 from tflite_export.verify import ModelAnalysis, analyze, problems_of
-
-PROG = "python -m tflite_export.inspect"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,22 +103,29 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[1])
-    parser.add_argument("model", help="path to a .tflite file")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("--allow-hard-swish", action="store_true", help="do not count HARD_SWISH as a problem")
-    parser.add_argument("--io-dtype", default="uint8", help="expected input/output dtype ('any' to skip the check)")
-    parser.add_argument("--strict", action="store_true", help="exit 1 when the export check fails")
-    args = parser.parse_args(argv)
-    io_dtype = None if args.io_dtype in ("any", "", "none") else args.io_dtype
-    inspection = inspect_model(args.model, allow_hard_swish=args.allow_hard_swish, io_dtype=io_dtype)
-    report = inspection.to_dict()
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
-    if args.strict and not inspection.passed:
+@dataclasses.dataclass(frozen=True)
+class InspectOptions:
+    """The flags of `python -m tflite_export.inspect`."""
+
+    json: str | None = setting(None, JSON_HELP)
+    allow_hard_swish: bool = setting(False, "Do not count HARD_SWISH as a problem.")
+    io: str = setting("uint8", "Expected input/output dtype ('any' to skip the check).")
+    strict: bool = setting(False, "Exit 1 when the export check fails.")
+
+
+def inspect_command(options: InspectOptions, args: list[str]) -> int:
+    check_json_target(options.json)
+    (model,) = positional(args, "MODEL: a .tflite file")
+    io_dtype = None if options.io in ("any", "", "none") else options.io
+    inspection = inspect_model(model, allow_hard_swish=options.allow_hard_swish, io_dtype=io_dtype)
+    emit(format_report(inspection.to_dict()), inspection, options.json)
+    if options.strict and not inspection.passed:
         return EXIT_FAIL
     return EXIT_OK
 
 
+main = Command("tflite_export.inspect", InspectOptions, inspect_command, renamed={"io_dtype": "io"},
+               switches_now_paths=("json",))
+
 if __name__ == "__main__":
-    sys.exit(run_main(main, prog="inspect"))
+    run_command(main)
