@@ -21,6 +21,7 @@ import errno
 import os
 import sys
 import time
+from collections.abc import Callable, Iterable
 
 from absl import app, flags, logging
 
@@ -194,6 +195,7 @@ def train_qat(config: RunConfig, trained: Trained, run_data: RunData) -> None:
         # The float model's softmax is already a soft target: no label smoothing on top of it.
         label_smoothing=0.0 if config.qat_distill else config.label_smoothing,
         targets="float model" if config.qat_distill else "labels")
+
     def calibration():
         return progress(data.train.take(config.calibration_batches), desc="QAT range calibration", unit="batch")
 
@@ -207,7 +209,8 @@ def train_qat(config: RunConfig, trained: Trained, run_data: RunData) -> None:
     _finish_qat(config, trained, data)
 
 
-def quantization_aware_training(model: keras.Model, calibration, train: tf.data.Dataset, eval_ds: tf.data.Dataset, *,
+def quantization_aware_training(model: keras.Model, calibration: Callable[[], Iterable], train: tf.data.Dataset,
+                                eval_ds: tf.data.Dataset, *,
                                 epochs: int, freeze_bn_epochs: int, recipe: Recipe, distill: bool = False,
                                 start_ranges: dict[str, tuple[float, float]] | None = None,
                                 keep_calibrated: tuple[str, ...] = (), sync_batch_norm: bool = False,
