@@ -17,6 +17,7 @@ _PUBLIC = {
     "RunResult": "pipeline.api",
     "Report": "pipeline.report",
     "ImportConfig": "pipeline.import_tflite",
+    "NetAdaptConfig": "pipeline.netadapt",
 }
 __all__ = sorted(_PUBLIC)
 

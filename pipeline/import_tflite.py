@@ -34,14 +34,7 @@ from pipeline.android import install_into_android_app
 from pipeline.augment import train_augment
 from pipeline.config import REQUIRED, check_choices, setting
 from pipeline.distill import tflite_soft_targets
-from pipeline.qat import (
-    KeepRanges,
-    activation_range_count,
-    align_rescaling_ranges,
-    calibrate_activation_ranges,
-    import_activation_ranges,
-    quantize_model,
-)
+from pipeline.qat import KeepRanges, activation_range_count, prepare_qat_model
 from tflite_export.command import Command, positional, run_command
 from tflite_export.evaluate import discover_dataset
 from tflite_export.export import ModelInfo, export_model
@@ -144,13 +137,11 @@ def import_and_export(config: ImportConfig, artifacts) -> ImportReport:
     for layer in model.layers:  # the BatchNorms hold folded biases: keep them in inference mode (tflite_weights)
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
-    qat_model = quantize_model(model)
-
     calibration = np.stack([load_eval_image(p, size) for p in calibration_files])
     batches = [calibration[i:i + 16] for i in range(0, len(calibration), 16)]
-    calibrate_activation_ranges(qat_model, batches)
-    imported = import_activation_ranges(qat_model, graph.ranges)
-    align_rescaling_ranges(qat_model)
+    # The file's ranges as they are, not clamped where h-swish saturates: the import reproduces the file's arithmetic,
+    # whose weights were trained under those ranges (prepare_qat_model says which ones the clamp would move).
+    qat_model, setup = prepare_qat_model(model, batches, graph.ranges, clamp=False)
     distilled = _distill(config, qat_model, len(labels)) if config.distill_dir else 0
     total = activation_range_count(qat_model)
 
@@ -175,8 +166,8 @@ def import_and_export(config: ImportConfig, artifacts) -> ImportReport:
                           eval_batches=eval_batches, reference_model=model, artifacts=artifacts)
     accuracy = report.accuracy
     return ImportReport(
-        weights=config.weights, variant=config.variant, classes=len(labels), ranges_from_file=len(imported),
-        ranges_calibrated=total - len(imported), distilled_images=distilled, model_file=report.model_file,
+        weights=config.weights, variant=config.variant, classes=len(labels), ranges_from_file=setup.imported,
+        ranges_calibrated=total - setup.imported, distilled_images=distilled, model_file=report.model_file,
         size_bytes=report.size_bytes, ops=report.ops, float_top1=accuracy and accuracy.keras_top1,
         int8_top1=accuracy and accuracy.int8_top1, agreement=accuracy and accuracy.agreement,
         eval_images=accuracy.images if accuracy else 0, seconds=time.perf_counter() - started)

@@ -7,6 +7,10 @@ registry: `Rescaling` (the +3 and x1/6 of h-swish / hard-sigmoid, and the input 
 product and the squeeze-and-excite gate). Without a fake-quant node after them the converter would have to guess their
 int8 ranges, so `quantize_model` gives them an output quantizer of their own; the pure scalings among them (x1/6) then
 take their range from their input's (`align_rescaling_ranges`), so that they round nothing.
+
+`prepare_qat_model` is what every user calls (the training command's QAT step, the transfer recipe's head-only
+export, NetAdapt's final stage through that step, the ImageNet import): float model, calibration batches and
+optionally a quantized file's ranges in, QAT model with consistent ranges out.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
 from keras_models.backend import keras
+from pipeline.distribute import synchronize_batch_norm
 from tflite_export.quantization import OutputQuantizeConfig, QuantizeScheme, consumers_of, quantize_scope
 
 qk = tfmot.quantization.keras
@@ -286,7 +291,7 @@ def import_activation_ranges(qat_model: keras.Model, ranges: dict[str, tuple[flo
 
 @dataclasses.dataclass(frozen=True)
 class RangeSetup:
-    """How a QAT model's activation ranges were set before training (`set_up_ranges`)."""
+    """How a QAT model's activation ranges were set before training (`prepare_qat_model`)."""
 
     calibration_batches: int
     imported: int  # ranges taken from a quantized file
@@ -294,17 +299,32 @@ class RangeSetup:
     aligned: int  # x1/6 ranges derived from their inputs'
 
 
-def set_up_ranges(qat_model: keras.Model, batches, imported_ranges: dict[str, tuple[float, float]] | None = None,
-                  keep_calibrated: tuple[str, ...] = ()) -> RangeSetup:
-    """Every activation range of a fresh QAT model, in the order that makes them consistent: calibrated on `batches`
-    (float32 image batches), then the ranges a quantized file holds (`imported_ranges`, from
-    `keras_models.tflite_weights.read_tflite`) for every layer but those in `keep_calibrated` (a new classifier),
-    then clamped where h-swish saturates and aligned across x1/6 (the last two must follow the others, which they
-    are derived from)."""
+def prepare_qat_model(model: keras.Model, batches, imported_ranges: dict[str, tuple[float, float]] | None = None, *,
+                      keep_calibrated: tuple[str, ...] = (), clamp: bool = True,
+                      synchronized_batch_norm: bool = False) -> tuple[keras.Model, RangeSetup | None]:
+    """The QAT model of the float `model` (`quantize_model`), with every activation range set in the order that makes
+    them consistent: calibrated on `batches` (float32 image batches), then the ranges a quantized file holds
+    (`imported_ranges`, from `keras_models.tflite_weights.read_tflite`) for every layer but those in
+    `keep_calibrated` (a new classifier), then clamped where h-swish saturates and aligned across x1/6 (the last two
+    must follow the others, which they are derived from). Returns the model and how its ranges were set.
+
+    `batches` None leaves the ranges as tfmot made them, for a checkpoint to restore (a resumed QAT stage); the
+    RangeSetup is then None. `clamp` False keeps every imported range exactly as the file has it: the clamp would
+    narrow the file's own ranges too (28 of the 97 it gives V3-Small: every BatchNorm output before an h-swish, every
+    squeeze-and-excite logit), putting those tensors on grids the file's weights were never trained or measured
+    under. `synchronized_batch_norm`: the QAT model's BatchNorms take the global batch's statistics
+    (pipeline.distribute; tfmot's quantize_apply rebuilds them without it), set before the calibration passes, which
+    run them in training mode."""
+    qat_model = quantize_model(model)
+    if synchronized_batch_norm:
+        synchronize_batch_norm(qat_model)
+    if batches is None:
+        return qat_model, None
     used = calibrate_activation_ranges(qat_model, batches)
     imported = import_activation_ranges(qat_model, imported_ranges, skip=keep_calibrated) if imported_ranges else []
-    clamped, aligned = clamp_saturated_ranges(qat_model), align_rescaling_ranges(qat_model)
-    return RangeSetup(used, len(imported), clamped, aligned)
+    clamped = clamp_saturated_ranges(qat_model) if clamp else 0
+    aligned = align_rescaling_ranges(qat_model)
+    return qat_model, RangeSetup(used, len(imported), clamped, aligned)
 
 
 class KeepRanges(keras.callbacks.Callback):

@@ -20,6 +20,7 @@ import dataclasses
 import errno
 import os
 import time
+from collections.abc import Callable, Iterable
 
 from absl import logging
 
@@ -30,7 +31,7 @@ from pipeline.android import install_into_android_app
 from pipeline.config import FLOAT_MODEL_FILE, MIN_BATCH_SIZE, MIN_TRAIN_IMAGES, QAT_MODEL_DIR, RunConfig
 from pipeline.data import Dataset, input_pipeline_throughput, load_dataset
 from pipeline.distill import Distiller
-from pipeline.qat import RangeRules, quantize_model, set_up_ranges
+from pipeline.qat import RangeRules, prepare_qat_model
 from pipeline.report import HTML_FILE, Report
 from pipeline.run_dir import check_run_directory, forget_unresumable_run, recorded_model, write_run_record
 from pipeline.run_report import summary, write_report
@@ -175,7 +176,9 @@ def train_float(config: RunConfig, model: keras.Model, bn_momentum: float, run_d
 def train_qat(config: RunConfig, trained: Trained, run_data: RunData) -> None:
     """Quantization-aware fine-tuning of the float model (its ranges calibrated first); saves qat_model/ and adds the
     QAT model, its stages and its held-out top-1 to `trained`. A transfer run that kept the start file's backbone
-    trains nothing: the file's ranges are its int8 arithmetic already (pipeline/transfer.py)."""
+    trains nothing: the file's ranges are its int8 arithmetic already (pipeline/transfer.py). A fine-tuned transfer
+    run keeps BatchNorm frozen throughout QAT, then refits the head on the float and int8 features (both models get
+    it) and saves float_model.h5 again."""
     model, data = trained.model, run_data.data
     if trained.transfer is not None and trained.transfer.fine_tune == "none":
         header("int8 arithmetic: the start file's ranges for the backbone, calibrated ones for the new head")
@@ -184,46 +187,74 @@ def train_qat(config: RunConfig, trained: Trained, run_data: RunData) -> None:
         _finish_qat(config, trained, data)
         return
     header("quantization-aware training: fake-quant model and activation ranges")
-    qat_model = quantize_model(model)
-    if config.sync_batch_norm:  # tfmot's quantize_apply rebuilds the BatchNorms without it
-        distribute.synchronize_batch_norm(qat_model)
-    if not os.path.exists(os.path.join(config.output_dir, "checkpoints", "qat.weights.h5")):
-        batches = progress(data.train.take(config.calibration_batches), desc="QAT range calibration", unit="batch")
-        # A .tflite start's weights were trained under the file's activation ranges: start QAT from them.
-        setup = set_up_ranges(qat_model, (images for images, _ in batches), transfer.start_ranges(config.weights),
-                              keep_calibrated=(transfer.classifier(model).name,))
-        logging.info("QAT: activation ranges calibrated on %d training batches, %d taken from --weights, %d clamped "
-                     "where h-swish or the hard sigmoid saturates, %d x1/6 ranges aligned with their inputs",
-                     setup.calibration_batches, setup.imported, setup.clamped, setup.aligned)
     qat_recipe = Recipe(
         learning_rate=config.qat_learning_rate, warmup_epochs=0, weight_decay=config.weight_decay,
         optimizer=_float_recipe(config).optimizer,
         # The float model's softmax is already a soft target: no label smoothing on top of it.
         label_smoothing=0.0 if config.qat_distill else config.label_smoothing,
         targets="float model" if config.qat_distill else "labels")
-    freeze_bn_epochs = config.freeze_bn_epochs
-    if trained.transfer is not None:
-        # A fine-tuned transfer model kept BatchNorm in inference mode (pipeline/transfer.py): so does its QAT. Batch
-        # statistics of the user's photos would move the start's ImageNet ones the fine-tuning was trained against.
-        freeze_batch_norm(qat_model)
-        freeze_bn_epochs = 0
-    with quantize_scope():
-        qat_trainee = Distiller(qat_model, teacher=model) if config.qat_distill else qat_model
-        trained.stages += fine_tune("qat", qat_trainee, run_data.train, run_data.eval, epochs=config.qat_epochs,
-                                    freeze_bn_epochs=freeze_bn_epochs, recipe=qat_recipe,
-                                    batch_norm_model=qat_model, callbacks=(RangeRules(qat_model),),
-                                    **_stage_args(config, run_data))
-    trained.qat_model = qat_model
-    if trained.transfer is not None:
+
+    def calibration():
+        return progress(data.train.take(config.calibration_batches), desc="QAT range calibration", unit="batch")
+
+    # A fine-tuned transfer model kept BatchNorm in inference mode (pipeline/transfer.py): so does its QAT. Batch
+    # statistics of the user's photos would move the start's ImageNet ones the fine-tuning was trained against.
+    transfer_run = trained.transfer is not None
+    # A .tflite start's weights were trained under the file's activation ranges: start QAT from them.
+    trained.qat_model, stages = quantization_aware_training(
+        model, calibration, run_data.train, run_data.eval, epochs=config.qat_epochs,
+        freeze_bn_epochs=0 if transfer_run else config.freeze_bn_epochs, batch_norm_frozen=transfer_run,
+        recipe=qat_recipe, distill=config.qat_distill, start_ranges=transfer.start_ranges(config.weights),
+        keep_calibrated=(transfer.classifier(model).name,), sync_batch_norm=config.sync_batch_norm,
+        **_stage_args(config, run_data))
+    trained.stages += stages
+    if transfer_run:
         header("the head refit on the fine-tuned backbone's float and int8 features")
-        calibration = transfer.calibration_batches(data, config.calibration_batches)
-        head = transfer.refit_head(model, qat_model, data, calibration, config.seed, config.batch_size)
+        head = transfer.refit_head(model, trained.qat_model, data,
+                                   transfer.calibration_batches(data, config.calibration_batches), config.seed,
+                                   config.batch_size)
         trained.transfer = dataclasses.replace(trained.transfer, final_head=head)
         trained.float_top1 = _eval_keras(model, data.eval, "float evaluation")
         logging.info("float model with the refit head: held-out top-1 %.4f", trained.float_top1)
         with distribute.chief_path(os.path.join(config.output_dir, FLOAT_MODEL_FILE)) as path:
             _save_atomically(model, path)
     _finish_qat(config, trained, data)
+
+
+def quantization_aware_training(model: keras.Model, calibration: Callable[[], Iterable], train: tf.data.Dataset,
+                                eval_ds: tf.data.Dataset, *,
+                                epochs: int, freeze_bn_epochs: int, recipe: Recipe, distill: bool = False,
+                                start_ranges: dict[str, tuple[float, float]] | None = None,
+                                keep_calibrated: tuple[str, ...] = (), sync_batch_norm: bool = False,
+                                batch_norm_frozen: bool = False,
+                                **stage_args) -> tuple[keras.Model, list[StageResult]]:
+    """The QAT step: the fake-quant model of the float `model`, its activation ranges set on the batches of (images,
+    labels) that `calibration()` gives and on `start_ranges` (`pipeline.qat.prepare_qat_model`; a resumed stage takes
+    them from its checkpoint instead), then `epochs` epochs of fine-tuning, the last `freeze_bn_epochs` with
+    BatchNorm frozen at a tenth of the learning rate, with the range rules re-applied after every step.
+    `batch_norm_frozen`: BatchNorm in inference mode for all `epochs`, at the recipe's learning rate (a fine-tuned
+    transfer model's; `freeze_bn_epochs` must then be 0). `distill`: the QAT model learns the float model's
+    predictions. `stage_args`: run_stage's (workdir, num_train, batch_size, verbose). Returns the QAT model
+    and its stages. pipeline.netadapt's final stage trains its models with it too."""
+    resumed = os.path.exists(os.path.join(stage_args["workdir"], "checkpoints", "qat.weights.h5"))
+    qat_model, setup = prepare_qat_model(model, None if resumed else (images for images, _ in calibration()),
+                                         start_ranges, keep_calibrated=keep_calibrated,
+                                         synchronized_batch_norm=sync_batch_norm)
+    if setup is not None:
+        logging.info("QAT: activation ranges calibrated on %d training batches, %d taken from --weights, %d clamped "
+                     "where h-swish or the hard sigmoid saturates, %d x1/6 ranges aligned with their inputs",
+                     setup.calibration_batches, setup.imported, setup.clamped, setup.aligned)
+    if batch_norm_frozen:
+        if freeze_bn_epochs:
+            raise ValueError("batch_norm_frozen freezes BatchNorm for every epoch: freeze_bn_epochs must be 0")
+        freeze_batch_norm(qat_model)
+    with quantize_scope():
+        qat_trainee = Distiller(qat_model, teacher=model) if distill else qat_model
+        stages = fine_tune("qat", qat_trainee, train, eval_ds, epochs=epochs,
+                           freeze_bn_epochs=freeze_bn_epochs, recipe=recipe,
+                           batch_norm_model=qat_model, callbacks=(RangeRules(qat_model),),
+                           **stage_args)
+    return qat_model, stages
 
 
 def _finish_qat(config: RunConfig, trained: Trained, data: Dataset) -> None:

@@ -34,7 +34,7 @@ from absl import logging
 from keras_models.backend import keras
 from keras_models.tflite_weights import CLASSIFIER_NAMES, read_tflite
 from pipeline.config import FINE_TUNE
-from pipeline.qat import calibrate_output_range, quantize_model, set_up_ranges
+from pipeline.qat import calibrate_output_range, prepare_qat_model
 from pipeline.train import Recipe, StageResult, epoch_log_path, one_hot, run_stage
 from tflite_export.cli import progress
 from tflite_export.convert import convert
@@ -272,8 +272,8 @@ def start_ranges(weights: str) -> dict[str, tuple[float, float]] | None:
 def prepare_qat(model: keras.Model, start_file: str, calibration: list[np.ndarray]) -> keras.Model:
     """The fake-quantized copy of `model` whose backbone runs the start file's int8 arithmetic: its ranges imported
     (a .tflite start), the rest calibrated; the classifier's own range is calibrated."""
-    qat_model = quantize_model(model)
-    setup = set_up_ranges(qat_model, calibration, start_ranges(start_file), keep_calibrated=(classifier(model).name,))
+    qat_model, setup = prepare_qat_model(model, calibration, start_ranges(start_file),
+                                         keep_calibrated=(classifier(model).name,))
     logging.info("transfer: int8 arithmetic of the start: %d ranges from %s, the rest calibrated on %d batches",
                  setup.imported, start_file, setup.calibration_batches)
     return qat_model

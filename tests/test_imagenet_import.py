@@ -79,7 +79,9 @@ def test_a_truncated_tflite_is_a_one_line_error(tmp_path):
 
 
 def test_qat_starts_from_the_files_activation_ranges():
-    from pipeline.qat import _output_range, import_activation_ranges, quantize_model
+    """The import's QAT model holds the file's ranges as the file has them; the clamp the training command applies
+    would move 28 of them (which is why the import does not clamp)."""
+    from pipeline.qat import _output_range, clamp_saturated_ranges, prepare_qat_model, tf_slim_v3_tensor
 
     path = shared_path("reference_models", *V3_SMALL)
     graph = read_tflite(str(path))
@@ -87,20 +89,27 @@ def test_qat_starts_from_the_files_activation_ranges():
     from pipeline.transfer import unfreeze_all_but_batch_norm
 
     unfreeze_all_but_batch_norm(model)
-    qat = quantize_model(model)
+    calibration = [np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)]
+    qat, setup = prepare_qat_model(model, calibration, graph.ranges, clamp=False)
     # The frozen BatchNorms (they hold the file's folded biases) stay frozen in the QAT model.
     batch_norms = [layer.layer for layer in qat.layers if isinstance(getattr(layer, "layer", None),
                                                                       keras.layers.BatchNormalization)]
     assert batch_norms and not any(layer.trainable for layer in batch_norms)
-    imported = import_activation_ranges(qat, graph.ranges)
     # Every conv/BN output, h-swish, SE tensor, residual add and the head that the file holds: 107 in V3-Small, less
     # the 10 average pools, whose file ranges are their inputs' (uint8 AVERAGE_POOL_2D) and too coarse for a mean.
-    assert len(imported) == 97
+    imported = {layer.name: graph.ranges[tf_slim_v3_tensor(layer.layer.name)] for layer in qat.layers
+                if _output_range(layer) and tf_slim_v3_tensor(getattr(layer, "layer", layer).name) in graph.ranges}
+    assert setup.imported == len(imported) == 97 and setup.clamped == 0 and setup.calibration_batches == 1
     assert not [name for name in imported if "AvgPool" in name or "global_pool" in name]
-    low, high = (float(v) for v in _output_range(qat.get_layer("quant_expanded_conv_3/expand/act/div6")))
-    assert (low, high) == pytest.approx(graph.ranges["MobilenetV3/expanded_conv_3/expand/hard_swish/mul_1"])
+    for name, file_range in imported.items():
+        assert [float(v) for v in _output_range(qat.get_layer(name))] == pytest.approx(file_range), name
+    low, high = imported["quant_expanded_conv_3/expand/act/div6"]
     product = [float(v) for v in _output_range(qat.get_layer("quant_expanded_conv_3/expand/act/mul"))]
     assert product == pytest.approx([6 * low, 6 * high])
+    clamp_saturated_ranges(qat)
+    moved = [name for name, file_range in imported.items()
+             if [float(v) for v in _output_range(qat.get_layer(name))] != pytest.approx(file_range)]
+    assert len(moved) == 28 and all(name.endswith(("BatchNorm", "squeeze_excite/Conv_1", "Conv_2")) for name in moved)
 
 
 def test_squeeze_convs_get_weight_fake_quant_and_empty_channels_keep_their_bias():

@@ -8,12 +8,14 @@ import os
 
 import numpy as np
 import pytest
+from absl import flags
 
 import keras_models
 from keras_models.backend import keras
 from keras_models.blocks import make_divisible
 from keras_models.mobilenet_v3 import LARGE, SMALL, ArchTable, ArchTableError
 from pipeline import netadapt
+from pipeline.config import define_flags
 
 SIZE, CLASSES = 32, 8  # the synthetic data set has 8 classes
 
@@ -73,6 +75,45 @@ def test_bad_tables_and_arguments_are_refused(tmp_path):
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(ArchTableError, match="does not hold"):
         ArchTable.load(str(tmp_path / "bad.json"))
+
+
+def _start_run(**changes) -> netadapt.StartRun:
+    record = dict(float_model="runs/x/float_model.h5", variant="small", alpha=0.75, minimalistic=False, num_classes=5,
+                  image_size=96, dataset="photos", freeze_batch_norm=True)
+    return netadapt.StartRun(**{**record, **changes})
+
+
+def test_the_flags_and_the_python_config_are_the_same_settings(tmp_path):
+    """The command's flags are NetAdaptConfig's fields: parsed flags and the same values given in Python resolve to the
+    same config, the run folder's data set and resolution filling what neither says."""
+    flag_values = flags.FlagValues()
+    define_flags(netadapt.NetAdaptConfig, flag_values)
+    out = str(tmp_path / "search")
+    flag_values(["netadapt", "--run_dir", "runs/x", "--target_ratio", "0.6", "--alphas", "0.5,0.35",
+                 "--output_dir", out, "--qat_steps", "20"])
+    start = _start_run()
+    from_flags = netadapt.NetAdaptConfig.from_flags(flag_values).resolved(start)
+    in_python = netadapt.NetAdaptConfig(run_dir="runs/x", target_ratio=0.6, alphas=(0.5, 0.35), output_dir=out,
+                                        qat_steps=20).resolved(start)
+    assert from_flags == in_python == in_python.resolved(start)
+    assert (in_python.dataset, in_python.image_size, in_python.finetune_steps) == ("photos", 96, 40)
+    assert netadapt.NetAdaptConfig(run_dir="runs/x", target_ms=1.0).resolved(start).output_dir == "runs/x-netadapt"
+    record = netadapt.settings_record(in_python, start)
+    assert record["alphas"] == [0.5, 0.35] and record["freeze_batch_norm"] and record["variant"] == "small"
+
+
+@pytest.mark.parametrize("changes, start_changes, message", [
+    ({"target_ms": 2.0}, {}, "exactly one of --target_ms, --target_ratio, --target_alpha"),
+    ({"alphas": (0.75,)}, {}, "alpha 0.75 must be in (0, the run's alpha 0.75)"),
+    ({"finetune_steps": 0}, {}, "--finetune_steps must be >= 1, got 0"),
+    ({}, {"dataset": None}, "does not say which data set it was trained on: pass --dataset"),
+    ({}, {"variant": "v2"}, "NetAdapt shrinks MobileNetV3 (small or large)"),
+])
+def test_bad_settings_are_one_line_refusals(tmp_path, changes, start_changes, message):
+    config = netadapt.NetAdaptConfig(run_dir="runs/x", target_ratio=0.6, output_dir=str(tmp_path), **changes)
+    with pytest.raises(ValueError) as error:
+        config.resolved(_start_run(**start_changes))
+    assert message in str(error.value) and "\n" not in str(error.value), error.value
 
 
 def test_groups_tie_residual_chains():

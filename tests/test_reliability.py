@@ -967,26 +967,28 @@ def test_unreadable_images_are_one_warning_with_a_count(tmp_path, caplog):
     assert len(data.skipped_files) == 10
 
 # ----------------------------------------------------- issue 28, 10 and 11. NetAdapt's state, resume and target
-def _netadapt_settings(out: pathlib.Path, dataset: pathlib.Path, **changes) -> dict:
-    settings = {"run_dir": "runs/x", "dataset": str(dataset), "image_size": 32, "batch_size": 2, "seed": 0,
-                "delta_ratio": 0.05, "finetune_steps": 2, "start_steps": 0, "learning_rate": 2e-4,
-                "weight_decay": 4e-5, "dropout": 0.2, "holdout_images": 2, "freeze_batch_norm": False,
-                "target_ms": None, "target_ratio": 0.5, "target_alpha": None, "output_dir": str(out),
-                "num_classes": 2, "variant": "small", "alpha": 0.35, "minimalistic": False,
-                "latency_calibration_images": 1, "latency_runs": 1, "max_iterations": 1, "search_only": True}
-    return {**settings, **changes}
+def _netadapt_settings(out: pathlib.Path, dataset: pathlib.Path, **changes):
+    """A resolved NetAdaptConfig and the record of the run it starts from (a folder that need not exist)."""
+    from pipeline.netadapt import NetAdaptConfig, StartRun
+
+    start = StartRun(float_model="runs/x/float_model.h5", variant="small", alpha=0.35, minimalistic=False,
+                     num_classes=2, image_size=32, dataset=str(dataset), freeze_batch_norm=False)
+    config = NetAdaptConfig(run_dir="runs/x", output_dir=str(out), target_ratio=0.5, batch_size=2, finetune_steps=2,
+                            holdout_images=2, latency_calibration_images=1, latency_runs=1, max_iterations=1,
+                            search_only=True, **changes)
+    return config.resolved(start), start
 
 
-def _netadapt_state(settings: dict, ratios=(1.0, 0.8)):
+def _netadapt_state(config, start, ratios=(1.0, 0.8)):
     """A search that ran len(ratios) - 1 iterations and stopped at ratios[-1] x the start latency."""
     from keras_models.mobilenet_v3 import ArchTable
     from pipeline import netadapt
 
     arch = ArchTable.paper("small", 0.35).to_json()
     snapshots = [netadapt.Snapshot(i, arch, f"iter{i}.weights.h5", 0.5, 10 * r, r, 2 * i) for i, r in enumerate(ratios)]
-    recorded = {key: settings[key] for key in netadapt.SEARCH_KEYS + netadapt.TARGET_KEYS}
-    return netadapt.SearchState(settings=recorded, start_ms=10.0, target_ratio=settings["target_ratio"],
-                                target_note=f"{settings['target_ratio']:g} x the start", snapshots=snapshots,
+    recorded = netadapt.search.state_settings(config, start)
+    return netadapt.SearchState(settings=recorded, start_ms=10.0, target_ratio=config.target_ratio,
+                                target_note=f"{config.target_ratio:g} x the start", snapshots=snapshots,
                                 history=[], slopes={})
 
 
@@ -998,7 +1000,7 @@ def test_netadapt_state_with_a_key_missing_is_one_line(tmp_path, drop, needle):
     from pipeline import netadapt
 
     path = tmp_path / "state.json"
-    _netadapt_state(_netadapt_settings(tmp_path, tmp_path)).save(str(path))
+    _netadapt_state(*_netadapt_settings(tmp_path, tmp_path)).save(str(path))
     data = json.loads(path.read_text())
     *parents, key = drop.split(".")
     node = data
@@ -1017,18 +1019,18 @@ def test_netadapt_resume_checks_dropout_and_weight_decay(tmp_path):
 
     out, missing = tmp_path / "search", tmp_path / "no-such-photos"
     out.mkdir()
-    settings = _netadapt_settings(out, missing)
-    state = _netadapt_state(settings)
+    config, start = _netadapt_settings(out, missing)
+    state = _netadapt_state(config, start)
     state.save(str(out / "state.json"))
     for change, needle in (({"dropout": 0.5}, "dropout 0.2 -> 0.5"),
                            ({"weight_decay": 0.0}, "weight_decay 4e-05 -> 0.0")):
         with pytest.raises(ValueError, match=needle):  # refused before the (missing) data set is read
-            netadapt.run({**settings, **change})
+            netadapt.run(dataclasses.replace(config, **change), start)
     for key in netadapt.LATER_SEARCH_KEYS:  # a state recorded before them: resumed, not refused on them
         del state.settings[key]
     state.save(str(out / "state.json"))
     with pytest.raises(DataError):
-        netadapt.run({**settings, "dropout": 0.5})
+        netadapt.run(dataclasses.replace(config, dropout=0.5), start)
 
 
 def test_netadapt_that_stops_above_its_target_says_so_and_fails(tmp_path, monkeypatch, capsys):
@@ -1038,9 +1040,9 @@ def test_netadapt_that_stops_above_its_target_says_so_and_fails(tmp_path, monkey
     out = tmp_path / "search"
     out.mkdir()
     photos = _image_folders(tmp_path / "photos", ["a", "b"], per_class=4)
-    settings = _netadapt_settings(out, photos)
-    _netadapt_state(settings, ratios=(1.0, 0.8)).save(str(out / "state.json"))  # max_iterations 1 reached at 0.8
-    monkeypatch.setattr(netadapt, "_settings", lambda: settings)  # the command's flags, as they were parsed
+    config, start = _netadapt_settings(out, photos)
+    _netadapt_state(config, start, ratios=(1.0, 0.8)).save(str(out / "state.json"))  # max_iterations 1 reached at 0.8
+    monkeypatch.setattr(netadapt.command, "settings_from_flags", lambda: (config, start))  # the parsed flags
     with pytest.raises(SystemExit) as exit_:
         netadapt.main(["netadapt"])
     line = capsys.readouterr().err.strip().splitlines()[-1]
@@ -1048,7 +1050,7 @@ def test_netadapt_that_stops_above_its_target_says_so_and_fails(tmp_path, monkey
     assert line.startswith("error: target not met: the search stopped at 0.800 x the start latency after 1 "
                            "iteration(s)") and "above the target 0.5 x the start = 0.500" in line, line
     assert "target not met" in (out / "search_log.md").read_text()
-    assert netadapt.target_shortfall(_netadapt_state(settings, ratios=(1.0, 0.45)), 1) is None
+    assert netadapt.target_shortfall(_netadapt_state(config, start, ratios=(1.0, 0.45)), 1) is None
 
 
 # ------------------------------------------------------------------------- issue 28, 11. arch.json of wrong types

@@ -59,7 +59,7 @@ def test_head_refit_after_qat_puts_one_head_in_both_models_and_its_ranges_follow
     new logits. The int8 features are stood in for by rounded float ones (the file's are tested end to end below)."""
     import tensorflow as tf
 
-    from pipeline.qat import _output_range, quantize_model, set_up_ranges  # the range variables themselves
+    from pipeline.qat import _output_range, prepare_qat_model  # the range variables themselves
     from tflite_export.quantization import quantize_scope
 
     rng = np.random.default_rng(2)
@@ -77,8 +77,7 @@ def test_head_refit_after_qat_puts_one_head_in_both_models_and_its_ranges_follow
     monkeypatch.setattr(transfer, "feature_extractors", lambda *_: (
         float_features, lambda x: np.round(float_features(x) * 16) / 16))
     with quantize_scope():
-        qat_model = quantize_model(model)
-        set_up_ranges(qat_model, [images[:8], images[8:16]])
+        qat_model, _ = prepare_qat_model(model, [images[:8], images[8:16]])
         record = transfer.refit_head(model, qat_model, Data(), [], seed=0, batch_size=8)
         assert record.images == 24 and record.l2_c in transfer.L2_GRID
         head, qat_head = transfer.classifier(model), transfer.classifier(qat_model)
