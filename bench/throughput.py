@@ -12,7 +12,7 @@ raw [0,255] input) and variants (VARIANTS below):
   ours                          keras_models.build("small"), compiled as the pipeline compiles (project defaults)
   keras.apps                    tf_keras.applications.MobileNetV3Small(weights=None, include_preprocessing=True),
                                 compiled with Keras' own optimizer (what a keras.applications user trains with)
-  ours QAT                      pipeline.qat.quantize_model(ours), project defaults
+  ours QAT                      pipeline.qat.prepare_qat_model(ours), project defaults
   ... plus one row per setting that differs from the defaults (Keras' optimizer loop, steps_per_execution, ...)
 After a warm-up (tracing + a few steps), rounds alternate the variants (order rotated each round); each round times
 `--steps` steps of every variant. Reported: median images/s over rounds, and ratios (median of per-round ratios).
@@ -60,15 +60,17 @@ VARIANTS = {
 BASIC = ("ours", "keras.apps", "ours QAT")
 
 
-def build_model(kind: str, size: int, num_classes: int):
+def build_model(kind: str, size: int, num_classes: int, calibration=()):
+    """One model of the comparison; "ours QAT" is the QAT model as the pipeline's QAT step starts it, its ranges
+    calibrated on the `calibration` image batches (a step costs the same whatever the ranges)."""
     import keras_models
-    from pipeline.qat import quantize_model
+    from pipeline.qat import prepare_qat_model
 
     if kind == "keras.apps":
         return keras.applications.MobileNetV3Small(input_shape=(size, size, 3), alpha=1.0, weights=None,
                                                    classes=num_classes, dropout_rate=0.2, include_preprocessing=True)
     model = keras_models.build("small", input_shape=(size, size, 3), alpha=1.0, num_classes=num_classes, dropout=0.2)
-    return quantize_model(model) if kind == "ours QAT" else model
+    return prepare_qat_model(model, calibration)[0] if kind == "ours QAT" else model
 
 
 @dataclasses.dataclass
@@ -105,11 +107,12 @@ def compiled_models(size: int, batch_size: int, variants=BASIC, warmup_steps: in
     train = one_hot(data.train, num_classes).repeat()
     steps_per_epoch = -(-data.num_train // batch_size)
     recipe = Recipe(learning_rate=0.1)
+    calibration = [images for images, _ in data.train.take(2)]  # the QAT model's ranges (build_model)
     entries = {}
     with quantize_scope():
         for name in variants:
             variant = VARIANTS[name]
-            model = build_model(variant.model, size, num_classes)
+            model = build_model(variant.model, size, num_classes, calibration)
             set_batch_norm_momentum(model, 0.99)
             compile_model(model, recipe, steps_per_epoch, epochs=12, fused_update=variant.fused_update,
                           steps_per_execution=variant.steps_per_execution)

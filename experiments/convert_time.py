@@ -4,7 +4,8 @@
     nice -n 10 python -m experiments.convert_time [--sizes 32,224] [--json OUT]
 
 Models: V3-Small at alpha 0.35 / 32 px (the tests' tiny model) and alpha 1.0 / 224 px, each float (post-training
-path) and QAT (tfmot, calibrated ranges); untrained weights (conversion time does not depend on them).
+path) and QAT (pipeline.qat.prepare_qat_model: the ranges the pipeline's QAT step starts from); untrained weights
+(conversion time does not depend on them).
 """
 
 from __future__ import annotations
@@ -44,15 +45,14 @@ def main() -> None:
     args = parser.parse_args()
 
     import keras_models
-    from pipeline.qat import calibrate_activation_ranges, quantize_model
+    from pipeline.qat import prepare_qat_model
 
     rows, results = [], []
     for size in (int(s) for s in args.sizes.split(",")):
         alpha = 0.35 if size < 64 else 1.0
         model = keras_models.build("small", input_shape=(size, size, 3), alpha=alpha, num_classes=10)
         images = np.random.default_rng(0).uniform(0, 255, (16, size, size, 3)).astype(np.float32)
-        qat = quantize_model(model)
-        calibrate_activation_ranges(qat, [images])
+        qat, _ = prepare_qat_model(model, [images])  # as the pipeline's QAT step starts it
         for kind, candidate in (("float (PTQ)", model), ("QAT", qat)):
             before, old = _timed_convert(candidate, images, keras_trackable=True)
             after, new = _timed_convert(candidate, images, keras_trackable=False)

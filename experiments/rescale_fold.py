@@ -129,15 +129,12 @@ def qat_with_pipeline_ranges(calibration: int = 8):
     before QAT (calibrated, clamped where h-swish saturates, x1/6 aligned), and the random pictures it was calibrated
     on. The alignment is what makes each x1/6 the identity on the integers, as in every file the pipeline exports."""
     import keras_models
-    from pipeline.qat import align_rescaling_ranges, calibrate_activation_ranges, clamp_saturated_ranges, quantize_model
+    from pipeline.qat import prepare_qat_model
 
     model = keras_models.build("small", input_shape=(224, 224, 3), alpha=1.0, num_classes=1001)
     rng = np.random.default_rng(0)
     calib = [rng.uniform(0, 255, size=(1, 224, 224, 3)).astype(np.float32) for _ in range(calibration)]
-    qat = quantize_model(model)
-    calibrate_activation_ranges(qat, iter(calib))
-    clamp_saturated_ranges(qat)
-    align_rescaling_ranges(qat)
+    qat, _ = prepare_qat_model(model, iter(calib))
     return qat, calib
 
 

@@ -20,6 +20,7 @@ import os
 from pipeline import schema
 from pipeline.config import RunConfig
 from pipeline.transfer import TransferChoice
+from tflite_export.evaluate import HeldOutAccuracy
 from tflite_export.export import REPORT_FILE
 from tflite_export.files import atomic_write_json
 
@@ -54,12 +55,9 @@ class KerasAccuracy:
     qat_keras: float | None  # of the QAT (fake-quant) Keras model; None without QAT
 
 
-@dataclasses.dataclass(frozen=True)
-class Int8Accuracy:
-    images: int
-    keras_top1: float  # of the Keras model the file was compared with (the float one), on the same images
-    int8_top1: float
-    agreement: float  # fraction of images where the int8 file and the Keras model have the same top-1
+# The int8 file's top-1 and the float Keras model's on the same held-out images, and how often they agree: the
+# export's own record of them (report.json keeps its fields: images, keras_top1, int8_top1, agreement).
+Int8Accuracy = HeldOutAccuracy
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,6 @@ from pipeline.report import (
     DataSummary,
     DistributionSummary,
     ExportSummary,
-    Int8Accuracy,
     Int8Evaluation,
     KerasAccuracy,
     Latency,
@@ -129,7 +128,7 @@ def write_report(config: RunConfig, run_data: RunData, trained: Trained, export_
                          skipped_files=list(data.skipped_files)),
         accuracy=KerasAccuracy(trained.float_top1, trained.qat_top1),
         export=ExportSummary(**{**dataclasses.asdict(export_report),
-                                "accuracy": Int8Accuracy(**dataclasses.asdict(predictions.summary()))}),
+                                "accuracy": predictions.summary()}),
         int8_evaluation=_int8_evaluation(predictions, data),
         latency=[Latency(**row) for row in latency],
         throughput=Throughput(

@@ -87,8 +87,6 @@ COMMANDS = tuple(sorted(
      and path.stem != "xnnpack_child"]  # a child process of tflite_export.verify, not a command
     + [f"{package}.{path.parent.name}" for package in ("pipeline", "tflite_export", "bench")
        for path in (REPO / package).glob("*/__main__.py")]))
-# Commands not yet on the shared entry (tflite_export.command), and why.
-COMMAND_PENDING = {"pipeline.netadapt": "its split into a package moves its command onto tflite_export.command"}
 
 
 def _function_level_imports(path) -> list[tuple[int, str]]:
@@ -164,7 +162,7 @@ def test_the_command_list_sees_every_kind_of_command():
             "bench.cifar10", "bench.latency", "bench.web_demo"} <= set(COMMANDS)
 
 
-@pytest.mark.parametrize("name", [name for name in COMMANDS if name not in COMMAND_PENDING])
+@pytest.mark.parametrize("name", COMMANDS)
 def test_every_command_runs_through_the_shared_entry(name):
     """One command-line style: the module's `main` is a tflite_export.command.Command named after the module, run by
     `run_command` (absl, one error line, aliases of old spellings), and nothing parses arguments with argparse."""

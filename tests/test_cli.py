@@ -14,12 +14,10 @@ import textwrap
 import pytest
 
 from tests.conftest import REPO, error_line
-from tests.test_architecture import COMMAND_PENDING, COMMANDS
+from tests.test_architecture import COMMANDS
 from tflite_export import benchmark, export, inspect
 from tflite_export.cli import run_main
 from tflite_export.command import STDOUT
-
-SHARED_ENTRY = [name for name in COMMANDS if name not in COMMAND_PENDING]
 
 # Each command run as `python -m` would run it, in a child forked from one interpreter that has imported TensorFlow
 # once (a process per command would take 5 s each): (name, arguments) -> (exit code, stdout, stderr).
@@ -61,14 +59,14 @@ def _run_forked(cases: list[tuple[str, list[str]]]) -> list[tuple[int, str, str]
 @pytest.fixture(scope="module")
 def help_and_bad_flag():
     """--help, and an unknown flag, of every command on the shared entry; the pipeline's --helpfull."""
-    cases = [(name, ["--help"]) for name in SHARED_ENTRY] + [(name, ["--no_such_flag"]) for name in SHARED_ENTRY]
+    cases = [(name, ["--help"]) for name in COMMANDS] + [(name, ["--no_such_flag"]) for name in COMMANDS]
     results = _run_forked([*cases, ("pipeline.train_and_export", ["--helpfull"])])
-    count = len(SHARED_ENTRY)
-    return (dict(zip(SHARED_ENTRY, results[:count])), dict(zip(SHARED_ENTRY, results[count:2 * count])),
+    count = len(COMMANDS)
+    return (dict(zip(COMMANDS, results[:count])), dict(zip(COMMANDS, results[count:2 * count])),
             results[-1])
 
 
-@pytest.mark.parametrize("name", SHARED_ENTRY)
+@pytest.mark.parametrize("name", COMMANDS)
 def test_every_command_help_exits_zero_in_absl_style(help_and_bad_flag, name):
     code, out, err = help_and_bad_flag[0][name]
     assert code == 0, err[-2000:]
@@ -79,7 +77,7 @@ def test_every_command_help_exits_zero_in_absl_style(help_and_bad_flag, name):
         assert spelled in out, (name, spelled)
 
 
-@pytest.mark.parametrize("name", SHARED_ENTRY)
+@pytest.mark.parametrize("name", COMMANDS)
 def test_every_command_refuses_an_unknown_flag_in_one_line(help_and_bad_flag, name):
     code, out, err = help_and_bad_flag[1][name]
     line = error_line(code, err, name)
@@ -156,7 +154,7 @@ def _options(name: str) -> dict[str, dataclasses.Field]:
     return {field.name: field for field in dataclasses.fields(importlib.import_module(name).main.options)}
 
 
-@pytest.mark.parametrize("name", [name for name in SHARED_ENTRY if "json" in _options(name)])
+@pytest.mark.parametrize("name", [name for name in COMMANDS if "json" in _options(name)])
 def test_json_means_a_path_everywhere(name):
     """A command's --json is an optional path (`-` for stdout) with the shared help text, never a switch."""
     fields = _options(name)
@@ -193,8 +191,8 @@ def test_the_docs_spell_every_flag_as_its_command_defines_it():
     old ones still work, with a notice, but the docs teach the new)."""
     wrong = []
     for where, name, flag_names in _documented_commands():
-        if name not in SHARED_ENTRY:
-            continue  # experiments, keras_models.profile, commands not on the shared entry yet
+        if name not in COMMANDS:
+            continue  # experiments, keras_models.profile
         fields = {field.name: field for field in dataclasses.fields(importlib.import_module(name).main.options)}
         booleans = {n for n, f in fields.items() if f.type in ("bool", bool)}
         for flag in flag_names:

@@ -1042,13 +1042,14 @@ def test_netadapt_that_stops_above_its_target_says_so_and_fails(tmp_path, monkey
     photos = _image_folders(tmp_path / "photos", ["a", "b"], per_class=4)
     config, start = _netadapt_settings(out, photos)
     _netadapt_state(config, start, ratios=(1.0, 0.8)).save(str(out / "state.json"))  # max_iterations 1 reached at 0.8
-    monkeypatch.setattr(netadapt.command, "settings_from_flags", lambda: (config, start))  # the parsed flags
-    with pytest.raises(SystemExit) as exit_:
-        netadapt.main(["netadapt"])
+    monkeypatch.setattr(netadapt.StartRun, "read", staticmethod(lambda run_dir: start))  # the run folder's record
+    defaults = netadapt.NetAdaptConfig()
+    argv = [f"--{f.name}={getattr(config, f.name)}" for f in dataclasses.fields(config)
+            if getattr(config, f.name) != getattr(defaults, f.name)]  # the config as the command's flags
+    assert netadapt.main(argv) == 1  # the search ran; the target it was asked for was not met
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert exit_.value.code == 1, line  # the search ran; the target it was asked for was not met
-    assert line.startswith("error: target not met: the search stopped at 0.800 x the start latency after 1 "
-                           "iteration(s)") and "above the target 0.5 x the start = 0.500" in line, line
+    assert line.startswith("pipeline.netadapt: error: target not met: the search stopped at 0.800 x the start latency "
+                           "after 1 iteration(s)") and "above the target 0.5 x the start = 0.500" in line, line
     assert "target not met" in (out / "search_log.md").read_text()
     assert netadapt.target_shortfall(_netadapt_state(config, start, ratios=(1.0, 0.45)), 1) is None
 

@@ -17,10 +17,10 @@ change per latency saved is kept. The parts, one module each:
 - `search`: the short fine-tunes, the pick, the iterations and the resumable state;
 - `final`: the chosen and the alpha models' long fine-tune, QAT and int8 export, the report and its plot;
 - `config`: the settings (`NetAdaptConfig`, whose fields are the command's flags) and the start run's record;
-- `command`: `run` and the command's `main` (`python -m pipeline.netadapt`, whose flags `__main__` defines).
+- `command`: `run` and the command's `main`, a tflite_export.command.Command (`python -m pipeline.netadapt`).
 """
 
-from pipeline.netadapt.command import SearchLog, TargetNotMet, main, run, settings_from_flags, target_shortfall
+from pipeline.netadapt.command import SearchLog, TargetNotMet, main, netadapt_command, run, target_shortfall
 from pipeline.netadapt.config import MNASNET_W, NetAdaptConfig, StartRun, settings_record
 from pipeline.netadapt.final import MATCH_MARGIN, Candidate, final_stage, finish, mnasnet_reward, plot
 from pipeline.netadapt.latency import LatencyMeter, Proposal, propose_widths
@@ -61,7 +61,7 @@ __all__ = [
     "Candidate", "Context", "Group", "LatencyMeter", "NetAdaptConfig", "Proposal", "SearchLog", "SearchState",
     "Snapshot", "StartRun", "TargetNotMet", "build", "carry_weights", "channel_axes", "cut_model", "evaluate",
     "filter_importance", "final_stage", "finish", "group_width", "holdout_set", "iterate", "kept_channels",
-    "madds_per_channel", "main", "mnasnet_reward", "pick", "plot", "prepare_batch_norm", "propose_widths",
-    "recalibrate_batch_norm", "run", "same_residuals", "settings_from_flags", "settings_record", "short_finetune",
+    "madds_per_channel", "main", "mnasnet_reward", "netadapt_command", "pick", "plot", "prepare_batch_norm",
+    "propose_widths", "recalibrate_batch_norm", "run", "same_residuals", "settings_record", "short_finetune",
     "target_shortfall", "width_groups", "with_width",
 ]

@@ -13,16 +13,8 @@ search_log.md, netadapt.png, report.json, candidates/<name>/model.tflite. How ea
 pipeline/netadapt/__init__.py.
 """
 
-import sys
-
-from absl import app, flags
-
-from pipeline.config import define_flags
 from pipeline.netadapt.command import main
-from pipeline.netadapt.config import NetAdaptConfig
+from tflite_export.command import run_command
 
 if __name__ == "__main__":
-    # The flags are made from NetAdaptConfig's fields when the command runs, never on import.
-    define_flags(NetAdaptConfig)
-    flags.adopt_module_key_flags(sys.modules[define_flags.__module__])  # --help lists them as this command's
-    app.run(main)
+    run_command(main)  # the flags are made from NetAdaptConfig's fields when the command runs, never on import

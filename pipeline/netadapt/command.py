@@ -1,8 +1,10 @@
-"""`python -m pipeline.netadapt`: the search (resumed from --output_dir's state file), then the final stage.
+"""`python -m pipeline.netadapt`: the search (resumed from --output_dir's state file), then the final stage. `main` is
+its tflite_export.command.Command: the flags are NetAdaptConfig's fields.
 
 Outputs in --output_dir: arch.json (the final table; keras_models.build(arch=...) accepts it), search_log.md,
-netadapt.png, report.json, candidates/<name>/model.tflite. Exit status 2 on a bad setting or input (one `error:`
-line), 1 when the search stopped above its latency target (its models are finished all the same).
+netadapt.png, report.json, candidates/<name>/model.tflite. Exit status 2 on a bad setting or input (one
+`pipeline.netadapt: error: ...` line), 1 when the search stopped above its latency target (its models are finished
+all the same).
 """
 
 from __future__ import annotations
@@ -10,11 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
-
-from keras_models import WeightsError
 from keras_models.mobilenet_v3 import ArchTable
-from pipeline.data import DataError
 from pipeline.netadapt.config import NetAdaptConfig, StartRun
 from pipeline.netadapt.final import final_stage, plot
 from pipeline.netadapt.search import (
@@ -27,12 +25,8 @@ from pipeline.netadapt.search import (
     retarget,
     start_search,
 )
-from tflite_export.cli import one_line_error
-from tflite_export.convert import ConversionError
+from tflite_export.command import Command, positional
 from tflite_export.files import atomic_write_json
-from tflite_export.verify import VerificationError
-
-FLAGS = flags.FLAGS
 
 
 class SearchLog:
@@ -105,21 +99,16 @@ def run(config: NetAdaptConfig, start: StartRun | None = None) -> dict:
     return report
 
 
-def settings_from_flags() -> tuple[NetAdaptConfig, StartRun]:
-    """The parsed flags as a resolved config, and the run folder they name (one-line ValueErrors)."""
-    config = NetAdaptConfig.from_flags(FLAGS)
-    start = StartRun.read(config.run_dir)
-    return config.resolved(start), start
-
-
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def netadapt_command(config: NetAdaptConfig, args: list[str]) -> int:
+    """The command on its parsed flags: bad settings and inputs raise one-line errors (exit 2); a search that stopped
+    above its target prints its line and exits 1 (its models are finished all the same)."""
+    positional(args, "no positional arguments: every setting is a flag", least=0, most=0)
     try:
-        run(*settings_from_flags())
-    except (DataError, WeightsError, ConversionError, VerificationError, ValueError, OSError) as err:
-        print(f"error: {one_line_error(err)}", file=sys.stderr)
-        sys.exit(2)
+        run(config)
     except TargetNotMet as shortfall:  # the search ran and its models are finished, but the target was asked for
-        print(f"error: {shortfall}", file=sys.stderr)
-        sys.exit(1)
+        print(f"{main.name}: error: {shortfall}", file=sys.stderr)
+        return 1
+    return 0
+
+
+main = Command("pipeline.netadapt", NetAdaptConfig, netadapt_command)

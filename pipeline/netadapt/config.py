@@ -1,6 +1,6 @@
 """The settings of a NetAdapt search: `NetAdaptConfig` (the command's flags, one field each, with their defaults and
-help: `pipeline.config.define_flags` makes the flags from it) and `StartRun` (what the trained run folder says about
-the model the search starts from).
+help: tflite_export.command makes the flags from it when the command runs) and `StartRun` (what the trained run
+folder says about the model the search starts from).
 
     config = NetAdaptConfig(run_dir="runs/small-photos", target_ratio=0.6)
     start = StartRun.read(config.run_dir)

@@ -81,7 +81,7 @@ def finish(ctx: Context, candidate: Candidate) -> dict:
                           labels=ctx.classes, info=info, eval_batches=lambda: ctx.data.eval, reference_model=model)
     params, madds = totals(model)
     result = {"name": candidate.name, "arch": candidate.arch.to_json(), "params": params, "madds": madds,
-              "model_file": report["model_file"], "accuracy": report["accuracy"],
+              "model_file": report.model_file, "accuracy": dataclasses.asdict(report.accuracy),
               "float_steps": candidate.float_steps, "qat_steps": 2 * qat_per_epoch,
               "search_steps": candidate.init.search_steps,
               "seconds": float_stage.seconds + sum(st.seconds for st in qat_stages)}

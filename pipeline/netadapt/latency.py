@@ -86,11 +86,11 @@ class LatencyMeter:
         its runs, which inflates the bigger model's time. Measured at 64 px: six one-group cuts of V3-Small timed
         among 12 files came out 0.84-0.88 x the start model, the same files timed in pairs 0.92-0.95 x."""
         if len(paths) == 1:
-            return [benchmark_models(paths, threads=(1,), runs=self.runs, warmup=self.warmup)[0]["median_ms"]]
+            return [benchmark_models(paths, threads=(1,), runs=self.runs, warmup=self.warmup)[0].median_ms]
         pairs = [benchmark_models([paths[0], path], threads=(1,), runs=self.runs, warmup=self.warmup)
                  for path in paths[1:]]
-        first_ms = float(np.median([pair[0]["median_ms"] for pair in pairs]))
-        return [first_ms] + [pair[1]["ratio_vs_first"] * first_ms for pair in pairs]
+        first_ms = float(np.median([pair[0].median_ms for pair in pairs]))
+        return [first_ms] + [pair[1].ratio_vs_first * first_ms for pair in pairs]
 
 
 @dataclasses.dataclass
