@@ -14,7 +14,9 @@ Pretrained Features and Underperform Out-of-Distribution", ICLR 2022).
    Fine-tuning is kept only when it beats the probe by `MARGIN_IMAGES` images and `MARGIN_POINTS` points; otherwise
    the head is refit on the whole training split. The evaluation split is never looked at: it is only reported.
 3. **int8.** A head-only model's backbone is the start file's, so its export takes the file's ranges, calibrates
-   the head's, and trains nothing. A fine-tuned model goes through QAT, starting from the file's ranges.
+   the head's, and trains nothing. A fine-tuned model goes through QAT, starting from the file's ranges, and its
+   head is then refit as in 1 on the fine-tuned backbone's float and int8 features (`refit_head`): the head the
+   fine-tuning trained saw four fifths of the images and only the float arithmetic.
 
 BatchNorm stays in inference mode throughout. Batch statistics of a few hundred photos are a poor estimate of the
 ImageNet ones the weights were trained with, and the BatchNorms of weights read from a quantized .tflite hold folded
