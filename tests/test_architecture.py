@@ -73,10 +73,6 @@ def test_the_checks_see_an_upward_import(tmp_path):
 # ------------------------------------------------------------------------------------------- imports, sizes, flags
 PACKAGES = ("keras_models", "tflite_export", "pipeline")
 PROJECT = (*PACKAGES, "bench")
-# Modules still waiting for their split into a package of a few files, one job each.
-SPLIT_PENDING = {
-    "pipeline/data.py": "the folder and TFDS loaders move out of the data set module",
-}
 MAX_LINES = 500
 # Every `python -m` command of the project: the modules of pipeline/, tflite_export/ and bench/ that run as a program,
 # and their packages with a __main__.py.
@@ -114,7 +110,6 @@ def _function_level_imports(path) -> list[tuple[int, str]]:
 def test_project_imports_sit_at_module_top_unless_a_comment_says_why(package):
     offending = [f"{path.relative_to(REPO)}:{line}: {statement}"
                  for path in sorted((REPO / package).rglob("*.py"))
-                 if str(path.relative_to(REPO)) not in SPLIT_PENDING
                  for line, statement in _function_level_imports(path)]
     assert not offending, "imports inside functions without a comment saying why:\n" + "\n".join(offending)
 
@@ -132,10 +127,7 @@ def test_the_import_check_sees_an_unexplained_import(tmp_path):
 def test_no_module_is_longer_than_500_lines(package):
     lengths = {str(path.relative_to(REPO)): len(path.read_text(encoding="utf-8").splitlines())
                for path in sorted((REPO / package).rglob("*.py"))}
-    done = [name for name in SPLIT_PENDING if name.startswith(f"{package}/") and lengths.get(name, 0) <= MAX_LINES]
-    assert not done, f"split already: remove {done} from SPLIT_PENDING"
-    too_long = [f"{name}: {lines} lines" for name, lines in lengths.items()
-                if lines > MAX_LINES and name not in SPLIT_PENDING]
+    too_long = [f"{name}: {lines} lines" for name, lines in lengths.items() if lines > MAX_LINES]
     assert not too_long, f"modules over {MAX_LINES} lines (one job each):\n" + "\n".join(too_long)
 
 

@@ -14,6 +14,7 @@ from PIL import Image
 from keras_models.backend import tf
 from pipeline import data, synthetic
 from pipeline.data import DataError
+from pipeline.data import tfds as data_tfds
 
 IMAGE_SIZE = 32
 
@@ -285,8 +286,8 @@ def test_tfds_name_offline_fails_fast_naming_alternatives(monkeypatch):
     tfds = pytest.importorskip("tensorflow_datasets")
     if tfds.builder("mnist").is_prepared():
         pytest.skip("mnist is already prepared in the TFDS data folder, so it is available offline")
-    if data._network_reachable():
-        monkeypatch.setattr(data, "_network_reachable", lambda *a, **k: False)  # simulate being offline
+    if data_tfds._network_reachable():
+        monkeypatch.setattr(data_tfds, "_network_reachable", lambda *a, **k: False)  # simulate being offline
     start = time.perf_counter()
     with pytest.raises(DataError) as info:
         data.load_dataset("tfds:mnist", image_size=IMAGE_SIZE, batch_size=4)
