@@ -167,8 +167,10 @@ def test_rerun_with_other_epochs_stops_instead_of_reusing_the_old_stage(tiny_run
     assert {p: p.stat().st_mtime_ns for p in out.glob("**/*") if p.is_file()} == before  # nothing touched
 
 
+@pytest.mark.slow  # a whole pipeline run and a rerun; the Distiller itself is tested in test_distill.py, the logits
+# export in test_export.py
 def test_distilled_qat_run_records_its_targets_and_keeps_them_on_rerun(tmp_path):
-    # The same run also exports with int8 I/O ending at the logits (one pipeline run less in CI).
+    # The same run also exports with int8 I/O ending at the logits.
     out = tmp_path / "run"
     args = [*TINY, "--float_epochs", "1", "--qat_epochs", "1", "--freeze_bn_epochs", "0", "--benchmark_runs", "0",
             "--io", "int8", "--logits", "--output_dir", str(out)]
