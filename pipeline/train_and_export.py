@@ -91,7 +91,7 @@ class Trained:
 
     model: keras.Model
     bn_momentum: float
-    float_top1: float
+    float_top1: float | None  # None until train_qat refits a fine-tuned transfer run's head and evaluates it
     stages: list[StageResult] = dataclasses.field(default_factory=list)
     qat_model: keras.Model | None = None
     qat_top1: float | None = None
@@ -166,11 +166,19 @@ def train_float(config: RunConfig, model: keras.Model, bn_momentum: float, run_d
     else:
         stages = [run_stage("float", model, run_data.train, run_data.eval, epochs=config.float_epochs,
                             recipe=_float_recipe(config), **stage_args)]
-    float_top1 = _eval_keras(model, run_data.data.eval, "float evaluation")
+    # A fine-tuned transfer run's head is refit after QAT (train_qat): its float model is evaluated and saved then.
+    head_refit_follows = config.runs_qat and choice is not None and choice.fine_tune == "all"
+    float_top1 = None if head_refit_follows else _evaluate_and_save_float(config, model, run_data.data)
+    return Trained(model, bn_momentum, float_top1, stages, transfer=choice)
+
+
+def _evaluate_and_save_float(config: RunConfig, model: keras.Model, data: Dataset) -> float:
+    """The float model's held-out top-1; the model saved as float_model.h5."""
+    float_top1 = _eval_keras(model, data.eval, "float evaluation")
     logging.info("float model: held-out top-1 %.4f", float_top1)
     with distribute.chief_path(os.path.join(config.output_dir, FLOAT_MODEL_FILE)) as path:
         _save_atomically(model, path)
-    return Trained(model, bn_momentum, float_top1, stages, transfer=choice)
+    return float_top1
 
 
 def train_qat(config: RunConfig, trained: Trained, run_data: RunData) -> None:
@@ -178,7 +186,7 @@ def train_qat(config: RunConfig, trained: Trained, run_data: RunData) -> None:
     QAT model, its stages and its held-out top-1 to `trained`. A transfer run that kept the start file's backbone
     trains nothing: the file's ranges are its int8 arithmetic already (pipeline/transfer.py). A fine-tuned transfer
     run keeps BatchNorm frozen throughout QAT, then refits the head on the float and int8 features (both models get
-    it) and saves float_model.h5 again."""
+    it), and only then evaluates and saves the float model (train_float leaves that to it)."""
     model, data = trained.model, run_data.data
     if trained.transfer is not None and trained.transfer.fine_tune == "none":
         header("int8 arithmetic: the start file's ranges for the backbone, calibrated ones for the new head")
@@ -214,10 +222,7 @@ def train_qat(config: RunConfig, trained: Trained, run_data: RunData) -> None:
                                    transfer.calibration_batches(data, config.calibration_batches), config.seed,
                                    config.batch_size)
         trained.transfer = dataclasses.replace(trained.transfer, final_head=head)
-        trained.float_top1 = _eval_keras(model, data.eval, "float evaluation")
-        logging.info("float model with the refit head: held-out top-1 %.4f", trained.float_top1)
-        with distribute.chief_path(os.path.join(config.output_dir, FLOAT_MODEL_FILE)) as path:
-            _save_atomically(model, path)
+        trained.float_top1 = _evaluate_and_save_float(config, model, data)
     _finish_qat(config, trained, data)
 
 
