@@ -20,9 +20,11 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
+from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import QuantizeLayer
 
 from keras_models.backend import keras
 from pipeline.distribute import synchronize_batch_norm
+from tflite_export.preprocessing import PIXEL_RANGE
 from tflite_export.quantization import OutputQuantizeConfig, QuantizeScheme, consumers_of, quantize_scope
 
 qk = tfmot.quantization.keras
@@ -101,7 +103,9 @@ def calibrate_activation_ranges(qat_model: keras.Model, batches) -> int:
 
 def _output_range(layer):
     """The (min, max) variables of the fake-quant node on `layer`'s output, or None if its output is not quantized."""
-    suffixes = ("/output_min:0", "/post_activation_min:0", "/quantize_layer_min:0")
+    # The input quantizer's variables are named after the layer (quantize_layer_1/quantize_layer_1_min when the
+    # process has built a QAT model before).
+    suffixes = ("/output_min:0", "/post_activation_min:0", f"/{layer.name}_min:0")
     minimum = next((w for w in layer.non_trainable_weights if w.name.endswith(suffixes)), None)
     if minimum is None:
         return None
@@ -164,6 +168,34 @@ def _assign_scaled_ranges(pairs: list[tuple]) -> int:
     return len(pairs)
 
 
+def pixel_range_bounds(qat_model: keras.Model) -> list[tuple]:
+    """(min variable, max variable, min, max) for the input quantizer (raw pixels: `PIXEL_RANGE`) and for the
+    Rescaling after it (x / 127.5 - 1: the image of that range, [-1, 1]).
+
+    Calibration would give them the span of the calibration batches: a darker training set narrowed the input
+    quantizer (tfmot's `AllValuesQuantize` takes the widest range it has seen) and the rescaling's range, so the
+    exported file clipped the bright pixels of the camera it is deployed on. The range of pixels is known."""
+    bounds = []
+    for layer in qat_model.layers:
+        variables = _output_range(layer)
+        if variables is None or not isinstance(layer, QuantizeLayer):
+            continue
+        bounds.append((*variables, *PIXEL_RANGE))
+        for consumer in consumers_of(layer):
+            inner, consumer_range = _inner(consumer), _output_range(consumer)
+            if isinstance(inner, keras.layers.Rescaling) and consumer_range is not None:
+                ends = np.array(PIXEL_RANGE) * float(inner.scale) + float(inner.offset)
+                bounds.append((*consumer_range, float(ends.min()), float(ends.max())))
+    return bounds
+
+
+def _assign_pixel_ranges(bounds: list[tuple]) -> int:
+    for minimum, maximum, low, high in bounds:
+        minimum.assign(low)
+        maximum.assign(high)
+    return len(bounds)
+
+
 def _is_gate(layer) -> bool:
     """`layer` is the x + 3 of relu6(x + 3): h-swish's and the hard sigmoid's gate, 0 below x = -3, 6 above 3."""
     inner = _inner(layer)
@@ -214,15 +246,17 @@ def _assign_clamped_ranges(bounds: list[tuple]) -> int:
 
 
 class RangeRules(keras.callbacks.Callback):
-    """Re-applies `clamp_saturated_ranges` and `align_rescaling_ranges` after every training step (the moving
-    averages move the ranges back)."""
+    """Re-applies the pixel ranges (`pixel_range_bounds`), `clamp_saturated_ranges` and `align_rescaling_ranges` after
+    every training step (the moving averages move the ranges back)."""
 
     def __init__(self, qat_model: keras.Model):
         super().__init__()
         # Found once; the step only assigns.
-        self.bounds, self.pairs = saturated_range_bounds(qat_model), scaled_range_pairs(qat_model)
+        self.pixels, self.bounds = pixel_range_bounds(qat_model), saturated_range_bounds(qat_model)
+        self.pairs = scaled_range_pairs(qat_model)
 
     def on_train_batch_end(self, batch, logs=None):
+        _assign_pixel_ranges(self.pixels)
         _assign_clamped_ranges(self.bounds)
         _assign_scaled_ranges(self.pairs)
 
@@ -264,7 +298,8 @@ def import_activation_ranges(qat_model: keras.Model, ranges: dict[str, tuple[flo
 
     The x1/6 of h-swish is a pure scaling: its input (the product) gets the file's h-swish range times 6, so that
     `align_rescaling_ranges` leaves both as imported. Ranges the file has no tensor for (h-swish's inner relu6(x+3),
-    the input rescaling) keep what calibration gave them, and so do the layers named in `skip` (a new classifier)."""
+    the input rescaling: the pixel range's image) keep what they had, and so do the layers named in `skip` (a new
+    classifier)."""
     scalings = {}
     for layer in qat_model.layers:
         inner = getattr(layer, "layer", None)
@@ -294,6 +329,7 @@ class RangeSetup:
     """How a QAT model's activation ranges were set before training (`prepare_qat_model`)."""
 
     calibration_batches: int
+    pixel: int  # the input quantizer's and the input rescaling's ranges, set from the pixel range
     imported: int  # ranges taken from a quantized file
     clamped: int  # ranges narrowed where h-swish or the hard sigmoid saturates
     aligned: int  # x1/6 ranges derived from their inputs'
@@ -303,7 +339,8 @@ def prepare_qat_model(model: keras.Model, batches, imported_ranges: dict[str, tu
                       keep_calibrated: tuple[str, ...] = (), clamp: bool = True,
                       synchronized_batch_norm: bool = False) -> tuple[keras.Model, RangeSetup | None]:
     """The QAT model of the float `model` (`quantize_model`), with every activation range set in the order that makes
-    them consistent: calibrated on `batches` (float32 image batches), then the ranges a quantized file holds
+    them consistent: calibrated on `batches` (float32 image batches), the input's set from the pixel range
+    (`pixel_range_bounds`), then the ranges a quantized file holds
     (`imported_ranges`, from `keras_models.tflite_weights.read_tflite`) for every layer but those in
     `keep_calibrated` (a new classifier), then clamped where h-swish saturates and aligned across x1/6 (the last two
     must follow the others, which they are derived from). Returns the model and how its ranges were set.
@@ -321,10 +358,11 @@ def prepare_qat_model(model: keras.Model, batches, imported_ranges: dict[str, tu
     if batches is None:
         return qat_model, None
     used = calibrate_activation_ranges(qat_model, batches)
+    pixel = _assign_pixel_ranges(pixel_range_bounds(qat_model))
     imported = import_activation_ranges(qat_model, imported_ranges, skip=keep_calibrated) if imported_ranges else []
     clamped = clamp_saturated_ranges(qat_model) if clamp else 0
     aligned = align_rescaling_ranges(qat_model)
-    return qat_model, RangeSetup(used, len(imported), clamped, aligned)
+    return qat_model, RangeSetup(used, pixel, len(imported), clamped, aligned)
 
 
 class KeepRanges(keras.callbacks.Callback):

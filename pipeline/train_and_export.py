@@ -246,9 +246,10 @@ def quantization_aware_training(model: keras.Model, calibration: Callable[[], It
                                          start_ranges, keep_calibrated=keep_calibrated,
                                          synchronized_batch_norm=sync_batch_norm)
     if setup is not None:
-        logging.info("QAT: activation ranges calibrated on %d training batches, %d taken from --weights, %d clamped "
-                     "where h-swish or the hard sigmoid saturates, %d x1/6 ranges aligned with their inputs",
-                     setup.calibration_batches, setup.imported, setup.clamped, setup.aligned)
+        logging.info("QAT: activation ranges calibrated on %d training batches, %d set from the pixel range, %d taken "
+                     "from --weights, %d clamped where h-swish or the hard sigmoid saturates, %d x1/6 ranges aligned "
+                     "with their inputs", setup.calibration_batches, setup.pixel, setup.imported, setup.clamped,
+                     setup.aligned)
     if batch_norm_frozen:
         if freeze_bn_epochs:
             raise ValueError("batch_norm_frozen freezes BatchNorm for every epoch: freeze_bn_epochs must be 0")

@@ -48,6 +48,31 @@ def test_reward_matches_hand_worked_values():
         netadapt.mnasnet_reward(0.5, 0, 80)
 
 
+def test_the_report_is_typed_and_survives_its_json(tmp_path):
+    """A finished model's result.json reads back as the same FinishedModel (a resumed final stage reuses it); report
+    .json is the NetAdaptReport's fields; the plot is drawn from the typed report."""
+    import dataclasses
+
+    from tflite_export.evaluate import HeldOutAccuracy
+
+    finished = netadapt.FinishedModel(
+        name="netadapt-it2", arch=_tiny_arch().to_json(), params=1000, madds=2_000_000, model_file="m.tflite",
+        accuracy=HeldOutAccuracy(images=10, keras_top1=0.8, int8_top1=0.7, agreement=0.9), float_steps=4,
+        qat_steps=2, search_steps=6, seconds=1.5)
+    assert netadapt.FinishedModel.from_json(json.loads(json.dumps(dataclasses.asdict(finished)))) == finished
+    timed = finished.timed(2.0, start_ms=4.0, target_ms=2.0, reward_w=-0.07)
+    assert (timed.latency_ms, timed.ratio_to_start, timed.reward) == (2.0, 0.5, pytest.approx(0.7))
+    snapshot = netadapt.Snapshot(iteration=0, arch=_tiny_arch().to_json(), weights="it0.weights.h5", accuracy=0.8,
+                                 latency_ms=4.0, ratio_to_start=1.0, search_steps=0)
+    report = netadapt.NetAdaptReport(settings={}, start_ms=4.0, target_ms=2.0, target="0.5 x the start",
+                                     search_seconds=60.0, holdout="16 held-out images",
+                                     alpha_ratio_search_round={0.5: 0.55}, matched={}, snapshots=[snapshot],
+                                     results=[timed])
+    assert json.loads(json.dumps(dataclasses.asdict(report)))["results"][0]["accuracy"]["int8_top1"] == 0.7
+    netadapt.plot(report, str(tmp_path / "netadapt.png"))
+    assert (tmp_path / "netadapt.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_paper_tables_are_arch_tables_and_build_the_same_models():
     assert [tuple(r) for r in ArchTable.paper("small").blocks] == [tuple(r) for r in SMALL]
     assert [tuple(r) for r in ArchTable.paper("large").blocks] == [tuple(r) for r in LARGE]

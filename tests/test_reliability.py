@@ -1078,3 +1078,97 @@ def test_arch_json_values_of_the_wrong_type_are_refused_naming_the_key(tmp_path,
     table = ArchTable.paper("small", 0.35).to_json()
     table["bnecks"][0]["stride"] = 2.0  # an integral number is an integer
     assert ArchTable.from_json(table) == ArchTable.paper("small", 0.35)
+
+
+# --------------------------------------------------------------- issue 28, 6. calibration images and the input range
+def _dim_images(count: int, low: float = 100.0, high: float = 140.0) -> list[np.ndarray]:
+    """Low-contrast photos' pixels: nothing near 0 or 255."""
+    rng = np.random.default_rng(0)
+    return [rng.uniform(low, high, (1, 32, 32, 3)).astype(np.float32) for _ in range(count)]
+
+
+def _qat_model(calibration):
+    """The tiny classifier (a Rescaling of raw pixels, two convs), QAT-wrapped by `prepare_qat_model` on
+    `calibration`: the input quantizer and rescaling every model of the project starts with."""
+    from pipeline.qat import prepare_qat_model
+
+    return prepare_qat_model(tiny_classifier_keras(classes=3, batch_size=None), calibration)[0]
+
+
+def _input_ranges(qat_model) -> list[tuple[float, float]]:
+    """(min, max) of the QAT model's input quantizer and of the Rescaling after it."""
+    from pipeline.qat import pixel_range_bounds
+
+    return [(float(low.numpy()), float(high.numpy())) for low, high, _, _ in pixel_range_bounds(qat_model)]
+
+
+@pytest.mark.parametrize("path", ["QAT", "post-training"])
+def test_dim_or_few_calibration_images_keep_the_pixel_input_range(path):
+    """One calibration image, or dim ones, failed a QAT export late ("1 DEQUANTIZE op ... 1 float tensor
+    .../quantize_layer/AllValuesQuantize": the converter calibrated the input quantizer's output on the images and
+    left it in float where that range differed from training's), and gave a post-training file an input scale below
+    1 (bright pixels clipped, and the input no longer the camera's bytes)."""
+    from pipeline.qat import RangeRules
+    from tflite_export.convert import convert
+    from tflite_export.verify import analyze
+
+    if path == "QAT":
+        model = _qat_model(_dim_images(2))
+        # Calibrated on pixels of 100..140, the input quantizer and the rescaling still cover every pixel,
+        assert _input_ranges(model) == [(0.0, 255.0), (-1.0, 1.0)]
+        # and training on such pixels does not narrow the rescaling's moving average again.
+        model.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy")
+        model.fit(np.concatenate(_dim_images(4)), np.array([0, 1, 2, 0]), batch_size=2, verbose=0,
+                  callbacks=[RangeRules(model)])
+        assert _input_ranges(model) == [(0.0, 255.0), (-1.0, 1.0)]
+    else:
+        model = tiny_classifier_keras(classes=3)
+    for images in (_dim_images(1), _dim_images(3, 0.0, 128.0)):
+        analysis = analyze(convert(model, lambda images=images: iter(images)), xnnpack=False)
+        assert analysis.float_tensors == [] and "DEQUANTIZE" not in analysis.op_histogram, analysis.op_histogram
+        assert (analysis.inputs[0].dtype, analysis.inputs[0].scale, analysis.inputs[0].zero_point) == ("uint8", 1.0, 0)
+
+
+def test_the_input_ranges_change_nothing_when_the_images_span_every_pixel():
+    """On calibration images that span 0..255, the file is TFLite's own conversion: every tensor, op and weight
+    equal (only the conversion metadata's model hash differs)."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from tflite_export.convert import convert, int8_converter
+
+    def graph(content: bytes):
+        model = flatbuffer_utils.convert_bytearray_to_object(content)
+        sub = model.subgraphs[0]
+
+        def data(buffer):
+            return None if model.buffers[buffer].data is None else bytes(bytearray(model.buffers[buffer].data))
+
+        tensors = [(t.name, t.type, list(t.shape), data(t.buffer),
+                    None if t.quantization is None or t.quantization.scale is None
+                    else (list(t.quantization.scale), list(t.quantization.zeroPoint))) for t in sub.tensors]
+        ops = [(model.operatorCodes[op.opcodeIndex].builtinCode, list(op.inputs), list(op.outputs))
+               for op in sub.operators]
+        return tensors, ops
+
+    rng = np.random.default_rng(1)
+    images = [rng.uniform(0, 255, (1, 32, 32, 3)).astype(np.float32) for _ in range(3)]
+    images[0][0, 0, 0] = (0.0, 255.0, 0.0)  # every channel reaches both ends
+    images[0][0, 0, 1] = (255.0, 0.0, 255.0)
+    model = _qat_model(images)
+    ours = convert(model, lambda: iter(images), io_dtype="int8")
+    theirs = int8_converter(model, lambda: ([image] for image in images), "int8").convert()
+    assert graph(ours) == graph(theirs)
+
+
+def test_a_tflite_start_with_an_upper_case_extension_is_read_as_tflite(shared, tmp_path):
+    """`--weights X.TFLITE` was read as HDF5 ("file signature not found"), and its ranges were not imported."""
+    import keras_models
+    from pipeline.transfer import start_ranges
+
+    original = shared("reference_models", "mobilenet_v3", "v3-small_224_1.0_uint8.tflite")
+    upper = tmp_path / "V3-SMALL.TFLITE"
+    upper.symlink_to(original)
+    model = keras_models.build("small", input_shape=(224, 224, 3), num_classes=3)
+    keras_models.check_weights_file(model, str(upper))  # loads the file's backbone, or raises
+    ranges = start_ranges(str(upper))
+    assert ranges is not None and ranges == start_ranges(str(original))

@@ -27,6 +27,8 @@ EVAL_CROP_FRACTION = 0.875
 # Models built by this project take raw pixels: mean 0, std 1 per channel (the metadata and model card say so).
 PIXEL_MEAN = [0.0, 0.0, 0.0]
 PIXEL_STD = [1.0, 1.0, 1.0]
+# Every value such an input can hold: the int8 input's range, whatever the calibration images span.
+PIXEL_RANGE = (0.0, 255.0)
 
 
 def decode_rgb(encoded: tf.Tensor) -> tf.Tensor:

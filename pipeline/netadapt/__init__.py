@@ -22,7 +22,16 @@ change per latency saved is kept. The parts, one module each:
 
 from pipeline.netadapt.command import SearchLog, TargetNotMet, main, netadapt_command, run, target_shortfall
 from pipeline.netadapt.config import MNASNET_W, NetAdaptConfig, StartRun, settings_record
-from pipeline.netadapt.final import MATCH_MARGIN, Candidate, final_stage, finish, mnasnet_reward, plot
+from pipeline.netadapt.final import (
+    MATCH_MARGIN,
+    Candidate,
+    FinishedModel,
+    NetAdaptReport,
+    final_stage,
+    finish,
+    mnasnet_reward,
+    plot,
+)
 from pipeline.netadapt.latency import LatencyMeter, Proposal, propose_widths
 from pipeline.netadapt.search import (
     LATER_SEARCH_KEYS,
@@ -58,10 +67,10 @@ from pipeline.netadapt.widths import (
 
 __all__ = [
     "LATER_SEARCH_KEYS", "MATCH_MARGIN", "MIN_WIDTH", "MNASNET_W", "SEARCH_KEYS", "STATE_FILE", "TARGET_KEYS",
-    "Candidate", "Context", "Group", "LatencyMeter", "NetAdaptConfig", "Proposal", "SearchLog", "SearchState",
-    "Snapshot", "StartRun", "TargetNotMet", "build", "carry_weights", "channel_axes", "cut_model", "evaluate",
-    "filter_importance", "final_stage", "finish", "group_width", "holdout_set", "iterate", "kept_channels",
-    "madds_per_channel", "main", "mnasnet_reward", "netadapt_command", "pick", "plot", "prepare_batch_norm",
-    "propose_widths", "recalibrate_batch_norm", "run", "same_residuals", "settings_record", "short_finetune",
-    "target_shortfall", "width_groups", "with_width",
+    "Candidate", "Context", "FinishedModel", "Group", "LatencyMeter", "NetAdaptConfig", "NetAdaptReport", "Proposal",
+    "SearchLog", "SearchState", "Snapshot", "StartRun", "TargetNotMet", "build", "carry_weights", "channel_axes",
+    "cut_model", "evaluate", "filter_importance", "final_stage", "finish", "group_width", "holdout_set", "iterate",
+    "kept_channels", "madds_per_channel", "main", "mnasnet_reward", "netadapt_command", "pick", "plot",
+    "prepare_batch_norm", "propose_widths", "recalibrate_batch_norm", "run", "same_residuals", "settings_record",
+    "short_finetune", "target_shortfall", "width_groups", "with_width",
 ]

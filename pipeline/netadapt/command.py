@@ -14,7 +14,7 @@ import sys
 
 from keras_models.mobilenet_v3 import ArchTable
 from pipeline.netadapt.config import NetAdaptConfig, StartRun
-from pipeline.netadapt.final import final_stage, plot
+from pipeline.netadapt.final import NetAdaptReport, final_stage, plot
 from pipeline.netadapt.search import (
     STATE_FILE,
     TARGET_KEYS,
@@ -56,8 +56,8 @@ def target_shortfall(state: SearchState, max_iterations: int) -> str | None:
             "resumes) or a lower --delta_ratio, or set a target it can reach")
 
 
-def run(config: NetAdaptConfig, start: StartRun | None = None) -> dict:
-    """Search (resuming from the state file), then the final stage; returns the report ({} with `search_only`).
+def run(config: NetAdaptConfig, start: StartRun | None = None) -> NetAdaptReport | None:
+    """Search (resuming from the state file), then the final stage; returns its report (None with `search_only`).
     `start`: the run folder's record (default: read from `config.run_dir`). A search that stops above its target
     still finishes its models, then raises TargetNotMet."""
     start = start or StartRun.read(config.run_dir)
@@ -89,7 +89,7 @@ def run(config: NetAdaptConfig, start: StartRun | None = None) -> dict:
     if config.search_only:
         log(f"\nsearch stopped after iteration {state.snapshots[-1].iteration} (--search_only); rerun without it "
             "to go on to the final stage")
-        report = {}
+        report = None
     else:
         report = final_stage(ctx, state, log)
         plot(report, os.path.join(ctx.out, "netadapt.png"))

@@ -24,6 +24,7 @@ from pipeline.netadapt.widths import cut_model
 from pipeline.train import one_hot, run_stage
 from pipeline.train_and_export import quantization_aware_training
 from tflite_export.cli import header
+from tflite_export.evaluate import HeldOutAccuracy
 from tflite_export.export import ModelInfo, export_model
 from tflite_export.files import atomic_write_bytes, atomic_write_json
 
@@ -43,15 +44,59 @@ class Candidate:
     float_steps: int  # float fine-tune steps of the final stage
 
 
-def finish(ctx: Context, candidate: Candidate) -> dict:
+@dataclasses.dataclass(frozen=True)
+class FinishedModel:
+    """A candidate after its final training and int8 export (candidates/<name>/result.json); `timed` adds the
+    side-by-side latency and the reward."""
+
+    name: str
+    arch: dict  # ArchTable.to_json()
+    params: int
+    madds: int
+    model_file: str
+    accuracy: HeldOutAccuracy  # the int8 file and its Keras model on the evaluation split
+    float_steps: int
+    qat_steps: int
+    search_steps: int
+    seconds: float  # training time of the final stage
+    latency_ms: float | None = None
+    ratio_to_start: float | None = None
+    reward: float | None = None  # MnasNet's, against the target latency
+
+    @classmethod
+    def from_json(cls, record: dict) -> FinishedModel:
+        return cls(**{**record, "accuracy": HeldOutAccuracy(**record["accuracy"])})
+
+    def timed(self, ms: float, start_ms: float, target_ms: float, reward_w: float) -> FinishedModel:
+        return dataclasses.replace(self, latency_ms=ms, ratio_to_start=ms / start_ms,
+                                   reward=mnasnet_reward(self.accuracy.int8_top1, ms, target_ms, reward_w))
+
+
+@dataclasses.dataclass(frozen=True)
+class NetAdaptReport:
+    """What `pipeline.netadapt.run` returns and report.json holds (`dataclasses.asdict`)."""
+
+    settings: dict  # the search settings (config.settings_record)
+    start_ms: float  # the start model's int8 latency, in the final side-by-side round
+    target_ms: float
+    target: str  # how the target was given ("alpha 0.5's latency", "0.6 x the start")
+    search_seconds: float
+    holdout: str  # what the proposals were scored on
+    alpha_ratio_search_round: dict[float, float]  # alpha -> its latency / the start's, in the final stage's round
+    matched: dict[str, int]  # alpha -> the iteration compared with it
+    snapshots: list[Snapshot]
+    results: list[FinishedModel]  # best MnasNet reward first
+
+
+def finish(ctx: Context, candidate: Candidate) -> FinishedModel:
     """Long fine-tune, QAT and int8 export of one candidate with the pipeline's stages; resumable per candidate."""
     config = ctx.config
     workdir = os.path.join(ctx.out, "candidates", candidate.name)
     result_path = os.path.join(workdir, "result.json")
     if os.path.exists(result_path):
         with open(result_path) as f:
-            result = json.load(f)
-        if result["arch"] == candidate.arch.to_json() and result["float_steps"] == candidate.float_steps:
+            result = FinishedModel.from_json(json.load(f))
+        if result.arch == candidate.arch.to_json() and result.float_steps == candidate.float_steps:
             return result
         # A search resumed past its old target matches an alpha model with a later iteration, whose longer search
         # the alpha model's training must equal: its earlier training does not count.
@@ -80,12 +125,12 @@ def finish(ctx: Context, candidate: Candidate) -> dict:
     report = export_model(qat_model, lambda: ctx.data.representative(config.calibration_images), output_dir=workdir,
                           labels=ctx.classes, info=info, eval_batches=lambda: ctx.data.eval, reference_model=model)
     params, madds = totals(model)
-    result = {"name": candidate.name, "arch": candidate.arch.to_json(), "params": params, "madds": madds,
-              "model_file": report.model_file, "accuracy": dataclasses.asdict(report.accuracy),
-              "float_steps": candidate.float_steps, "qat_steps": 2 * qat_per_epoch,
-              "search_steps": candidate.init.search_steps,
-              "seconds": float_stage.seconds + sum(st.seconds for st in qat_stages)}
-    atomic_write_json(result_path, result)
+    result = FinishedModel(name=candidate.name, arch=candidate.arch.to_json(), params=params, madds=madds,
+                           model_file=report.model_file, accuracy=report.accuracy,
+                           float_steps=candidate.float_steps, qat_steps=2 * qat_per_epoch,
+                           search_steps=candidate.init.search_steps,
+                           seconds=float_stage.seconds + sum(st.seconds for st in qat_stages))
+    atomic_write_json(result_path, dataclasses.asdict(result))
     keras.backend.clear_session()
     return result
 
@@ -93,7 +138,7 @@ def finish(ctx: Context, candidate: Candidate) -> dict:
 MATCH_MARGIN = 0.02  # how far below an alpha model's latency the NetAdapt model it is compared with must be
 
 
-def final_stage(ctx: Context, state: SearchState, log) -> dict:
+def final_stage(ctx: Context, state: SearchState, log) -> NetAdaptReport:
     """Finish the chosen models and the alpha models with equal step counts; time every int8 file side by side."""
     config = ctx.config
     start, snapshots = state.snapshots[0], state.snapshots[1:]
@@ -130,49 +175,46 @@ def final_stage(ctx: Context, state: SearchState, log) -> dict:
         steps = (matched[a].search_steps if a in matched else snapshots[-1].search_steps) + config.final_steps
         candidates.append(Candidate(f"alpha-{a:g}", arch, start, steps))
     results = [finish(ctx, c) for c in candidates]
-    times = ctx.meter.time([paths[0], *(r["model_file"] for r in results)])
+    times = ctx.meter.time([paths[0], *(r.model_file for r in results)])
     target_ms = state.target_ratio * times[0]
-    for r, ms in zip(results, times[1:]):
-        r["latency_ms"], r["ratio_to_start"] = ms, ms / times[0]
-        r["reward"] = mnasnet_reward(r["accuracy"]["int8_top1"], ms, target_ms, config.reward_w)
-    results.sort(key=lambda r: -r["reward"])
+    results = sorted((r.timed(ms, times[0], target_ms, config.reward_w) for r, ms in zip(results, times[1:])),
+                     key=lambda r: -r.reward)
     log(f"\n## result (int8 top-1 on {ctx.data.num_eval} {ctx.data.eval_split_name} images; latency side by side, "
         f"start {times[0]:.3f} ms; reward = top-1 x (lat / {target_ms:.3f} ms)^{config.reward_w:g})\n")
     log("| model | matched to | latency (ms) | x start | int8 top-1 | float top-1 | MnasNet reward | params | MAdds |"
         "\n|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        iteration = int(r["name"][len("netadapt-it"):]) if r["name"].startswith("netadapt-it") else None
+        iteration = int(r.name[len("netadapt-it"):]) if r.name.startswith("netadapt-it") else None
         note = ", ".join(chosen.get(iteration, [])) if iteration is not None else "-"
-        log(f"| {r['name']} | {note} | {r['latency_ms']:.3f} | {r['ratio_to_start']:.3f} | "
-            f"{r['accuracy']['int8_top1']:.4f} | {r['accuracy']['keras_top1']:.4f} | {r['reward']:.4f} | "
-            f"{r['params']:,} | {r['madds'] / 1e6:.1f}M |")
-    report = {"settings": settings_record(config, ctx.start), "start_ms": times[0], "target_ms": target_ms,
-              "target": state.target_note,
-              "search_seconds": state.seconds, "holdout": ctx.holdout_note,
-              "alpha_ratio_search_round": alpha_ratio, "matched": {str(a): sn.iteration for a, sn in matched.items()},
-              "snapshots": [dataclasses.asdict(sn) for sn in state.snapshots], "results": results}
-    atomic_write_json(os.path.join(ctx.out, "report.json"), report)
+        log(f"| {r.name} | {note} | {r.latency_ms:.3f} | {r.ratio_to_start:.3f} | {r.accuracy.int8_top1:.4f} | "
+            f"{r.accuracy.keras_top1:.4f} | {r.reward:.4f} | {r.params:,} | {r.madds / 1e6:.1f}M |")
+    report = NetAdaptReport(settings=settings_record(config, ctx.start), start_ms=times[0], target_ms=target_ms,
+                            target=state.target_note, search_seconds=state.seconds, holdout=ctx.holdout_note,
+                            alpha_ratio_search_round=alpha_ratio,
+                            matched={str(a): sn.iteration for a, sn in matched.items()},
+                            snapshots=list(state.snapshots), results=results)
+    atomic_write_json(os.path.join(ctx.out, "report.json"), dataclasses.asdict(report))
     return report
 
 
-def plot(report: dict, path: str) -> None:
+def plot(report: NetAdaptReport, path: str) -> None:
     """The search path (held-out top-1 after each short fine-tune) and the finished models (int8 test top-1) against
     latency, NetAdapt beside the alpha models."""
     fig = Figure(figsize=(11, 4.2))
     left, right = fig.subplots(1, 2)
-    snaps, start_ms = report["snapshots"], report["start_ms"]
-    left.plot([sn["ratio_to_start"] * start_ms for sn in snaps], [sn["accuracy"] for sn in snaps], "o-",
+    snaps, start_ms = report.snapshots, report.start_ms
+    left.plot([sn.ratio_to_start * start_ms for sn in snaps], [sn.accuracy for sn in snaps], "o-",
               label="NetAdapt iterations")
     for sn in snaps:
-        left.annotate(str(sn["iteration"]), (sn["ratio_to_start"] * start_ms, sn["accuracy"]), fontsize=8)
+        left.annotate(str(sn.iteration), (sn.ratio_to_start * start_ms, sn.accuracy), fontsize=8)
     left.set(title="search path (float, held-out, after T steps)", xlabel="int8 latency (ms, 1 thread)",
              ylabel="top-1")
     for prefix, style, label in (("netadapt", "o-", "NetAdapt"), ("alpha", "s--", "width multiplier alpha")):
-        rows = sorted((r for r in report["results"] if r["name"].startswith(prefix)), key=lambda r: r["latency_ms"])
-        right.plot([r["latency_ms"] for r in rows], [r["accuracy"]["int8_top1"] for r in rows], style, label=label)
+        rows = sorted((r for r in report.results if r.name.startswith(prefix)), key=lambda r: r.latency_ms)
+        right.plot([r.latency_ms for r in rows], [r.accuracy.int8_top1 for r in rows], style, label=label)
         for r in rows:
-            right.annotate(r["name"].split("-", 1)[1], (r["latency_ms"], r["accuracy"]["int8_top1"]), fontsize=8)
-    right.axvline(report["target_ms"], color="grey", lw=0.8, ls=":", label="target")
+            right.annotate(r.name.split("-", 1)[1], (r.latency_ms, r.accuracy.int8_top1), fontsize=8)
+    right.axvline(report.target_ms, color="grey", lw=0.8, ls=":", label="target")
     right.set(title="after final fine-tune + QAT (int8, test split)", xlabel="int8 latency (ms, 1 thread)",
               ylabel="int8 top-1")
     right.legend(fontsize=8)
