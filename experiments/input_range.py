@@ -40,12 +40,15 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.data import load_dataset
     from tflite_export.convert import convert, int8_converter
     from tflite_export.evaluate import discover_dataset, evaluate_tflite
-    from tflite_export.quantization import quantize_scope
+    from tflite_export.quantization import quantize_scope, widen_empty_kernel_ranges
     from tflite_export.verify import analyze
 
     float_model = keras.models.load_model(os.path.join(args.run_dir, "float_model.h5"), compile=False)
     with quantize_scope():
         qat_model = keras.models.load_model(os.path.join(args.run_dir, "qat_model"), compile=False)
+    # What `convert` does to a QAT model before converting (kernels of dead channels), done once for both ways, so
+    # that they differ in the input ranges alone.
+    widen_empty_kernel_ranges(qat_model)
     size = int(float_model.input_shape[1])
     data = load_dataset(args.dataset, image_size=size, batch_size=32)
     photos = [np.asarray(image, np.float32) for image in data.representative(CALIBRATION_IMAGES)]
