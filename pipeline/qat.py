@@ -20,12 +20,17 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
-from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import QuantizeLayer
 
 from keras_models.backend import keras
 from pipeline.distribute import synchronize_batch_norm
 from tflite_export.preprocessing import PIXEL_RANGE
-from tflite_export.quantization import OutputQuantizeConfig, QuantizeScheme, consumers_of, quantize_scope
+from tflite_export.quantization import (
+    OutputQuantizeConfig,
+    QuantizeScheme,
+    consumers_of,
+    is_input_quantizer,
+    quantize_scope,
+)
 
 qk = tfmot.quantization.keras
 
@@ -178,7 +183,7 @@ def pixel_range_bounds(qat_model: keras.Model) -> list[tuple]:
     bounds = []
     for layer in qat_model.layers:
         variables = _output_range(layer)
-        if variables is None or not isinstance(layer, QuantizeLayer):
+        if variables is None or not is_input_quantizer(layer):
             continue
         bounds.append((*variables, *PIXEL_RANGE))
         for consumer in consumers_of(layer):

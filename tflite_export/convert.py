@@ -35,7 +35,14 @@ from keras_models.backend import keras, native_logs_captured, tf
 from keras_models.blocks import HARD_SWISH_MUL_SUFFIX
 from tflite_export.cli import elapsed, first_line
 from tflite_export.preprocessing import PIXEL_RANGE
-from tflite_export.quantization import consumers_of, is_qat_model, quantize_scope, widen_empty_kernel_ranges
+from tflite_export.quantization import (
+    consumers_of,
+    is_input_quantizer,
+    is_qat_model,
+    quantize_scope,
+    widen_empty_kernel_ranges,
+)
+from tflite_export.verify import op_name, tensor_type_name
 
 IO_DTYPES = {"uint8": tf.uint8, "int8": tf.int8}
 HSWISH_MODES = ("lowered", "builtin")
@@ -69,7 +76,7 @@ def _with_fusable_hard_swish(model: keras.Model) -> keras.Model:
 def _starts_with_rescaling(model: keras.Model) -> bool:
     """The model's input goes straight into a Rescaling (after QAT's input quantizer, if any): it takes raw pixels."""
     first = next(layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer))
-    if type(first).__name__ == "QuantizeLayer":
+    if is_input_quantizer(first):
         following = consumers_of(first)
         first = following[0] if len(following) == 1 else first
     return isinstance(getattr(first, "layer", first), keras.layers.Rescaling)
@@ -149,7 +156,7 @@ def convert(
     converter = int8_converter(model, representative, io_dtype)
     # Calibrate, correct the input's ranges, then quantize: the two halves of `convert()`, as TFLite's
     # QuantizationDebugger runs them (the quantizer's settings are `convert()`'s defaults).
-    converter._experimental_calibrate_only = True  # noqa: SLF001 - the debugger's documented way
+    converter._experimental_calibrate_only = True  # noqa: SLF001 - the QuantizationDebugger's route
     try:
         # The converter logs its settings natively on every call (shown with the pipeline's -v 1, or on failure).
         with elapsed("converting to int8 TFLite"), native_logs_captured():
@@ -171,8 +178,6 @@ def convert(
 # Ops through which the input's range is carried: the QAT input quantizer's QUANTIZE/DEQUANTIZE pair and the model's
 # first layer, Rescaling (x / 127.5 - 1: a MUL and an ADD by scalar constants).
 _AFFINE_OPS = {"MUL": np.multiply, "ADD": np.add, "SUB": np.subtract}
-_OP_NAMES = {value: key for key, value in vars(schema_fb.BuiltinOperator).items() if not key.startswith("_")}
-_TYPE_NAMES = {value: key for key, value in vars(schema_fb.TensorType).items() if not key.startswith("_")}
 
 
 def pin_input_ranges(calibrated: bytes, input_range: tuple[float, float]) -> bytes:
@@ -194,7 +199,7 @@ def pin_input_ranges(calibrated: bytes, input_range: tuple[float, float]) -> byt
         if len(sources) != 1 or len(op.outputs) != 1:
             continue
         code = model.operatorCodes[op.opcodeIndex]
-        name = _OP_NAMES.get(max(code.builtinCode, code.deprecatedBuiltinCode))
+        name = op_name(max(code.builtinCode, code.deprecatedBuiltinCode))
         low, high = known[sources[0]]
         output = int(op.outputs[0])
         if name in ("QUANTIZE", "DEQUANTIZE"):
@@ -216,7 +221,7 @@ def _quantized_range(tensor) -> tuple[float, float] | None:
     quantization = tensor.quantization
     if quantization is None or quantization.scale is None or len(quantization.scale) != 1:
         return None
-    levels = {"INT8": (-128, 127), "UINT8": (0, 255)}.get(_TYPE_NAMES.get(tensor.type))
+    levels = {"INT8": (-128, 127), "UINT8": (0, 255)}.get(tensor_type_name(tensor.type))
     if levels is None:
         return None
     scale, zero_point = float(quantization.scale[0]), int(quantization.zeroPoint[0])
@@ -225,7 +230,7 @@ def _quantized_range(tensor) -> tuple[float, float] | None:
 
 def _scalar_constant(model, tensor) -> float | None:
     data = model.buffers[tensor.buffer].data if tensor.buffer < len(model.buffers) else None
-    if data is None or _TYPE_NAMES.get(tensor.type) != "FLOAT32":
+    if data is None or tensor_type_name(tensor.type) != "FLOAT32":
         return None
     values = np.frombuffer(bytes(bytearray(data)), np.float32)
     return float(values[0]) if values.size == 1 else None
@@ -233,7 +238,7 @@ def _scalar_constant(model, tensor) -> float | None:
 
 def _widen(tensor, low: float, high: float) -> None:
     """Make `tensor`'s calibrated [min, max] cover [low, high] (float tensors only: those the quantizer reads)."""
-    if _TYPE_NAMES.get(tensor.type) != "FLOAT32":
+    if tensor_type_name(tensor.type) != "FLOAT32":
         return
     quantization = tensor.quantization
     if quantization is None:

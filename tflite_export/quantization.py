@@ -181,6 +181,10 @@ def widen_empty_kernel_ranges(qat_model: keras.Model) -> int:
     return empty
 
 
+def is_input_quantizer(layer) -> bool:
+    """`layer` is tfmot's QuantizeLayer: the fake-quant of a QAT model's input, which has no wrapped layer."""
+    return type(layer).__name__ == "QuantizeLayer"
+
+
 def is_qat_model(model: keras.Model) -> bool:
-    return any(isinstance(layer, qk.QuantizeWrapper) or type(layer).__name__ == "QuantizeLayer"
-               for layer in model.layers)
+    return any(isinstance(layer, qk.QuantizeWrapper) or is_input_quantizer(layer) for layer in model.layers)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import os
 import struct
 from typing import Iterable
@@ -126,12 +127,17 @@ def _schema():
     return schema_fb
 
 
+@functools.cache  # looked up per op and per tensor
 def _enum_names(enum_cls) -> dict[int, str]:
     return {value: key for key, value in vars(enum_cls).items() if not key.startswith("_") and isinstance(value, int)}
 
 
 def op_name(builtin_code: int) -> str:
     return _enum_names(_schema().BuiltinOperator).get(builtin_code, f"BUILTIN_{builtin_code}")
+
+
+def tensor_type_name(type_code: int) -> str:
+    return _enum_names(_schema().TensorType).get(type_code, f"TYPE_{type_code}")
 
 
 def _decode(value) -> str:
